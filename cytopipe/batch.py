@@ -1,0 +1,376 @@
+"""Sample sheet -> Dask tasks -> rows; a failing sample becomes a row, never a loss.
+
+One task per file. Tasks get paths, not parsed data: each worker reads its own
+file, so nothing large crosses the network. A Dask ``LocalCluster`` is started
+by default; an existing cluster is used when its scheduler address is given.
+
+Each finished sample is stored at once in ``DIR/cache/`` under a key made of
+the file's sha256, the strategy's sha256 and the cytopipe version, so a re-run
+(after a crash, a killed worker, or with more files) computes only what is
+missing or changed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .exceptions import CytopipeError
+from .fcs import file_sha256, read_fcs
+from .gating import gate_sample, treg_percent
+from .panel import resolve_panel
+from .qc import sample_flags
+from .results import POPULATION_COLUMNS, TREG_COLUMNS, atomic_write, write_json, write_table
+from .samplesheet import read_sample_sheet
+from .strategy import DEFAULT_STRATEGY, Strategy, load_strategy
+
+__all__ = ["BatchResult", "process_sample", "run_batch"]
+
+ProgressCallback = Callable[[int, int, int], None]
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` produced.
+
+    Attributes
+    ----------
+    out_dir
+        The output folder.
+    table
+        ``treg_by_visit``, one row per sample sheet row.
+    populations
+        One row per sample and gate.
+    n_ok, n_failed
+        Samples gated, samples that ended in an error row.
+    n_cached
+        Samples taken from an earlier run's stored results.
+    files
+        Every file written.
+    """
+
+    out_dir: Path
+    table: pd.DataFrame
+    populations: pd.DataFrame
+    n_ok: int
+    n_failed: int
+    n_cached: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every sample succeeded, 1 when any failed."""
+        return 0 if self.n_failed == 0 else 1
+
+
+@lru_cache(maxsize=8)
+def _strategy_in_worker(directory: str, allow_draft: bool) -> Strategy:
+    # Loaded once per worker process; the sha256 check runs there too.
+    return load_strategy(directory, allow_draft=allow_draft)
+
+
+def _flowkit_version() -> str:
+    import flowkit
+
+    return flowkit.__version__
+
+
+def _cache_key(file_sha: str, strategy_sha: str) -> str:
+    return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}".encode()).hexdigest()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def process_sample(
+    path: str,
+    strategy_dir: str,
+    *,
+    allow_draft: bool = False,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Gate one FCS file; runs inside a Dask worker.
+
+    Parameters
+    ----------
+    path
+        The FCS file.
+    strategy_dir
+        The strategy version's folder (verified again in the worker).
+    allow_draft
+        Passed to :func:`~cytopipe.strategy.load_strategy`.
+    cache_dir
+        Where finished results are stored and looked up.
+
+    Returns
+    -------
+    dict
+        ``file_sha256, events_total, cd4_count, treg_count, treg_pct_cd4,
+        qc_flags, error, gates`` (list of ``[path, count, parent_count]``),
+        ``worker, started, duration_s, cached``. Never raises for a bad file:
+        the error is a one-line string in ``error``.
+    """
+    started = time.time()
+    out: dict[str, Any] = {"path": path, "worker": socket.gethostname() + f":{os.getpid()}"}
+    out.update(file_sha256=None, events_total=None, cd4_count=None, treg_count=None)
+    out.update(treg_pct_cd4=float("nan"), qc_flags=[], error="", gates=[], cached=False)
+    try:
+        strategy = _strategy_in_worker(strategy_dir, allow_draft)
+        sha = file_sha256(path)
+        out["file_sha256"] = sha
+        cache_file = Path(cache_dir) / f"{_cache_key(sha, strategy.sha256)}.json" if cache_dir else None
+        if cache_file is not None and cache_file.is_file():
+            stored = json.loads(cache_file.read_text(encoding="utf-8"))
+            stored.update(path=path, worker=out["worker"], cached=True)
+            stored["started"], stored["duration_s"] = started, time.time() - started
+            return stored
+        sample = read_fcs(path)
+        resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
+        counts = gate_sample(sample, strategy)
+        cd4, treg, pct = treg_percent(counts, strategy)
+        out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
+        out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg)
+        out["gates"] = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
+        if cache_file is not None:
+            record = {k: v for k, v in out.items() if k not in ("path", "worker")}
+            text = json.dumps(record)
+            atomic_write(cache_file, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    except CytopipeError as e:
+        out["error"] = _one_line(e)
+    except Exception as e:  # nothing lost: an unexpected failure is a row too
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        out["error"] = _one_line(
+            f"{path}: unexpected {type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
+        )
+    out["started"], out["duration_s"] = started, time.time() - started
+    return out
+
+
+def _make_client(scheduler: str | None, n_workers: int | None, n_tasks: int):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except OSError as e:
+            msg = f"Cannot reach the Dask scheduler at {scheduler!r}: {e}. Is 'dask scheduler' running there?"
+            raise CytopipeError(msg) from e
+    workers = n_workers or min(os.cpu_count() or 1, max(n_tasks, 1))
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,  # FlowKit gating is CPU-bound Python/numpy: one sample per core
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    return Client(cluster), cluster
+
+
+def run_batch(
+    sample_sheet: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    strategy: str | os.PathLike = DEFAULT_STRATEGY,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    client=None,
+    allow_draft: bool = False,
+    allow_outside: bool = False,
+    progress: ProgressCallback | None = None,
+    log_file: str | os.PathLike | None = None,
+) -> BatchResult:
+    """Gate every file of a sample sheet and write the run's outputs.
+
+    Parameters
+    ----------
+    sample_sheet
+        CSV with ``file, patient_id, visit`` and optional ``day`` (see
+        :func:`~cytopipe.samplesheet.read_sample_sheet`).
+    out_dir
+        Output folder; created if needed. Results of earlier runs into the
+        same folder are reused where file and strategy are unchanged.
+    strategy
+        ``"name@version"`` or a strategy folder.
+    scheduler
+        Address of an existing Dask scheduler (``tcp://host:8786``). When
+        omitted, a ``LocalCluster`` is started for the run.
+    n_workers
+        Workers of the local cluster (default: one per core, at most one per
+        sample).
+    client : distributed.Client, optional
+        An existing client to use (takes precedence over ``scheduler``).
+    allow_draft, allow_outside
+        Accept a draft strategy; accept sheet paths outside its folder.
+    progress
+        Called as ``progress(done, failed, total)`` after each sample.
+    log_file
+        Append one JSON line per sample (start, end, duration, worker, outcome).
+
+    Returns
+    -------
+    BatchResult
+
+    Raises
+    ------
+    SampleSheetError, StrategyError
+        Before any gating starts.
+    """
+    from distributed import as_completed
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    sheet_path = Path(sample_sheet)
+    sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
+    strat = load_strategy(strategy, allow_draft=allow_draft)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(exist_ok=True)
+
+    own_client = own_cluster = None
+    if client is None:
+        own_client, own_cluster = _make_client(scheduler, n_workers, len(sheet))
+        client = own_client
+    results: dict[int, dict[str, Any]] = {}
+    log = open(log_file, "a", encoding="utf-8") if log_file else None
+    try:
+        futures = {}
+        for i, path in enumerate(sheet["path"]):
+            fut = client.submit(
+                process_sample,
+                path,
+                str(strat.directory.resolve()),
+                allow_draft=allow_draft,
+                cache_dir=str(cache_dir.resolve()),
+                key=f"cytopipe-sample-{i}-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{time.time_ns()}",
+                pure=False,
+            )
+            futures[fut] = i
+        failed = 0
+        for fut in as_completed(list(futures)):
+            i = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as e:  # e.g. the worker died more often than Dask retries
+                res = {"error": _one_line(f"{sheet['path'].iloc[i]}: task failed: {type(e).__name__}: {e}")}
+            results[i] = res
+            if res.get("error"):
+                failed += 1
+            if log is not None:
+                log.write(json.dumps(_log_record(sheet.iloc[i], res)) + "\n")
+                log.flush()
+            if progress is not None:
+                progress(len(results), failed, len(futures))
+    finally:
+        if log is not None:
+            log.close()
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+    table, pops = _tables(sheet, results, strat)
+    files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
+    files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
+    n_failed = int((table["qc_status"] == "error").sum())
+    n_cached = sum(bool(r.get("cached")) for r in results.values())
+    run = {
+        "sample_sheet": str(sheet_path.resolve()),
+        "sample_sheet_sha256": file_sha256(sheet_path),
+        "strategy": strat.name,
+        "strategy_version": strat.version,
+        "strategy_sha256": strat.sha256,
+        "strategy_status": strat.status,
+        "cytopipe_version": __version__,
+        "flowkit_version": _flowkit_version(),
+        "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
+        "started": started.isoformat(),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "n_samples": len(table),
+        "n_ok": len(table) - n_failed,
+        "n_failed": n_failed,
+        "n_cached": n_cached,
+    }
+    files.append(write_json(run, out / "run.json"))
+    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+
+
+def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:
+    start = res.get("started")
+    dur = res.get("duration_s")
+    return {
+        "file": row["file"],
+        "patient_id": row["patient_id"],
+        "visit": row["visit"],
+        "start": start,
+        "end": start + dur if start is not None and dur is not None else None,
+        "duration_s": dur,
+        "worker": res.get("worker"),
+        "outcome": "error" if res.get("error") else ("cached" if res.get("cached") else "ok"),
+        "error": res.get("error", ""),
+    }
+
+
+def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Strategy):
+    fk_version = _flowkit_version()
+    rows, pops = [], []
+    extra = [c for c in sheet.columns if c not in TREG_COLUMNS and c not in ("path", "line")]
+    for i, rec in enumerate(sheet.to_dict("records")):
+        res = results.get(i, {"error": f"{rec['path']}: no result (the batch was interrupted)"})
+        flags = res.get("qc_flags") or []
+        status = "error" if res.get("error") else ("flag" if flags else "ok")
+        row = {
+            "patient_id": rec["patient_id"],
+            "visit": rec["visit"],
+            "day": rec["day"],
+            "file": rec["file"],
+            "file_sha256": res.get("file_sha256"),
+            "events_total": res.get("events_total"),
+            "cd4_count": res.get("cd4_count"),
+            "treg_count": res.get("treg_count"),
+            "treg_pct_cd4": float("nan") if status == "error" else res.get("treg_pct_cd4"),
+            "qc_status": status,
+            "qc_flags": ";".join(flags),
+            "error": res.get("error", ""),
+            "strategy": strat.name,
+            "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
+            "strategy_sha256": strat.sha256,
+            "cytopipe_version": __version__,
+            "flowkit_version": fk_version,
+        }
+        row.update({c: rec[c] for c in extra})
+        rows.append(row)
+        for gate_path, count, parent in res.get("gates", []) if status != "error" else []:
+            total = res.get("events_total") or 0
+            pops.append(
+                {
+                    "patient_id": rec["patient_id"],
+                    "visit": rec["visit"],
+                    "file": rec["file"],
+                    "gate_path": gate_path,
+                    "gate": gate_path.rsplit("/", 1)[-1],
+                    "count": count,
+                    "parent_count": parent,
+                    "pct_parent": 100.0 * count / parent if parent else float("nan"),
+                    "pct_total": 100.0 * count / total if total else float("nan"),
+                    "strategy": strat.name,
+                    "strategy_version": strat.version,
+                }
+            )
+    table = pd.DataFrame(rows, columns=list(TREG_COLUMNS) + extra)
+    populations = pd.DataFrame(pops, columns=list(POPULATION_COLUMNS))
+    return table, populations

@@ -1,0 +1,53 @@
+"""Shared fixtures: generated trials with known truth, and one Dask cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_dir(name: str) -> Path:
+    """A folder of ../shared, or skip the test with the reason."""
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is not present: real files live only in ../shared (CI always has it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trial(tmp_path_factory) -> Path:
+    """A small generated trial (4 patients x 3 visits); returns its sample sheet."""
+    from cytopipe.synth import generate_trial
+
+    out = tmp_path_factory.mktemp("trial")
+    return generate_trial(out, n_patients=4, n_events=20_000, seed=11)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One local Dask cluster (2 single-threaded worker processes) for the session."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def strategies_copy(tmp_path, monkeypatch) -> Path:
+    """A writable copy of gating_strategies/, made the registry for the test."""
+    dst = tmp_path / "gating_strategies"
+    shutil.copytree(REPO / "gating_strategies", dst)
+    monkeypatch.setenv("CYTOPIPE_STRATEGIES", str(dst))
+    return dst

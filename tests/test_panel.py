@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from cytopipe.exceptions import PanelError
+from cytopipe.panel import normalise_label, resolve_panel
+from cytopipe.strategy import load_strategy
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    return load_strategy("treg@1.0.0")
+
+
+def _channels(strategy, **pns):
+    pnn = list(strategy.scatter) + [m.detector for m in strategy.markers] + ["Time"]
+    labels = {m.detector: m.marker for m in strategy.markers}
+    labels.update(pns)
+    return pnn, [labels.get(d, "") for d in pnn]
+
+
+@pytest.mark.parametrize(
+    "detector,label",
+    [("PE-Cy7-A", "cd25 PE-Cy7"), ("V450-A", "CD4-V450"), ("APC-A", "FoxP3"), ("PE-A", "IL7Ra"),
+     ("PerCP-Cy5-5-A", "7AAD"), ("PerCP-Cy5-5-A", "L/D"), ("V500-A", " CD3 ")],
+)
+def test_spelling_variants_are_accepted(strategy, detector, label):
+    pnn, pns = _channels(strategy, **{detector: label})
+    resolved = resolve_panel(pnn, pns, strategy)
+    assert resolved["CD25"] == "PE-Cy7-A" and len(resolved) == len(strategy.markers)
+
+
+def test_channel_order_does_not_matter(strategy):
+    pnn, pns = _channels(strategy)
+    assert resolve_panel(pnn[::-1], pns[::-1], strategy) == resolve_panel(pnn, pns, strategy)
+
+
+def test_mislabelled_tube(strategy):
+    pnn, pns = _channels(strategy, **{"PE-Cy7-A": "CD127"})
+    with pytest.raises(PanelError) as e:
+        resolve_panel(pnn, pns, strategy, source="x.fcs")
+    assert "detector PE-Cy7-A should carry CD25 but the file says 'CD127'" in str(e.value)
+    assert str(e.value).startswith("x.fcs: ")
+
+
+def test_missing_detector_lists_what_the_file_has(strategy):
+    pnn, pns = _channels(strategy)
+    i = pnn.index("APC-A")
+    del pnn[i], pns[i]
+    with pytest.raises(PanelError, match=r"missing detector\(s\) \['APC-A'\].*the file has \['FSC-A'"):
+        resolve_panel(pnn, pns, strategy)
+
+
+def test_empty_pns_is_an_error(strategy):
+    pnn, pns = _channels(strategy, **{"V450-A": ""})
+    with pytest.raises(PanelError, match="V450-A has no \\$PnS"):
+        resolve_panel(pnn, pns, strategy)
+
+
+def test_a_prefix_of_another_marker_is_not_accepted(strategy):
+    # "CD45" is not "CD4"; "CD8" is not "CD3"
+    for det, label in (("V450-A", "CD45"), ("V500-A", "CD8")):
+        pnn, pns = _channels(strategy, **{det: label})
+        with pytest.raises(PanelError):
+            resolve_panel(pnn, pns, strategy)
+
+
+def test_normalise_label():
+    assert normalise_label("CD25 PE-Cy7") == "cd25pecy7"
