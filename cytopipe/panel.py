@@ -31,12 +31,10 @@ def normalise_label(text: str) -> str:
 
 def _matches(pns: str, marker: Marker) -> bool:
     label = normalise_label(pns)
-    fluor = normalise_label(marker.fluorochrome)
+    fluors = [normalise_label(f) for f in marker.fluorochromes]
     for alias in marker.aliases + (marker.marker,):
         a = normalise_label(alias)
-        if label == a:
-            return True
-        if fluor and label in (a + fluor, fluor + a):
+        if label == a or any(label in (a + f, f + a) for f in fluors if f):
             return True
     return False
 

@@ -46,8 +46,9 @@ class Marker:
         Canonical marker name, e.g. ``"CD25"``.
     detector
         The ``$PnN`` of the detector, e.g. ``"PE-Cy7-A"``.
-    fluorochrome
-        The fluorochrome, which operators sometimes append to ``$PnS``.
+    fluorochromes
+        Spellings of the fluorochrome, which operators sometimes append to
+        (or put before) the marker in ``$PnS``.
     aliases
         Accepted spellings of the marker in ``$PnS`` (case and separators are
         ignored when comparing).
@@ -55,7 +56,7 @@ class Marker:
 
     marker: str
     detector: str
-    fluorochrome: str = ""
+    fluorochromes: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
 
 
@@ -285,7 +286,7 @@ def load_strategy(ref: str | os.PathLike = DEFAULT_STRATEGY, *, allow_draft: boo
         Marker(
             marker=m["marker"],
             detector=m["detector"],
-            fluorochrome=m.get("fluorochrome", ""),
+            fluorochromes=tuple(m.get("fluorochromes", ())),
             aliases=tuple(m.get("aliases", [m["marker"]])),
         )
         for m in man["markers"]

@@ -22,7 +22,7 @@ def _channels(strategy, **pns):
 @pytest.mark.parametrize(
     "detector,label",
     [("PE-Cy7-A", "cd25 PE-Cy7"), ("V450-A", "CD4-V450"), ("APC-A", "FoxP3"), ("PE-A", "IL7Ra"),
-     ("PerCP-Cy5-5-A", "7AAD"), ("PerCP-Cy5-5-A", "L/D"), ("V500-A", " CD3 ")],
+     ("PerCP-Cy5-5-A", "7AAD"), ("PerCP-Cy5-5-A", "L/D"), ("V500-A", " CD3 "), ("APC-A", "FOXP3 AF647"), ("APC-A", "Alexa Fluor 647 FoxP3")],
 )
 def test_spelling_variants_are_accepted(strategy, detector, label):
     pnn, pns = _channels(strategy, **{detector: label})
@@ -67,3 +67,18 @@ def test_a_prefix_of_another_marker_is_not_accepted(strategy):
 
 def test_normalise_label():
     assert normalise_label("CD25 PE-Cy7") == "cd25pecy7"
+
+
+def test_every_generated_spelling_is_accepted(tmp_path, strategy):
+    """The generator's $PnS drift (case, aliases, fluorochromes) all resolve."""
+    from cytopipe.fcs import read_fcs
+    from cytopipe.synth import SampleSpec, write_fcs
+
+    seen = set()
+    for seed in range(40):
+        path = tmp_path / f"{seed}.fcs"
+        write_fcs(path, SampleSpec(n_events=200, seed=seed))
+        sample = read_fcs(path)
+        assert len(resolve_panel(sample.pnn_labels, sample.pns_labels, strategy)) == 8
+        seen.update(sample.pns_labels)
+    assert len(seen) > 20  # the spellings really did vary

@@ -1,0 +1,55 @@
+"""The command line, driven for real with click's CliRunner."""
+
+from __future__ import annotations
+
+import pandas as pd
+from click.testing import CliRunner
+
+from cytopipe.cli import cli
+from cytopipe.synth import SampleSpec, write_fcs
+
+
+def test_run_with_scheduler_address(trial, tmp_path, dask_client):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["run", str(trial), "--out", str(out),
+                                   "--scheduler", dask_client.scheduler.address])
+    assert res.exit_code == 0, res.output
+    assert "12 of 12 samples gated" in res.output
+    assert len(pd.read_csv(out / "treg_by_visit.csv")) == 12
+
+
+def test_failed_sample_exits_1(tmp_path, dask_client):
+    write_fcs(tmp_path / "bad.fcs", SampleSpec(n_events=3000, seed=2, pns_overrides={"V450-A": "CD8"}))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\nbad.fcs,P01,D1\n")
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "s.csv"), "--out", str(tmp_path / "o"),
+                                   "--scheduler", dask_client.scheduler.address])
+    assert res.exit_code == 1
+    assert "should carry CD4 but the file says 'CD8'" in res.output
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\nnope.fcs,P01,D1\n")
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "s.csv"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "line 2: file 'nope.fcs' not found" in lines[0]
+    res = CliRunner().invoke(cli, ["--debug", "run", str(tmp_path / "s.csv"), "--out", str(tmp_path / "o")])
+    assert res.exception is not None and type(res.exception).__name__ == "SampleSheetError"
+
+
+def test_unknown_strategy_exits_2(trial, tmp_path):
+    res = CliRunner().invoke(cli, ["run", str(trial), "--out", str(tmp_path), "--strategy", "treg@0.0.1"])
+    assert res.exit_code == 2 and "Available strategies" in res.output
+
+
+def test_strategy_list_and_show():
+    res = CliRunner().invoke(cli, ["strategy", "list"])
+    assert res.exit_code == 0 and "treg@1.0.0" in res.output and "released" in res.output
+    res = CliRunner().invoke(cli, ["strategy", "show", "treg@1.0.0"])
+    assert res.exit_code == 0 and "CD4pos" in res.output and "PE-Cy7-A" in res.output
+
+
+def test_help_documents_exit_codes():
+    res = CliRunner().invoke(cli, ["run", "--help"])
+    assert "Exit status" in res.output and "bad invocation" in res.output

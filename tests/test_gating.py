@@ -1,0 +1,73 @@
+"""Gating accuracy against the generator's truth, and the gate arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cytopipe.fcs import read_fcs
+from cytopipe.gating import gate_sample, treg_percent
+from cytopipe.strategy import load_strategy
+from cytopipe.synth import SampleSpec, write_fcs
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    return load_strategy("treg@1.0.0")
+
+
+def test_accuracy_under_drift(tmp_path_factory, strategy):
+    """|Treg % CD4 - truth| <= 0.3 pp per sample of >= 20,000 events, <= 0.1 on average."""
+    out = tmp_path_factory.mktemp("drift")
+    rng = np.random.default_rng(20261125)
+    errors = []
+    for i in range(30):
+        spec = SampleSpec(
+            n_events=int(rng.integers(20_000, 60_000)),
+            treg_pct_cd4=float(rng.uniform(3, 20)),
+            seed=int(rng.integers(2**31)),
+            fcs_version=("3.0", "3.1")[i % 2],
+            byteorder=("little", "big")[(i // 2) % 2],
+            drift=0.4,
+        )
+        truth = write_fcs(out / f"s{i}.fcs", spec)
+        counts = gate_sample(read_fcs(out / f"s{i}.fcs"), strategy)
+        cd4, treg, pct = treg_percent(counts, strategy)
+        errors.append(pct - truth["treg_pct_cd4"])
+        # the denominator is the CD4 T cells, not something else of similar size
+        assert abs(cd4 - truth["n_cd4"]) <= 0.01 * truth["n_cd4"]
+    errors = np.abs(errors)
+    assert errors.max() <= 0.3, errors
+    assert errors.mean() <= 0.1, errors
+
+
+def test_counts_form_a_consistent_tree(tmp_path, strategy):
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=20_000, seed=3))
+    counts = gate_sample(read_fcs(tmp_path / "a.fcs"), strategy)
+    assert list(counts) == strategy.gate_paths()
+    for path, c in counts.items():
+        parent = counts.get(path[:-1])
+        assert c.parent_count == (parent.count if parent else 20_000)
+        assert 0 <= c.count <= c.parent_count
+        assert c.pct_parent == pytest.approx(100 * c.count / c.parent_count)
+    cd4, treg, pct = treg_percent(counts, strategy)
+    assert pct == pytest.approx(100 * treg / cd4)
+    # FlowKit's own relative percent is to the direct parent only: Treg % CD4 is the same
+    # here because CD4pos is Treg's parent, but not Treg % of Live.
+    live = counts[strategy.denominator[:4]].count
+    assert 100 * treg / live < pct
+
+
+def test_each_gate_removes_its_population(tmp_path, strategy):
+    """Without the singlet or live gate, doublets and dead cells would reach CD4."""
+    from cytopipe.synth import simulate_events
+
+    spec = SampleSpec(n_events=30_000, seed=8, drift=0.0)
+    truth = write_fcs(tmp_path / "a.fcs", spec)
+    counts = gate_sample(read_fcs(tmp_path / "a.fcs"), strategy)
+    singlets = counts[strategy.denominator[:3]].count
+    lymph = counts[strategy.denominator[:2]].count
+    # doublets within the lymphocyte gate are removed by the singlet gate
+    assert lymph - singlets >= 0.5 * truth["n_doublet"]
+    _, labels = simulate_events(spec)
+    assert len(labels) == 30_000
