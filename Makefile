@@ -30,7 +30,7 @@ bench: setup
 ## sample-fcs: regenerate sample_fcs/ byte for byte from its fixed seed
 sample-fcs: setup
 	rm -f sample_fcs/*.fcs
-	$(VENV)/bin/cytopipe synth sample_fcs --patients 4 --events 15000 --seed 2026
+	$(VENV)/bin/cytopipe synth sample_fcs --patients 3 --events 20000 --seed 2026
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -93,6 +93,7 @@ _DELIM = "/"
 _SHARES = {"debris": 0.10, "doublet": 0.05, "dead": 0.05, "myeloid": 0.15}
 _LYMPH_SHARES = {"cd3neg_lymph": 0.30, "cd8": 0.25, "cd4": 0.45}
 _ACTIVATED_OF_CD4 = 0.05
+_ACTIVATED_OF_CD4_HARD = 0.12  # more CD25+ FOXP3-dim cells when staining is hard
 
 # Channel specs. P: positive, log-normal (median, sigma_log); G: normal (mean, sd);
 # M: mixture, positive with probability p else negative. Unlisted fluorescence is negative.
@@ -178,8 +179,9 @@ class SampleSpec:
         problems = []
         if int(self.n_events) < 1:
             problems.append(f"n_events must be >= 1, got {self.n_events!r}")
-        if not 0 <= self.treg_pct_cd4 <= 100 * (1 - _ACTIVATED_OF_CD4):
-            problems.append(f"treg_pct_cd4 must be in [0, 95], got {self.treg_pct_cd4!r}")
+        top = 100 * (1 - (_ACTIVATED_OF_CD4_HARD if self.hard else _ACTIVATED_OF_CD4))
+        if not 0 <= self.treg_pct_cd4 <= top:
+            problems.append(f"treg_pct_cd4 must be in [0, {top:g}], got {self.treg_pct_cd4!r}")
         if self.fcs_version not in ("3.0", "3.1"):
             problems.append(f"fcs_version must be '3.0' or '3.1', got {self.fcs_version!r}")
         if self.byteorder not in ("little", "big"):
@@ -224,14 +226,13 @@ def _rngs(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
 
 
-def _component_probs(treg_pct: float) -> np.ndarray:
+def _component_probs(treg_pct: float, activated: float) -> np.ndarray:
     lymph = 1.0 - sum(_SHARES.values())
     cd4 = lymph * _LYMPH_SHARES["cd4"]
     t = treg_pct / 100.0
     label_p = {**_SHARES, "cd3neg_lymph": lymph * _LYMPH_SHARES["cd3neg_lymph"],
                "cd8": lymph * _LYMPH_SHARES["cd8"], "treg": cd4 * t,
-               "cd4_activated": cd4 * _ACTIVATED_OF_CD4,
-               "cd4_conv": cd4 * (1.0 - t - _ACTIVATED_OF_CD4)}
+               "cd4_activated": cd4 * activated, "cd4_conv": cd4 * (1.0 - t - activated)}
     p = np.array([label_p[label] * share for _, label, share, _ in _COMPONENTS])
     return np.clip(p, 0.0, None) / p.sum()
 
@@ -260,18 +261,26 @@ def _parameter_tables(spec: SampleSpec, drift_rng, stain_rng):
     gain = drift_rng.uniform(1 - 0.75 * d, 1 + 0.75 * d, size=len(chans))
     gain[chans.index("FSC-H")] = gain[chans.index("FSC-A")]  # one detector, two parameters
     labels = [label for _, label, _, _ in _COMPONENTS]
-    label_jitter = drift_rng.uniform(1 - 0.25 * d, 1 + 0.25 * d, size=(len(POPULATIONS), len(chans)))
+    size = (len(POPULATIONS), len(chans))
+    label_jitter = drift_rng.uniform(1 - 0.25 * d, 1 + 0.25 * d, size=size)
     jitter = label_jitter[[POPULATIONS.index(lb) for lb in labels]]
     centre, mean = centre * jitter, mean * jitter
 
     foxp3_scale = stain_rng.uniform(0.5, 1.5)
     if spec.hard:
+        # Staining variation (PANEL.md): CD25 a continuum, activated cells CD25+ FOXP3-dim,
+        # and the whole FOXP3 axis brighter or dimmer.
         j_cd25, j_foxp3 = chans.index("PE-Cy7-A"), chans.index("APC-A")
         for c, (name, _, _, _) in enumerate(_COMPONENTS):
             if name in ("cd4_conv", "doublet_t", "dead_t"):
-                centre[c, j_cd25], sigma[c, j_cd25] = centre[c, j_cd25] * 1.4, 0.9
+                centre[c, j_cd25] *= 2.0
+                sigma[c, j_cd25] = 1.0
             elif name == "cd4_activated":
-                sigma[c, j_cd25] = 0.5
+                centre[c, j_cd25] *= 1.8
+                centre[c, j_foxp3] *= 3.0
+                sigma[c, j_cd25], sigma[c, j_foxp3] = 0.5, 0.4
+            elif name in ("treg", "doublet_treg"):
+                sigma[c, j_cd25], sigma[c, j_foxp3] = 0.4, 0.4
         centre[:, j_foxp3] *= foxp3_scale
         mean[:, j_foxp3] *= foxp3_scale
         sd[:, j_foxp3] *= foxp3_scale
@@ -282,7 +291,8 @@ def _simulate(spec: SampleSpec):
     """Return (true signal by component block, detector noise, event shuffle, label codes)."""
     ev_rng, drift_rng, stain_rng, _ = _rngs(spec.seed)
     n = int(spec.n_events)
-    counts = ev_rng.multinomial(n, _component_probs(spec.treg_pct_cd4))
+    activated = _ACTIVATED_OF_CD4_HARD if spec.hard else _ACTIVATED_OF_CD4
+    counts = ev_rng.multinomial(n, _component_probs(spec.treg_pct_cd4, activated))
     p_pos, centre, sigma, mean, sd, ratio, gain = _parameter_tables(spec, drift_rng, stain_rng)
 
     # Channel-major, one contiguous block of events per component (no per-event
@@ -306,7 +316,8 @@ def _simulate(spec: SampleSpec):
                 z[:] = np.where(pos, centre[c, j] * np.exp(sigma[c, j] * z), sd[c, j] * z)
         if c == 0:  # debris
             np.maximum(true[i_fsca, lo:hi], 200.0, out=true[i_fsca, lo:hi])
-        true[i_fsch, lo:hi] = true[i_fsca, lo:hi] / (ratio[c, 0] + ratio[c, 1] * true[i_fsch, lo:hi])
+        fsc_ratio = ratio[c, 0] + ratio[c, 1] * true[i_fsch, lo:hi]
+        true[i_fsch, lo:hi] = true[i_fsca, lo:hi] / fsc_ratio
     true[:n_ch] *= gain[:, None]
     t_max = n / _EVENT_RATE / _TIMESTEP
     true[-1] = np.sort(ev_rng.uniform(0.0, t_max, size=n))  # assigned after the shuffle
@@ -397,10 +408,12 @@ def _fcs_bytes(text: dict[str, str], data: bytes, version: str) -> bytes:
     return header + raw + data
 
 
-def _draw_date(spec: SampleSpec) -> str:
-    # A fixed date (never the clock) so identical specs give identical bytes.
-    day = datetime.date(2026, 1, 5) + datetime.timedelta(days=int(spec.seed) % 365)
-    return day.strftime("%d-%b-%Y").upper()
+def _fcs_date(days_after: int) -> str:
+    # dd-mmm-yyyy from a fixed origin, never the clock or the locale (%b is locale-dependent),
+    # so identical specs give identical bytes.
+    day = datetime.date(2026, 1, 5) + datetime.timedelta(days=int(days_after))
+    months = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+    return f"{day.day:02d}-{months[day.month - 1]}-{day.year}"
 
 
 def write_fcs(path: str | pathlib.Path, spec: SampleSpec) -> dict:
@@ -423,7 +436,8 @@ def write_fcs(path: str | pathlib.Path, spec: SampleSpec) -> dict:
 
     Examples
     --------
-    >>> row = write_fcs(tmp / "a.fcs", SampleSpec(n_events=2000, fcs_version="3.0"))  # doctest: +SKIP
+    >>> spec = SampleSpec(n_events=2000, fcs_version="3.0", byteorder="big")
+    >>> row = write_fcs("tube.fcs", spec)  # doctest: +SKIP
     """
     path = pathlib.Path(path)
     events, labels = simulate_events(spec)
@@ -443,7 +457,7 @@ def write_fcs(path: str | pathlib.Path, spec: SampleSpec) -> dict:
             "$BEGINDATA": "0", "$ENDDATA": "0",
             "$BYTEORD": "1,2,3,4" if spec.byteorder == "little" else "4,3,2,1",
             "$DATATYPE": "F", "$MODE": "L", "$NEXTDATA": "0", "$PAR": str(len(columns)),
-            "$TOT": str(len(events)), "$CYT": "LSRFortessa", "$DATE": _draw_date(spec),
+            "$TOT": str(len(events)), "$CYT": "LSRFortessa", "$DATE": _fcs_date(spec.seed % 365),
             "$FIL": path.name, "$TIMESTEP": repr(_TIMESTEP)}
     if fluor:
         s = spillover_matrix(spill_order).to_numpy()
@@ -476,14 +490,15 @@ _FORMATS = (("3.1", "little"), ("3.0", "big"), ("3.1", "big"), ("3.0", "little")
 
 
 def _treg_course(rng: np.random.Generator, n_patients: int, days: Sequence[int]) -> np.ndarray:
-    """Treg % of CD4 per (patient, visit): flat for half the patients, an IL-2-like rise for the rest."""
+    """Treg % of CD4 per (patient, visit): flat for half the patients, an IL-2-like rise else."""
     baseline = rng.uniform(4.0, 9.0, size=n_patients)
     responders = rng.permutation(n_patients) < (n_patients + 1) // 2
     peak = rng.uniform(15.0, 20.0, size=n_patients)
     wobble = rng.uniform(0.9, 1.1, size=(n_patients, len(days)))
     day = np.asarray(days, dtype=float)
     # Peaks about day 8-10 after the first dose and decays back over weeks.
-    shape = np.where(day <= 1, 0.0, np.minimum(day / 8.0, 1.0) * np.exp(-np.maximum(day - 10, 0) / 30))
+    rise = np.minimum(day / 8.0, 1.0) * np.exp(-np.maximum(day - 10, 0) / 30)
+    shape = np.where(day <= 1, 0.0, rise)
     pct = np.where(responders[:, None],
                    baseline[:, None] + (peak - baseline)[:, None] * shape[None, :],
                    baseline[:, None] * wobble)
@@ -541,8 +556,7 @@ def generate_trial(
                 n_events=n_events, treg_pct_cd4=round(float(pct[p, v]), 3),
                 seed=int(file_seeds[k].generate_state(1)[0]), fcs_version=version,
                 byteorder=byteorder, drift=drift, hard=hard,
-                keywords={"$DATE": (datetime.date(2026, 1, 5) + datetime.timedelta(days=day - 1))
-                          .strftime("%d-%b-%Y").upper(), "$SRC": f"{patient} {visit}"},
+                keywords={"$DATE": _fcs_date(day - 1), "$SRC": f"{patient} {visit}"},
             )
             name = f"{patient}_{visit}.fcs"
             row = {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}

@@ -200,16 +200,19 @@ def test_scatter_and_time_have_no_pns(tmp_path):
 
 
 def test_hard_scales_foxp3_and_widens_cd25():
-    easy, labels = simulate_events(SampleSpec(n_events=20000, seed=12, drift=0), compensated=True)
-    hard, _ = simulate_events(SampleSpec(n_events=20000, seed=12, drift=0, hard=True),
-                              compensated=True)
-    treg = labels == "treg"
-    conv = labels == "cd4_conv"
-    scale = hard.loc[treg, "APC-A"].median() / easy.loc[treg, "APC-A"].median()
+    easy, lab_e = simulate_events(SampleSpec(n_events=20000, seed=12, drift=0), compensated=True)
+    hard, lab_h = simulate_events(SampleSpec(n_events=20000, seed=12, drift=0, hard=True),
+                                  compensated=True)
+    scale = (hard.loc[lab_h == "treg", "APC-A"].median()
+             / easy.loc[lab_e == "treg", "APC-A"].median())
     assert 0.5 <= scale <= 1.5 and abs(scale - 1) > 0.01
     q = [0.5, 0.95]
-    assert (hard.loc[conv, "PE-Cy7-A"].quantile(q).to_numpy()
-            > easy.loc[conv, "PE-Cy7-A"].quantile(q).to_numpy()).all()
+    assert (hard.loc[lab_h == "cd4_conv", "PE-Cy7-A"].quantile(q).to_numpy()
+            > easy.loc[lab_e == "cd4_conv", "PE-Cy7-A"].quantile(q).to_numpy()).all()
+    # activated conventional cells: CD25+ and FOXP3-dim, below the Tregs on both axes
+    act, treg = hard[lab_h == "cd4_activated"].median(), hard[lab_h == "treg"].median()
+    assert act["APC-A"] < treg["APC-A"] / 3 and act["PE-Cy7-A"] < treg["PE-Cy7-A"] / 2
+    assert (lab_h == "cd4_activated").sum() > (lab_e == "cd4_activated").sum()
 
 
 def test_invalid_spec_is_refused(tmp_path):
@@ -260,3 +263,15 @@ def test_generate_trial_is_deterministic(tmp_path):
     generate_trial(tmp_path / "b", **kw)
     for name in ("P01_D1.fcs", "P01_D60.fcs", "samples.csv", "truth.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_committed_sample_fcs_regenerates_byte_for_byte(tmp_path):
+    """`make sample-fcs` (3 patients, 20,000 events, seed 2026) rebuilds sample_fcs/ exactly."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "sample_fcs"
+    generate_trial(tmp_path, n_patients=3, n_events=20_000, seed=2026)
+    names = sorted(p.name for p in committed.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    for name in names:
+        assert (committed / name).read_bytes() == (tmp_path / name).read_bytes(), name
