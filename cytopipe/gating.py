@@ -1,10 +1,28 @@
 """The one place that calls FlowKit gating.
 
 FlowKit is the engine: gates, transforms and compensation are FlowKit objects
-parsed from the strategy's GatingML, and counts come from
-:meth:`flowkit.GatingStrategy.gate_sample`, called directly, one sample at a
-time (never ``Session.analyze_samples``, whose process pool must not nest
-inside Dask workers). Gates are addressed by full path tuples.
+parsed from the strategy's GatingML, and every gate's membership is decided by
+FlowKit's own ``Gate.apply``. Gates are addressed by full path tuples.
+
+Two engines give identical counts (tested on generated files and on the
+GatingML 2.0 reference cases):
+
+``"flowkit"``
+    :meth:`flowkit.GatingStrategy.gate_sample`, called directly, one sample at
+    a time (never ``Session.analyze_samples``, whose process pool must not nest
+    inside Dask workers).
+``"cascade"`` (default)
+    The same FlowKit gate objects, transforms and compensation matrices, but
+    each gate is evaluated only on its parent's events and only the channels it
+    uses are compensated. ``gate_sample`` spends ~60 % of its time in logicle
+    on every event of every gated channel (FLOWKIT_NOTES.md); here a rectangle
+    bound on a transformed dimension is compared in linear space against the
+    inverse-transformed bound, and only events within 1e-6 (transformed units)
+    of the bound are transformed with FlowKit's transform to decide exactly as
+    ``gate_sample`` would. Polygon and ellipse gates on transformed
+    dimensions transform their parent's events only. Gate types the cascade
+    does not handle (boolean, quadrant, ratio dimensions, dimensions named by
+    ``$PnS`` or fluorochrome) make the whole sample fall back to ``"flowkit"``.
 """
 
 from __future__ import annotations
@@ -12,10 +30,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+
 from .exceptions import GatingError
 from .strategy import Strategy
 
-__all__ = ["GateCount", "gate_sample", "treg_percent"]
+__all__ = ["ENGINES", "GateCount", "gate_cascade", "gate_sample", "treg_percent"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,13 @@ class GateCount:
         return 100.0 * self.count / self.total if self.total else float("nan")
 
 
-def gate_sample(sample, strategy: Strategy, *, gating_strategy=None) -> dict[tuple[str, ...], GateCount]:
+ENGINES = ("cascade", "flowkit")
+_BAND = 1e-6  # transformed units around a bound where FlowKit's transform decides
+
+
+def gate_sample(
+    sample, strategy: Strategy, *, gating_strategy=None, engine: str = "cascade"
+) -> dict[tuple[str, ...], GateCount]:
     """Gate one sample with a strategy and count every gate.
 
     Parameters
@@ -60,6 +87,8 @@ def gate_sample(sample, strategy: Strategy, *, gating_strategy=None) -> dict[tup
     gating_strategy : flowkit.GatingStrategy, optional
         A pre-parsed FlowKit strategy (e.g. carrying sample-specific custom
         gates); parsed from ``strategy`` when omitted.
+    engine : {"cascade", "flowkit"}
+        How to evaluate the gates (see the module docstring); same counts.
 
     Returns
     -------
@@ -71,25 +100,233 @@ def gate_sample(sample, strategy: Strategy, *, gating_strategy=None) -> dict[tup
     GatingError
         FlowKit failed on this sample; the message names the sample.
     """
+    if engine not in ENGINES:
+        msg = f"engine must be one of {ENGINES}, got {engine!r}."
+        raise ValueError(msg)
     gs = gating_strategy if gating_strategy is not None else strategy.gating_strategy()
+    total = int(sample.event_count)
+    counts = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results = gs.gate_sample(sample)
+            if engine == "cascade":
+                counts = gate_cascade(sample, gs, strategy.gate_paths())
+            if counts is None:
+                counts = _gate_flowkit(sample, gs)
     except Exception as e:
         msg = f"{sample.original_filename or sample.id}: FlowKit could not gate with {strategy.ref}: {e}"
         raise GatingError(msg) from e
-    total = int(sample.event_count)
-    counts: dict[tuple[str, ...], int] = {("root",): total}
-    for parent_path, gate_name, count in zip(
-        results.report["gate_path"], results.report["gate_name"], results.report["count"]
-    ):
-        counts[tuple(parent_path) + (gate_name,)] = int(count)
+    counts[("root",)] = total
     out = {}
     for path in sorted(counts, key=len):
         if path == ("root",):
             continue
         out[path] = GateCount(path=path, count=counts[path], parent_count=counts[path[:-1]], total=total)
+    return out
+
+
+def _gate_flowkit(sample, gs) -> dict[tuple[str, ...], int]:
+    results = gs.gate_sample(sample)
+    counts = {}
+    for parent_path, gate_name, count in zip(
+        results.report["gate_path"], results.report["gate_name"], results.report["count"]
+    ):
+        counts[tuple(parent_path) + (gate_name,)] = int(count)
+    return counts
+
+
+class _Unsupported(Exception):
+    """The cascade cannot evaluate this gate; use FlowKit's gate_sample."""
+
+
+def gate_cascade(sample, gs, paths) -> dict[tuple[str, ...], int] | None:
+    """Count every gate, each evaluated only on its parent's events.
+
+    Parameters
+    ----------
+    sample : flowkit.Sample
+    gs : flowkit.GatingStrategy
+        Custom sample gates for ``sample.id`` are honoured, as in FlowKit.
+    paths : list of tuple
+        Full gate paths, parents before children.
+
+    Returns
+    -------
+    dict or None
+        Full gate path to count; None when a gate needs FlowKit's own engine.
+    """
+    from flowkit import gates as fk_gates
+
+    raw = sample.get_events(source="raw")  # FlowKit's preprocessed float64, not a copy
+    ctx = _Context(sample, gs, raw)
+    rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
+    counts = {}
+    try:
+        for path in paths:
+            gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
+            parent = rows[path[:-1]]
+            if isinstance(gate, (fk_gates.BooleanGate, fk_gates.QuadrantGate)):
+                raise _Unsupported(type(gate).__name__)
+            if isinstance(gate, fk_gates.RectangleGate):
+                inside = ctx.rectangle(gate, parent)
+            else:
+                inside = np.asarray(gate.apply(ctx.frame(gate, parent)), dtype=bool)
+            kept = (np.flatnonzero(inside) if parent is None else parent[inside])
+            rows[path] = kept
+            counts[path] = int(kept.size)
+    except _Unsupported:
+        return None
+    return counts
+
+
+class _Context:
+    """Compensated, optionally transformed columns of one sample, on demand.
+
+    The channels gates use are kept once as contiguous columns (float32 when
+    that is lossless, which it is for float32 FCS data), so taking a parent's
+    rows is a cheap gather rather than a copy of every channel.
+    """
+
+    def __init__(self, sample, gs, raw: np.ndarray):
+        self.sample, self.gs, self.raw = sample, gs, raw
+        self.index = {name: i for i, name in enumerate(sample.pnn_labels)}
+        self._comp: dict[str, tuple[list[int], np.ndarray, np.ndarray] | None] = {}
+        self._cols: dict[int, np.ndarray] = {}
+
+    def column(self, col: int) -> np.ndarray:
+        if col not in self._cols:
+            c = self.raw[:, col]
+            c32 = c.astype(np.float32)
+            self._cols[col] = c32 if np.array_equal(c32, c) else np.ascontiguousarray(c)
+        return self._cols[col]
+
+    def _matrix(self, comp_ref: str):
+        if comp_ref not in self._comp:
+            from flowkit import Matrix
+
+            if comp_ref == "FCS":
+                meta = self.sample.get_metadata()
+                spill = meta.get("spillover", meta.get("spill"))
+                if spill is None:  # GatingML: 'FCS' without a spillover means uncompensated
+                    self._comp[comp_ref] = None
+                    return None
+                s = self.sample
+                matrix = Matrix(spill, [s.pnn_labels[i] for i in s.fluoro_indices],
+                                [s.pns_labels[i] for i in s.fluoro_indices], null_channels=s.null_channels)
+            else:
+                matrix = self.gs.comp_matrices[comp_ref]
+            cols = [self.index[d] for d in matrix.detectors]
+            spill = np.asarray(matrix.matrix, dtype=np.float64)
+            self._comp[comp_ref] = (cols, spill, np.linalg.inv(spill))
+        return self._comp[comp_ref]
+
+    def _comp_for(self, dim):
+        from flowkit import Dimension
+
+        if type(dim) is not Dimension:
+            raise _Unsupported(f"dimension {getattr(dim, 'id', dim)!r}")
+        ref = dim.compensation_ref
+        comp = None if ref in (None, "uncompensated") else self._matrix(ref)
+        col = self._locate(dim.id, ref)
+        if comp is None or col not in comp[0]:
+            return col, None
+        return col, comp
+
+    def _locate(self, dim_id: str, comp_ref: str | None) -> int:
+        """Channel index of a dimension, looked up in FlowKit's order."""
+        s = self.sample
+        for labels in (s.pnn_labels, s.pns_labels, [p.replace("/", "_") for p in s.pnn_labels]):
+            if dim_id in labels:
+                return labels.index(dim_id)
+        if comp_ref not in (None, "uncompensated", "FCS"):
+            # a matrix may name its channels by fluorochrome instead of detector
+            matrix = self.gs.comp_matrices[comp_ref]
+            if dim_id in matrix.fluorochromes:
+                return self.index[matrix.detectors[matrix.fluorochromes.index(dim_id)]]
+        raise _Unsupported(f"dimension {dim_id!r}")
+
+    def _take(self, col: int, rows: np.ndarray | None) -> np.ndarray:
+        c = self.column(col)
+        return c.astype(np.float64) if rows is None else c[rows].astype(np.float64)
+
+    def values(self, dim, rows: np.ndarray | None, *, exact: bool = False) -> np.ndarray:
+        """Compensated, untransformed values of ``dim`` on ``rows``.
+
+        ``exact`` uses flowutils' own arithmetic (a solve); otherwise one
+        column of the inverse spillover, equal to within rounding.
+        """
+        col, comp = self._comp_for(dim)
+        if comp is None:
+            return self._take(col, rows)
+        cols, spill, inv = comp
+        k = cols.index(col)
+        if exact:
+            block = np.stack([self._take(c, rows) for c in cols], axis=1)
+            return np.linalg.solve(spill.T, block.T).T[:, k]
+        out = np.zeros(self.raw.shape[0] if rows is None else rows.size)
+        for j, c in enumerate(cols):
+            if inv[j, k] != 0.0:
+                out += inv[j, k] * self._take(c, rows)
+        return out
+
+    def _xform(self, dim):
+        ref = dim.transformation_ref
+        return None if ref is None else self.gs.get_transform(ref)
+
+    def frame(self, gate, rows: np.ndarray | None) -> pd.DataFrame:
+        """The DataFrame FlowKit's ``Gate.apply`` expects, for ``rows`` only."""
+        data = {}
+        for dim in gate.dimensions:
+            v = self.values(dim, rows, exact=True)
+            xform = self._xform(dim)
+            data[dim.id] = v if xform is None else xform.apply(v.reshape(-1, 1)).ravel()
+        return pd.DataFrame(data)
+
+    def rectangle(self, gate, rows: np.ndarray | None) -> np.ndarray:
+        """FlowKit's rectangle rule (``min <= x < max``) without transforming every event."""
+        n = self.raw.shape[0] if rows is None else rows.size
+        inside = np.ones(n, dtype=bool)
+        for dim in gate.dimensions:
+            if dim.min is None and dim.max is None:
+                continue
+            v = self.values(dim, rows)
+            compensated = self._comp_for(dim)[1] is not None
+            xform = self._xform(dim)
+
+            def exact(near, dim=dim):
+                return self.values(dim, near if rows is None else rows[near], exact=True)
+
+            for bound, lower in ((dim.min, True), (dim.max, False)):
+                if bound is not None:
+                    inside &= _compare(v, bound, xform, lower=lower, exact=exact if compensated else None)
+        return ~inside if gate.use_complement else inside
+
+
+def _compare(v: np.ndarray, bound: float, xform, *, lower: bool, exact=None) -> np.ndarray:
+    """``xform(v) >= bound`` (lower) or ``xform(v) < bound``, deciding near-bound events exactly.
+
+    Events far from the bound are decided in linear space against the
+    inverse-transformed bound. Events within the band around it are
+    recomputed the way FlowKit does (``exact(indices)`` gives their values
+    from flowutils' solve) and transformed with FlowKit's transform.
+    """
+    if xform is None:
+        if exact is None:
+            return v >= bound if lower else v < bound
+        tol = 1e-9 * max(1.0, abs(bound))
+        lo, hi = bound - tol, bound + tol
+    else:
+        lo, hi = np.asarray(xform.inverse(np.array([[bound - _BAND], [bound + _BAND]], dtype=float))).ravel()
+        if not lo < hi:  # not increasing here: decide every event exactly
+            t = np.asarray(xform.apply(v.reshape(-1, 1))).ravel()
+            return t >= bound if lower else t < bound
+    out = v > hi if lower else v < lo
+    near = np.flatnonzero((v >= lo) & (v <= hi))
+    if near.size:
+        t = exact(near) if exact is not None else v[near]
+        if xform is not None:
+            t = np.asarray(xform.apply(t.reshape(-1, 1))).ravel()
+        out[near] = t >= bound if lower else t < bound
     return out
 
 
