@@ -458,6 +458,8 @@ def _read_flowdata(
         finally:
             fh.close()
         for w in caught:
+            if issubclass(w.category, ResourceWarning) or "flowio" not in str(w.filename):
+                continue  # only FlowIO's own warnings speak about this file (not another thread's)
             text = _one_line(w.message)
             if "reported incorrect data offset" in text and opts.get("ignore_offset_error"):
                 continue  # the off-by-one we chose to accept, already noted

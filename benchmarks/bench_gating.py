@@ -1,0 +1,260 @@
+"""Speed and memory of cytopipe's gating, measured against FlowKit in one run.
+
+Prints, on generated 12-channel files of the lab's panel:
+
+* events/s per core of cytopipe (read + panel check + cascade gating), of
+  FlowKit (``Sample`` + ``GatingStrategy.gate_sample``) with the same
+  strategy, and of a plain numpy cascade reference (DATA read with numpy,
+  only needed channels compensated, logicle on each gate's parent events);
+  the ratios, and that all three give the same counts;
+* peak RSS per sample above the process baseline, as a multiple of the
+  file's raw float32 event matrix (each engine in a fresh process);
+* wall time of one batch on 1 and on 2 Dask workers, and the speed-up;
+* the wall time of a many-file batch.
+
+Usage: ``python benchmarks/bench_gating.py [--quick]`` (``make bench``).
+Targets (issue 6): cytopipe >= 3x FlowKit and >= the numpy cascade per core;
+peak memory <= 4x the raw float32 matrix; 2 workers >= 1.8x one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cytopipe.synth import SampleSpec, write_fcs
+
+TARGETS = {"vs_flowkit": 3.0, "vs_numpy": 1.0, "memory_x_raw": 4.0, "scaling_2_workers": 1.8}
+
+
+def _numpy_cascade(path: Path, strategy) -> dict[tuple[str, ...], int]:
+    """Reference: the same gates in plain numpy, logicle on each parent's events."""
+    from flowutils import gating as fu_gating
+    from flowutils import transforms as fu_xf
+
+    from cytopipe.fcs import scan_header
+
+    meta = scan_header(path)
+    n, p = int(meta["$TOT"]), int(meta["$PAR"])
+    dtype = "<f4" if meta["$BYTEORD"] == "1,2,3,4" else ">f4"
+    begin = int(meta["$BEGINDATA"])
+    data = np.fromfile(path, dtype=dtype, count=n * p, offset=begin).reshape(n, p)
+    names = [meta[f"$P{i}N"] for i in range(1, p + 1)]
+    idx = {nm: i for i, nm in enumerate(names)}
+    spill_text = meta.get("$SPILLOVER", meta.get("SPILL"))
+    parts = spill_text.split(",")
+    k = int(parts[0])
+    sp_names = parts[1 : k + 1]
+    inv = np.linalg.inv(np.array(parts[k + 1 :], dtype=float).reshape(k, k))
+    sp_cols = [idx[nm] for nm in sp_names]
+    gs = strategy.gating_strategy()
+    rows = np.arange(n)
+    counts = {}
+    for path_ in strategy.gate_paths():
+        gate = gs.get_gate(path_[-1], gate_path=path_[:-1])
+        cols = []
+        for dim in gate.dimensions:
+            c = idx[dim.id]
+            if dim.compensation_ref == "FCS":
+                v = data[np.ix_(rows, sp_cols)].astype(np.float64) @ inv[:, sp_names.index(dim.id)]
+            else:
+                v = data[rows, c].astype(np.float64)
+            if dim.transformation_ref:
+                xf = gs.get_transform(dim.transformation_ref)
+                v = fu_xf.logicle(v.reshape(-1, 1), None, t=xf.param_t, m=xf.param_m, w=xf.param_w,
+                                  a=xf.param_a).ravel()
+            cols.append(v)
+        if gate.gate_type == "PolygonGate":
+            inside = fu_gating.points_in_polygon(np.array(gate.vertices, dtype=float), np.column_stack(cols))
+        else:
+            inside = np.ones(rows.size, dtype=bool)
+            for dim, v in zip(gate.dimensions, cols):
+                if dim.min is not None:
+                    inside &= v >= dim.min
+                if dim.max is not None:
+                    inside &= v < dim.max
+        rows = rows[inside]
+        counts[path_] = int(rows.size)
+    return counts
+
+
+def _time_engines(files: list[Path], strategy) -> dict[str, float]:
+    import flowkit as fk
+
+    from cytopipe.fcs import read_fcs
+    from cytopipe.gating import gate_sample
+    from cytopipe.panel import resolve_panel
+
+    times = {"cytopipe": 0.0, "flowkit": 0.0, "numpy": 0.0}
+    events = 0
+    for f in files:
+        t = time.perf_counter()
+        sample = read_fcs(f)
+        resolve_panel(sample.pnn_labels, sample.pns_labels, strategy)
+        ours = gate_sample(sample, strategy, engine="cascade")
+        times["cytopipe"] += time.perf_counter() - t
+        del sample
+
+        t = time.perf_counter()
+        fks = fk.Sample(str(f))
+        res = strategy.gating_strategy().gate_sample(fks)
+        times["flowkit"] += time.perf_counter() - t
+        ref = {tuple(p) + (g,): int(c) for p, g, c in zip(res.report.gate_path, res.report.gate_name,
+                                                          res.report["count"])}
+        del fks, res
+
+        t = time.perf_counter()
+        plain = _numpy_cascade(f, strategy)
+        times["numpy"] += time.perf_counter() - t
+
+        mine = {p: c.count for p, c in ours.items()}
+        if mine != ref:
+            raise SystemExit(f"COUNTS DIFFER from FlowKit on {f}: {mine} vs {ref}")
+        worst = max(abs(plain[p] - mine[p]) for p in mine)
+        if worst > 2:  # plain numpy uses inv() instead of FlowKit's solve; allow boundary ties
+            raise SystemExit(f"numpy reference differs by {worst} events on {f}")
+        events += int(ours[strategy.gate_paths()[0]].total)
+    return {k: events / v for k, v in times.items()}
+
+
+_MEM_CHILD = r"""
+import os, sys, threading, time
+import flowkit, numpy, pandas
+from cytopipe.strategy import load_strategy
+from cytopipe.fcs import read_fcs
+from cytopipe.gating import gate_sample
+s = load_strategy(); gs = s.gating_strategy()
+page = os.sysconf('SC_PAGE_SIZE')
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * page
+base = rss(); peak = [base]; done = False
+def watch():
+    while not done:
+        peak[0] = max(peak[0], rss()); time.sleep(0.002)
+t = threading.Thread(target=watch, daemon=True); t.start()
+engine, path = sys.argv[1], sys.argv[2]
+try:
+    if engine == "flowkit":
+        smp = flowkit.Sample(path); gs.gate_sample(smp)
+    else:
+        smp = read_fcs(path); gate_sample(smp, s, gating_strategy=gs, engine="cascade")
+finally:
+    peak[0] = max(peak[0], rss()); done = True; t.join()
+print(peak[0] - base)
+"""
+
+
+def _peak_rss(engine: str, path: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, engine, str(path)], check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _batch_wall(sheet: Path, out: Path, workers: int) -> float:
+    from distributed import Client, LocalCluster
+
+    from cytopipe.batch import run_batch
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("cytopipe.batch"))  # imports are not part of the batch
+        t = time.perf_counter()
+        result = run_batch(sheet, out, client=client)
+        wall = time.perf_counter() - t
+    if result.n_failed:
+        raise SystemExit(f"{result.n_failed} samples failed in the benchmark batch")
+    return wall
+
+
+def _write_sheet(folder: Path, n_files: int, n_events: int, seed: int) -> Path:
+    lines = ["file,patient_id,visit,day"]
+    for i in range(n_files):
+        name = f"s{i:04d}.fcs"
+        write_fcs(folder / name, SampleSpec(n_events=n_events, seed=seed + i))
+        lines.append(f"{name},P{i:04d},D1,1")
+    sheet = folder / "samples.csv"
+    sheet.write_text("\n".join(lines) + "\n")
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small files, a smoke run (used by the tests)")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+
+    from cytopipe.strategy import load_strategy
+
+    strategy = load_strategy("treg@1.0.0")
+    n_events = 100_000 if args.quick else 1_000_000
+    n_speed = 2 if args.quick else 4
+    n_scale, scale_events = (4, 100_000) if args.quick else (8, 1_000_000)
+    n_many, many_events = (40, 20_000) if args.quick else (500, 50_000)
+    report: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cytopipe-bench-") as tmp:
+        tmp = Path(tmp)
+        files = []
+        for i in range(n_speed):
+            f = tmp / f"speed{i}.fcs"
+            write_fcs(f, SampleSpec(n_events=n_events, seed=100 + i, fcs_version=("3.1", "3.0")[i % 2]))
+            files.append(f)
+        print(f"== per-core throughput: {n_speed} files x {n_events:,} events x 12 channels")
+        _time_engines(files[:1], strategy)  # warm imports and caches
+        rates = _time_engines(files, strategy)
+        for name, rate in rates.items():
+            print(f"  {name:<9} {rate / 1e6:6.2f} M events/s   ({n_events / rate:.3f} s per file)")
+        report["vs_flowkit"] = rates["cytopipe"] / rates["flowkit"]
+        report["vs_numpy"] = rates["cytopipe"] / rates["numpy"]
+        print(f"  ratio cytopipe/FlowKit gate_sample: {report['vs_flowkit']:.2f}x (target >= 3)")
+        print(f"  ratio cytopipe/numpy cascade:       {report['vs_numpy']:.2f}x (target >= 1)")
+        print("  counts: identical to FlowKit on every file")
+
+        raw_bytes = n_events * 12 * 4
+        print(f"== peak RSS per sample above baseline (raw float32 matrix {raw_bytes / 1e6:.0f} MB)")
+        for engine in ("cytopipe", "flowkit"):
+            peak = _peak_rss(engine, files[0])
+            report[f"memory_x_raw_{engine}"] = peak / raw_bytes
+            print(f"  {engine:<9} {peak / 1e6:7.0f} MB = {peak / raw_bytes:.2f}x raw")
+        report["memory_x_raw"] = report["memory_x_raw_cytopipe"]
+
+        print(f"== Dask scaling: {n_scale} files x {scale_events:,} events")
+        scale_dir = tmp / "scale"
+        scale_dir.mkdir()
+        sheet = _write_sheet(scale_dir, n_scale, scale_events, 500)
+        one = _batch_wall(sheet, tmp / "out1", 1)
+        two = _batch_wall(sheet, tmp / "out2", 2)
+        report["scaling_2_workers"] = one / two
+        print(f"  1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x (target >= 1.8)")
+
+        print(f"== batch of {n_many} files x {many_events:,} events, 2 workers")
+        many_dir = tmp / "many"
+        many_dir.mkdir()
+        sheet = _write_sheet(many_dir, n_many, many_events, 10_000)
+        wall = _batch_wall(sheet, tmp / "outmany", 2)
+        report["many_files_wall_s"] = wall
+        print(f"  wall {wall:.1f} s ({n_many / wall:.1f} files/s)")
+
+    print("== targets")
+    failed = []
+    for key, target in TARGETS.items():
+        ok = report[key] <= target if key.startswith("memory") else report[key] >= target
+        print(f"  {key:<18} {report[key]:6.2f}  target {'<=' if key.startswith('memory') else '>='} {target}"
+              f"  {'met' if ok else 'NOT MET'}")
+        if not ok:
+            failed.append(key)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.quick:
+        print("(quick run: small files; the ratios are indicative only)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
