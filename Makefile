@@ -21,6 +21,7 @@ demo: setup
 
 ## test: the whole suite, slow tests included
 test: setup
+	sh scripts/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 ## bench: speed ratios measured in one run (QUICK=1 for a smoke run)

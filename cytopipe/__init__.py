@@ -14,6 +14,8 @@ from .panel import resolve_panel  # noqa: E402
 from .gating import gate_sample  # noqa: E402
 from .samplesheet import read_sample_sheet  # noqa: E402
 from .batch import BatchResult, run_batch  # noqa: E402
+from .review import record_decision  # noqa: E402
+from .endpoint import EndpointResult, run_endpoint  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -28,4 +30,7 @@ __all__ = [
     "read_sample_sheet",
     "BatchResult",
     "run_batch",
+    "record_decision",
+    "EndpointResult",
+    "run_endpoint",
 ]

@@ -12,6 +12,7 @@ missing or changed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -29,16 +30,20 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates  # auto gates (issue 8)
 from .exceptions import CytopipeError
-from .fcs import file_sha256, read_fcs
+from .fcs import file_sha256, read_fcs, scan_header
 from .gating import gate_sample, treg_percent
 from .panel import resolve_panel
-from .qc import sample_flags
+from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
+from .review import adjusted_gating_strategy, adjustments_digest, gate_adjustments, read_decisions, review_fields
 from .results import POPULATION_COLUMNS, TREG_COLUMNS, atomic_write, write_json, write_table
 from .samplesheet import read_sample_sheet
 from .strategy import DEFAULT_STRATEGY, Strategy, load_strategy
 
 __all__ = ["BatchResult", "process_sample", "run_batch"]
+
+logger = logging.getLogger("cytopipe")
 
 ProgressCallback = Callable[[int, int, int], None]
 
@@ -89,8 +94,10 @@ def _flowkit_version() -> str:
     return flowkit.__version__
 
 
-def _cache_key(file_sha: str, strategy_sha: str) -> str:
-    return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}".encode()).hexdigest()
+def _cache_key(file_sha: str, strategy_sha: str, adjusted: str = "") -> str:
+    # adjusted: digest of the sample's reviewed gate adjustments ("" keeps older keys valid)
+    extra = f":{adjusted}" if adjusted else ""
+    return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}{extra}".encode()).hexdigest()
 
 
 def _one_line(text: str) -> str:
@@ -103,6 +110,8 @@ def process_sample(
     *,
     allow_draft: bool = False,
     cache_dir: str | None = None,
+    qc_thresholds: dict[str, Any] | None = None,
+    reviews: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Gate one FCS file; runs inside a Dask worker.
 
@@ -116,12 +125,17 @@ def process_sample(
         Passed to :func:`~cytopipe.strategy.load_strategy`.
     cache_dir
         Where finished results are stored and looked up.
+    qc_thresholds
+        :class:`~cytopipe.qc.QCThresholds` fields (defaults when omitted).
+    reviews
+        This sample's review decisions; its gate adjustments are applied as
+        FlowKit custom sample gates while file and strategy are unchanged.
 
     Returns
     -------
     dict
         ``file_sha256, events_total, cd4_count, treg_count, treg_pct_cd4,
-        qc_flags, error, gates`` (list of ``[path, count, parent_count]``),
+        qc_flags, time_qc, error, gates`` (list of ``[path, count, parent_count]``),
         ``worker, started, duration_s, cached``. Never raises for a bad file:
         the error is a one-line string in ``error``.
     """
@@ -133,19 +147,37 @@ def process_sample(
         strategy = _strategy_in_worker(strategy_dir, allow_draft)
         sha = file_sha256(path)
         out["file_sha256"] = sha
-        cache_file = Path(cache_dir) / f"{_cache_key(sha, strategy.sha256)}.json" if cache_dir else None
+        thresholds = QCThresholds(**(qc_thresholds or {}))
+        adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
+        key = _cache_key(sha, strategy.sha256, adjustments_digest(adjustments))
+        cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             stored = json.loads(cache_file.read_text(encoding="utf-8"))
             stored.update(path=path, worker=out["worker"], cached=True)
+            stored["qc_flags"] = sample_flags(  # today's thresholds on the stored measures
+                stored["events_total"], stored["cd4_count"], stored["treg_count"],
+                thresholds=thresholds, time_metrics=stored.get("time_qc"))
+            finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto gates (issue 8): flags + sample_gates file
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
+        _check_memory(path)
         sample = read_fcs(path)
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        counts = gate_sample(sample, strategy)
+        gs = adjusted_gating_strategy(strategy, sample.id, adjustments) if adjustments else None
+        # >>> auto gates (issue 8): fit this sample's data-driven gates; a reviewer's adjustment wins
+        auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments) if auto_gate_specs(strategy) else None
+        gs = auto.gating_strategy if auto is not None else gs
+        # <<< auto gates
+        counts = gate_sample(sample, strategy, gating_strategy=gs)
         cd4, treg, pct = treg_percent(counts, strategy)
         out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
-        out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg)
+        out["time_qc"] = sample_time_qc(sample, thresholds=thresholds)
+        out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
+                                       time_metrics=out["time_qc"])
         out["gates"] = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
+        if auto is not None:  # auto gates (issue 8): outcome, QC flag, DIR/sample_gates/<stem>.xml
+            out["auto_gates"] = auto.record()
+            finish_auto_gates(out, path, cache_dir=cache_dir)
         if cache_file is not None:
             record = {k: v for k, v in out.items() if k not in ("path", "worker")}
             text = json.dumps(record)
@@ -161,7 +193,38 @@ def process_sample(
     return out
 
 
-def _make_client(scheduler: str | None, n_workers: int | None, n_tasks: int):
+#: Peak bytes per event value above the worker's baseline while gating (float64
+#: FlowKit events plus the cascade's columns; ``make bench`` measures ~3.8x the
+#: float32 matrix, i.e. ~15 bytes a value), and the worker's own footprint.
+_PEAK_BYTES_PER_VALUE = 16
+_WORKER_BASELINE = 300e6
+
+
+def _check_memory(path: str) -> None:
+    """Refuse, before reading, a file too big for this Dask worker's memory limit."""
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):  # not in a Dask worker
+        return
+    if not limit:
+        return
+    head = scan_header(path)
+    n, p = int(head.get("$TOT", 0) or 0), int(head.get("$PAR", 0) or 0)
+    need = n * p * _PEAK_BYTES_PER_VALUE + _WORKER_BASELINE
+    if need > limit:
+        msg = (
+            f"{path}: {n:,} events x {p} channels need about {need / 1e9:.1f} GB to gate, more than "
+            f"the Dask worker memory limit of {limit / 1e9:.1f} GB; run with fewer workers "
+            f"(--workers 1) or a larger --memory-limit."
+        )
+        raise CytopipeError(msg)
+
+
+def _make_client(
+    scheduler: str | None, n_workers: int | None, n_tasks: int, memory_limit: str | int | None = "auto"
+):
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -175,7 +238,8 @@ def _make_client(scheduler: str | None, n_workers: int | None, n_tasks: int):
         n_workers=workers,
         threads_per_worker=1,  # FlowKit gating is CPU-bound Python/numpy: one sample per core
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: never collide with another cluster's 8787
+        memory_limit=memory_limit,  # a worker over it is restarted by its nanny, not the machine
         silence_logs=logging.ERROR,
     )
     return Client(cluster), cluster
@@ -193,6 +257,8 @@ def run_batch(
     allow_outside: bool = False,
     progress: ProgressCallback | None = None,
     log_file: str | os.PathLike | None = None,
+    memory_limit: str | int | None = "auto",
+    report: bool = True,
 ) -> BatchResult:
     """Gate every file of a sample sheet and write the run's outputs.
 
@@ -220,6 +286,12 @@ def run_batch(
         Called as ``progress(done, failed, total)`` after each sample.
     log_file
         Append one JSON line per sample (start, end, duration, worker, outcome).
+    memory_limit
+        Memory limit of each local worker (``"4GB"``, bytes, or ``"auto"``:
+        the machine's memory shared among the workers). A file that would
+        need more is refused with an error naming the limit.
+    report
+        Write the HTML review report ``out_dir/report/index.html``.
 
     Returns
     -------
@@ -230,8 +302,6 @@ def run_batch(
     SampleSheetError, StrategyError
         Before any gating starts.
     """
-    from distributed import as_completed
-
     started = _dt.datetime.now(_dt.timezone.utc)
     sheet_path = Path(sample_sheet)
     sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
@@ -240,22 +310,73 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
+    qc = load_thresholds()  # read here, not in workers, whose environment may differ
+    decisions = read_decisions(out)
 
     own_client = own_cluster = None
     if client is None:
-        own_client, own_cluster = _make_client(scheduler, n_workers, len(sheet))
+        own_client, own_cluster = _make_client(scheduler, n_workers, len(sheet), memory_limit)
         client = own_client
+    if getattr(client, "dashboard_link", None):
+        logger.info("Dask dashboard: %s", client.dashboard_link)
+    try:
+        tasks = [
+            dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()), qc_thresholds=dataclasses.asdict(qc),
+                 reviews=[d for d in decisions if d.get("file") == sheet["file"].iloc[i]])
+            for i in range(len(sheet))
+        ]
+        results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
+        table, pops = _tables(sheet, results, strat, decisions)
+        table = flag_visit_outliers(table, thresholds=qc)
+        files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
+        files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
+        n_failed = int((table["qc_status"] == "error").sum())
+        n_cached = sum(bool(r.get("cached")) for r in results.values())
+        run = {
+            "sample_sheet": str(sheet_path.resolve()),
+            "sample_sheet_sha256": file_sha256(sheet_path),
+            "strategy": strat.name,
+            "strategy_version": strat.version,
+            "strategy_sha256": strat.sha256,
+            "strategy_status": strat.status,
+            "cytopipe_version": __version__,
+            "flowkit_version": _flowkit_version(),
+            "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
+            "started": started.isoformat(),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "n_samples": len(table),
+            "n_ok": len(table) - n_failed,
+            "n_failed": n_failed,
+            "n_cached": n_cached,
+        }
+        files.append(write_json(run, out / "run.json"))
+        from .miflowcyt import write_miflowcyt
+
+        files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"])))
+        if report:
+            from .report import write_report  # imported here: matplotlib only where a report is made
+
+            files.append(write_report(out, strategy=strat, client=client))
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+
+
+def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],
+            progress: ProgressCallback | None, log_file) -> dict[int, dict[str, Any]]:
+    """Submit one task per file and collect results as they finish, failures included."""
+    from distributed import as_completed
+
     results: dict[int, dict[str, Any]] = {}
-    log = open(log_file, "a", encoding="utf-8") if log_file else None
+    log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
         futures = {}
         for i, path in enumerate(sheet["path"]):
             fut = client.submit(
-                process_sample,
-                path,
-                str(strat.directory.resolve()),
-                allow_draft=allow_draft,
-                cache_dir=str(cache_dir.resolve()),
+                process_sample, path, strategy_dir, **tasks[i],
                 key=f"cytopipe-sample-{i}-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{time.time_ns()}",
                 pure=False,
             )
@@ -278,35 +399,7 @@ def run_batch(
     finally:
         if log is not None:
             log.close()
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
-
-    table, pops = _tables(sheet, results, strat)
-    files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
-    files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
-    n_failed = int((table["qc_status"] == "error").sum())
-    n_cached = sum(bool(r.get("cached")) for r in results.values())
-    run = {
-        "sample_sheet": str(sheet_path.resolve()),
-        "sample_sheet_sha256": file_sha256(sheet_path),
-        "strategy": strat.name,
-        "strategy_version": strat.version,
-        "strategy_sha256": strat.sha256,
-        "strategy_status": strat.status,
-        "cytopipe_version": __version__,
-        "flowkit_version": _flowkit_version(),
-        "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
-        "started": started.isoformat(),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "n_samples": len(table),
-        "n_ok": len(table) - n_failed,
-        "n_failed": n_failed,
-        "n_cached": n_cached,
-    }
-    files.append(write_json(run, out / "run.json"))
-    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+    return results
 
 
 def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +418,7 @@ def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Strategy):
+def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Strategy, decisions=()):
     fk_version = _flowkit_version()
     rows, pops = [], []
     extra = [c for c in sheet.columns if c not in TREG_COLUMNS and c not in ("path", "line")]
@@ -351,6 +444,7 @@ def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Stra
             "strategy_sha256": strat.sha256,
             "cytopipe_version": __version__,
             "flowkit_version": fk_version,
+            **review_fields(list(decisions), rec["file"], res.get("file_sha256"), strat.sha256),
         }
         row.update({c: rec[c] for c in extra})
         rows.append(row)
@@ -368,7 +462,7 @@ def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Stra
                     "pct_parent": 100.0 * count / parent if parent else float("nan"),
                     "pct_total": 100.0 * count / total if total else float("nan"),
                     "strategy": strat.name,
-                    "strategy_version": strat.version,
+                    "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
                 }
             )
     table = pd.DataFrame(rows, columns=list(TREG_COLUMNS) + extra)

@@ -6,6 +6,7 @@ never a traceback; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+class _EchoHandler(logging.Handler):
+    """Library log messages (e.g. the Dask dashboard address) to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 class _Progress:
     """A one-line progress display on a terminal: done, failed, time left."""
 
@@ -83,8 +91,10 @@ class _Progress:
 @click.option("--allow-outside", is_flag=True, help="Accept sample sheet paths outside the sheet's folder.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append one JSON line per sample (start, end, duration, worker, outcome).")
+@click.option("--memory-limit", default="auto", show_default=True,
+              help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
-        allow_draft: bool, allow_outside: bool, log_file: Path | None) -> None:
+        allow_draft: bool, allow_outside: bool, log_file: Path | None, memory_limit: str) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -102,9 +112,13 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
     """
     from .batch import run_batch
 
+    log = logging.getLogger("cytopipe")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.INFO)
     result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
                        allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
-                       log_file=log_file)
+                       log_file=log_file, memory_limit=memory_limit)
     click.echo(f"{result.n_ok} of {len(result.table)} samples gated "
                f"({result.n_cached} reused from earlier runs), {result.n_failed} failed; outputs in {out_dir}")
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():
@@ -115,20 +129,32 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
 @cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--patients", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--events", default=15000, show_default=True, type=click.IntRange(min=1),
-              help="Events per file.")
+@click.option("--events", default=None, type=click.IntRange(min=1),
+              help="Events per file [default: 15000; 30000 with --trial].")
 @click.option("--seed", default=2026, show_default=True, type=int)
 @click.option("--drift", default=0.4, show_default=True, type=click.FloatRange(0, 0.9),
               help="Largest relative move of population positions.")
 @click.option("--hard", is_flag=True, help="Add staining-run variation (FOXP3 brightness, CD25 continuum).")
-def synth(out_dir: Path, patients: int, events: int, seed: int, drift: float, hard: bool) -> None:
+@click.option("--trial", is_flag=True, help="Simulate the paper's 24-patient, 4-arm trial (D1, D8, D60; "
+              "--patients ignored) with randomisation.csv; see cytopipe.trial_sim.")
+def synth(out_dir: Path, patients: int, events: int | None, seed: int, drift: float, hard: bool,
+          trial: bool) -> None:
     """Write a generated trial with known truth into OUT_DIR.
 
     Writes one FCS file per patient-visit, samples.csv (the sample sheet)
-    and truth.csv (the true Treg % of CD4 of every file).
+    and truth.csv (the true Treg % of CD4 of every file). With --trial, also
+    randomisation.csv (patient_id, arm, dose); the sample sheet stays blinded.
     """
+    if trial:
+        from .trial_sim import simulate_trial
+
+        sheet = simulate_trial(out_dir, visits=(("D1", 1), ("D8", 8), ("D60", 60)), n_events=events or 30000,
+                               seed=seed, drift=drift, hard=hard)
+        click.echo(f"wrote {sheet} and {sheet.parent / 'randomisation.csv'}")
+        return
     from .synth import generate_trial
 
+    events = events or 15000
     sheet = generate_trial(out_dir, n_patients=patients, n_events=events, seed=seed, drift=drift, hard=hard)
     click.echo(f"wrote {sheet}")
 
@@ -150,16 +176,239 @@ def strategy_list() -> None:
 @strategy.command("show")
 @click.argument("ref")
 @click.option("--allow-draft", is_flag=True)
-def strategy_show(ref: str, allow_draft: bool) -> None:
-    """Show a strategy's gate tree, panel and endpoint gate paths."""
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the gate tree into this image (.png, .svg, .pdf).")
+def strategy_show(ref: str, allow_draft: bool, image: Path | None) -> None:
+    """Show a strategy's gate tree (each gate's type, dimensions, transform and parent),
+    panel and endpoint gate paths; also draw the tree as an image."""
     from .strategy import load_strategy
+    from .strategy_tools import describe_gates, format_gate, write_gate_tree_image
 
     s = load_strategy(ref, allow_draft=allow_draft)
     click.echo(f"{s.ref} ({s.status}) sha256 {s.sha256}")
-    click.echo(s.gating_strategy().get_gate_hierarchy())
+    gs = s.gating_strategy()
+    click.echo(gs.get_gate_hierarchy())
+    for info in describe_gates(gs):
+        click.echo(format_gate(info))
+    if image is not None:
+        written = write_gate_tree_image(gs, image, title=f"{s.ref} ({s.status})")
+        click.echo(f"gate tree image: {written}")
     for m in s.markers:
         click.echo(f"  {m.marker:<10} {m.detector:<14} $PnS aliases: {', '.join(m.aliases)}")
     click.echo(f"Treg % CD4 = {'/'.join(s.numerator)} over {'/'.join(s.denominator)}")
+
+
+@strategy.command("validate")
+@click.argument("path")
+def strategy_validate(path: str) -> None:
+    """Validate a GatingML file, a strategy folder or NAME@VERSION.
+
+    GatingML 2.0 schema errors are listed with their line; for a strategy
+    folder the manifest is checked too (markers cover every gated detector,
+    endpoint gate paths exist, sha256, CHANGELOG entry). Exit 2 on any error.
+    """
+    from .strategy_tools import validate_strategy
+
+    report = validate_strategy(path)
+    for note in report.notes:
+        click.echo(f"  {note}")
+    for err in report.errors:
+        click.echo(f"ERROR {err}", err=True)
+    if not report.ok:
+        sys.exit(EXIT_USAGE)
+    click.echo(f"{report.path}: valid")
+
+
+@strategy.command("diff")
+@click.argument("a")
+@click.argument("b")
+def strategy_diff(a: str, b: str) -> None:
+    """Gate-by-gate changes from A to B (NAME@VERSION, folder or GatingML file).
+
+    Lists added and removed gates, moved gates, moved vertices, changed
+    thresholds (with linear values), transforms and compensation.
+    """
+    from .strategy_diff import diff_strategies
+
+    changes = diff_strategies(a, b)
+    for c in changes:
+        click.echo(str(c))
+    if not changes:
+        click.echo("no differences in gates, transforms or compensation")
+
+
+@strategy.command("new-version")
+@click.argument("name")
+@click.option("--from", "from_version", required=True, help="Version to copy, e.g. 1.0.0.")
+@click.option("--version", "version", default=None, help="New version [default: next minor].")
+def strategy_new_version(name: str, from_version: str, version: str | None) -> None:
+    """Copy NAME@FROM into a new draft version with a CHANGELOG stub to fill in."""
+    from .strategy_tools import new_version
+
+    dst = new_version(name, from_version, version=version)
+    click.echo(f"draft {name}@{dst.name} in {dst}; edit the GatingML, fill CHANGELOG.md "
+               f"(author, date, reason), then 'cytopipe strategy release {name}@{dst.name}'")
+
+
+@strategy.command("release")
+@click.argument("ref")
+def strategy_release(ref: str) -> None:
+    """Release a draft: needs a valid strategy and a CHANGELOG entry with author, date and reason.
+
+    Records the GatingML sha256; from then on the version never changes.
+    """
+    from .strategy_tools import release_version
+
+    click.echo(f"released {ref}: {release_version(ref)}")
+
+
+@strategy.command("import-wsp")
+@click.argument("workspace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--group", required=True, help="FlowJo sample group whose gate tree to import.")
+@click.option("--as", "ref", required=True, help="New draft as NAME@VERSION, e.g. treg@1.1.0.")
+@click.option("--numerator", default=None, help="Treg gate path as in FlowJo [default: previous version's].")
+@click.option("--denominator", default=None, help="CD4 gate path as in FlowJo [default: previous version's].")
+@click.option("--author", default="TODO", help="Author for the CHANGELOG stub.")
+def strategy_import_wsp(workspace: Path, group: str, ref: str, numerator: str | None,
+                        denominator: str | None, author: str) -> None:
+    """Turn a FlowJo 10 workspace group's gates, transforms and compensation into a draft strategy.
+
+    Anything that cannot be carried (unsupported gate or transform types,
+    gates that differ between the group's samples) is listed as an error;
+    nothing is dropped silently.
+    """
+    from .flowjo import import_wsp
+
+    res = import_wsp(workspace, group, ref, numerator=numerator, denominator=denominator, author=author)
+    for note in res.notes:
+        click.echo(f"  note: {note}")
+    click.echo(f"draft {ref} with {len(res.gate_paths)} gates in {res.directory}")
+
+
+@strategy.command("export-wsp")
+@click.argument("ref")
+@click.option("--samples", "sample_sheet", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Sample sheet (CSV).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Workspace file to write (.wsp).")
+@click.option("--group", default="cytopipe", show_default=True, help="FlowJo group of the samples.")
+@click.option("--allow-draft", is_flag=True)
+def strategy_export_wsp(ref: str, sample_sheet: Path, out: Path, group: str, allow_draft: bool) -> None:
+    """Write a FlowJo 10 workspace with the strategy's gates and the sheet's samples attached.
+
+    Only rectangle and polygon gates can be written (FlowKit's limit); any
+    other gate is named in the error.
+    """
+    from .flowjo import export_wsp
+
+    click.echo(f"wrote {export_wsp(ref, sample_sheet, out, group=group, allow_draft=allow_draft)}")
+
+
+def _parse_bound(text: str) -> tuple[str, tuple[float | None, float | None]]:
+    det, sep, rng = text.rpartition("=")
+    lo, colon, hi = rng.partition(":")
+    try:
+        if not sep or not colon or not det:
+            raise ValueError
+        return det, (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
+    except ValueError:
+        msg = f"--bound {text!r}: expected DETECTOR=MIN:MAX in linear units, e.g. PE-Cy7-A=3500: (open max)"
+        raise click.BadParameter(msg) from None
+
+
+def _parse_vertex(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        msg = f"--vertex {text!r}: expected X,Y in linear units, e.g. 30000,0"
+        raise click.BadParameter(msg) from None
+    return x, y
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("sample")
+@click.option("--approve", "action", flag_value="approve", help="Approve the sample's gates and number.")
+@click.option("--reject", "action", flag_value="reject", help="Reject the sample (needs --reason).")
+@click.option("--adjust-gate", "gate_path", default=None, metavar="GATE_PATH",
+              help="Replace this gate for this sample only (a FlowKit custom sample gate); needs --reason "
+                   "and --bound or --vertex.")
+@click.option("--bound", "bounds", multiple=True, metavar="DET=MIN:MAX",
+              help="Rectangle gate bound in compensated linear units; empty side = open. Repeatable.")
+@click.option("--vertex", "vertices", multiple=True, metavar="X,Y",
+              help="Polygon gate vertex in linear units. Repeat for every vertex.")
+@click.option("--reason", default="", help="Why (required to reject or adjust).")
+@click.option("--reviewer", required=True, help="Who decides.")
+@click.option("--no-report", is_flag=True, help="Do not re-render RUN_DIR/report.")
+def review(run_dir: Path, sample: str, action: str | None, gate_path: str | None, bounds: tuple[str, ...],
+           vertices: tuple[str, ...], reason: str, reviewer: str, no_report: bool) -> None:
+    """Approve, reject or adjust one SAMPLE of RUN_DIR (its file as in the sheet, or PATIENT:VISIT).
+
+    Decisions are appended to RUN_DIR/review.jsonl with reviewer, time and
+    reason, and bound to the file's and the strategy's sha256. An adjusted
+    gate takes effect at the next 'cytopipe run' into RUN_DIR.
+    """
+    from .review import record_decision, update_review_columns
+
+    if gate_path and action:
+        raise click.UsageError("Give one of --approve, --reject or --adjust-gate.")
+    action = "adjust" if gate_path else action
+    if action is None:
+        raise click.UsageError("Give one of --approve, --reject or --adjust-gate GATE_PATH.")
+    rec = record_decision(run_dir, sample, action=action, reviewer=reviewer, reason=reason, gate_path=gate_path,
+                          bounds=dict(_parse_bound(b) for b in bounds) or None,
+                          vertices=[_parse_vertex(v) for v in vertices] or None)
+    update_review_columns(run_dir)
+    if not no_report:
+        from .report import write_report
+
+        write_report(run_dir)
+    click.echo(f"{rec['action']} {rec['file']} by {rec['reviewer']} recorded in {run_dir / 'review.jsonl'}")
+    if action == "adjust":
+        click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec['file']} with the adjusted gate")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Re-render RUN_DIR/report/ from the run's outputs and review.jsonl."""
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(run_dir)}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--randomisation", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with patient_id, arm (and optional numeric dose).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder.")
+@click.option("--baseline", default="D1", show_default=True, help="Baseline visit.")
+@click.option("--visit", default="D60", show_default=True, help="Endpoint visit.")
+@click.option("--study-id", default=None, help="SDTM STUDYID [default: $CYTOPIPE_STUDY_ID].")
+@click.option("--control", default="placebo", show_default=True, help="Control arm.")
+@click.option("--supersede", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A run folder whose patient-visits found in another run are replaced (repeatable).")
+def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, baseline: str, visit: str,
+             study_id: str | None, control: str, supersede: tuple[Path, ...]) -> None:
+    """Change in Treg % of CD4 from BASELINE to VISIT per patient and per arm, and SDTM CP.
+
+    RUN_DIRS are folders written by 'cytopipe run' (visits gated in different
+    weeks can be combined). The same patient-visit in two runs is an error
+    unless one is superseded: a 'superseded' column (yes) in its sample sheet,
+    or --supersede RUN_DIR. Writes OUT/change_by_patient.csv/.parquet,
+    arm_summary.csv, trend_test.csv, exclusions.csv, sdtm_cp.csv, two PNG
+    figures and endpoint.json.
+    """
+    from .endpoint import run_endpoint
+
+    res = run_endpoint(list(run_dirs), randomisation, out_dir, baseline=baseline, visit=visit,
+                       study_id=study_id, control=control, supersede=list(supersede))
+    n_ok = int((res.by_patient["status"] == "complete").sum())
+    click.echo(f"{n_ok} of {len(res.by_patient)} patients with a {baseline}-to-{visit} change; "
+               f"{len(res.exclusions)} sample(s) excluded (see exclusions.csv); outputs in {out_dir}")
+    for _, r in res.by_patient[res.by_patient["status"] != "complete"].iterrows():
+        click.echo(f"  {r['patient_id']}: {r['status']}: {r['reason']}", err=True)
 
 
 def main() -> None:

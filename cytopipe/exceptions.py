@@ -15,6 +15,10 @@ __all__ = [
     "StrategyChecksumError",
     "SampleSheetError",
     "GatingError",
+    "EndpointError",
+    "OutputSchemaError",
+    "QCConfigError",
+    "ReviewError",
 ]
 
 
@@ -44,3 +48,23 @@ class SampleSheetError(CytopipeError, ValueError):
 
 class GatingError(CytopipeError, RuntimeError):
     """FlowKit failed to gate a sample."""
+
+
+class EndpointError(CytopipeError, ValueError):
+    """The endpoint analysis cannot run on the given runs and randomisation list."""
+
+
+class OutputSchemaError(CytopipeError, ValueError):
+    """An output table does not match its data dictionary (``cytopipe.schema``)."""
+
+
+class QCConfigError(CytopipeError, ValueError):
+    """A QC thresholds file or ``CYTOPIPE_QC_*`` variable is unreadable or invalid."""
+
+
+class ReviewError(CytopipeError, ValueError):
+    """A review decision cannot be recorded or applied (unknown sample, bad gate)."""
+
+
+class InterchangeError(StrategyError):
+    """A FlowJo workspace or GatingML file cannot be carried into or out of a strategy."""

@@ -36,7 +36,7 @@ import pandas as pd
 from .exceptions import GatingError
 from .strategy import Strategy
 
-__all__ = ["ENGINES", "GateCount", "gate_cascade", "gate_sample", "treg_percent"]
+__all__ = ["ENGINES", "GateCount", "gate_cascade", "gate_rows", "gate_sample", "gate_values", "treg_percent"]
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,48 @@ def gate_cascade(sample, gs, paths) -> dict[tuple[str, ...], int] | None:
     dict or None
         Full gate path to count; None when a gate needs FlowKit's own engine.
     """
+    rows = _cascade_rows(sample, gs, paths)
+    return None if rows is None else {p: int(r.size) for p, r in rows.items() if p != ("root",)}
+
+
+def gate_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray]:
+    """The event indices in every gate (``("root",)``: all events), parents first.
+
+    Uses the cascade, or FlowKit's ``gate_sample`` memberships for gate types
+    the cascade does not handle; both give the same events.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = _cascade_rows(sample, gs, paths)
+        if rows is None:
+            results = gs.gate_sample(sample)
+            rows = {("root",): np.arange(int(sample.event_count))}
+            for path in paths:
+                member = results.get_gate_membership(path[-1], gate_path=path[:-1])
+                rows[path] = np.flatnonzero(np.asarray(member, dtype=bool))
+    if rows[("root",)] is None:
+        rows[("root",)] = np.arange(int(sample.event_count))
+    return rows
+
+
+def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
+    """``(len(rows), n_dims)`` values of ``rows`` in ``gate``'s dimensions, as the gate sees them.
+
+    Compensated with flowutils' arithmetic and transformed with FlowKit's
+    transforms, exactly as :meth:`flowkit.GatingStrategy.gate_sample` does.
+    """
+    ctx = _Context(sample, gs, sample.get_events(source="raw"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ctx.frame(gate, np.asarray(rows)).to_numpy(dtype=float)
+
+
+def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None] | None:
     from flowkit import gates as fk_gates
 
     raw = sample.get_events(source="raw")  # FlowKit's preprocessed float64, not a copy
     ctx = _Context(sample, gs, raw)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
-    counts = {}
     try:
         for path in paths:
             gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
@@ -171,12 +207,10 @@ def gate_cascade(sample, gs, paths) -> dict[tuple[str, ...], int] | None:
                 inside = ctx.rectangle(gate, parent)
             else:
                 inside = np.asarray(gate.apply(ctx.frame(gate, parent)), dtype=bool)
-            kept = (np.flatnonzero(inside) if parent is None else parent[inside])
-            rows[path] = kept
-            counts[path] = int(kept.size)
+            rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
     except _Unsupported:
         return None
-    return counts
+    return rows
 
 
 class _Context:

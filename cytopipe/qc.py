@@ -2,22 +2,52 @@
 
 Flags never change a number; they tell the reviewer where to look. A sample
 with flags gets ``qc_status`` ``"flag"``; a sample that could not be gated
-gets ``"error"``.
+gets ``"error"``. The flags, in ``qc_flags`` (``;``-separated):
+
+- ``low_events``: too few events in the file;
+- ``low_cd4``: too few CD4+ cells for a precise Treg % (95 % CI half-width);
+- ``flow_rate:<p>%``: the flow rate along the Time channel drops or bursts
+  (clogs, bubbles) in bins holding ``p`` % of the events (flowAI, PeacoQC);
+- ``signal_drift:<p>%``: channel signals drift along the Time channel in
+  bins holding ``p`` % of the events;
+- ``treg_outlier``: Treg % CD4 out of line with the patient's other visits.
+
+Thresholds come from the packaged ``qc_defaults.toml`` (documented there),
+then a user file, then ``CYTOPIPE_QC_*`` environment variables, then explicit
+arguments: see :func:`load_thresholds`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["QCThresholds", "binomial_ci", "sample_flags"]
+import numpy as np
+
+from .exceptions import QCConfigError
+
+__all__ = [
+    "QCThresholds",
+    "binomial_ci",
+    "flag_visit_outliers",
+    "load_thresholds",
+    "sample_flags",
+    "sample_time_qc",
+    "time_qc",
+]
 
 _Z95 = 1.959963984540054
+_DEFAULTS_FILE = Path(__file__).with_name("qc_defaults.toml")
+_ENV_PREFIX = "CYTOPIPE_QC_"
 
 
 @dataclass(frozen=True)
 class QCThresholds:
-    """Thresholds of the per-sample flags.
+    """Thresholds of the per-sample flags; ``qc_defaults.toml`` documents each.
 
     Attributes
     ----------
@@ -27,10 +57,102 @@ class QCThresholds:
     max_ci_halfwidth_pp
         Flag ``low_cd4`` when the 95 % Wilson interval of Treg % CD4 is wider
         than this many percentage points on either side.
+    time_bin_events, time_min_bins, time_max_bins, flow_rate_z, flow_rate_min_change, max_flow_anomaly_pct
+        Flow-rate check along the Time channel.
+    drift_bins, drift_sd, drift_z, max_drift_pct
+        Signal-drift check along the Time channel.
+    outlier_fold, outlier_min_pp, outlier_min_visits
+        Treg % CD4 out of line with the patient's other visits.
     """
 
     min_events: int = 20_000
     max_ci_halfwidth_pp: float = 1.0
+    time_bin_events: int = 200
+    time_min_bins: int = 10
+    time_max_bins: int = 200
+    flow_rate_z: float = 5.0
+    flow_rate_min_change: float = 0.2
+    max_flow_anomaly_pct: float = 5.0
+    drift_bins: int = 10
+    drift_sd: float = 0.2
+    drift_z: float = 6.0
+    max_drift_pct: float = 5.0
+    outlier_fold: float = 4.0
+    outlier_min_pp: float = 5.0
+    outlier_min_visits: int = 2
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        msg = f"{path}: cannot read the QC thresholds file: {e}. Fix it or unset CYTOPIPE_QC_CONFIG."
+        raise QCConfigError(msg) from e
+
+
+def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(QCThresholds)}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            msg = f"{source}: unknown QC threshold {key!r}. Known thresholds: {sorted(fields)}"
+            raise QCConfigError(msg)
+        kind = int if fields[key].type in ("int", int) else float
+        try:
+            number = kind(value)
+        except (TypeError, ValueError) as e:
+            msg = f"{source}: QC threshold {key!r} must be a number ({kind.__name__}), got {value!r}."
+            raise QCConfigError(msg) from e
+        if number < 0 or (isinstance(number, float) and not math.isfinite(number)):
+            msg = f"{source}: QC threshold {key!r} must be a finite number >= 0, got {value!r}."
+            raise QCConfigError(msg)
+        out[key] = number
+    return out
+
+
+def load_thresholds(path: str | os.PathLike | None = None, **overrides: float) -> QCThresholds:
+    """Load the QC thresholds: packaged defaults, user file, environment, arguments.
+
+    Parameters
+    ----------
+    path
+        A TOML file of thresholds (any subset of the keys of
+        ``qc_defaults.toml``). Defaults to ``$CYTOPIPE_QC_CONFIG``, else
+        ``~/.config/cytopipe/qc.toml`` when it exists.
+    **overrides
+        Thresholds given explicitly; they win over everything else.
+
+    Returns
+    -------
+    QCThresholds
+
+    Raises
+    ------
+    QCConfigError
+        A file cannot be read, or names an unknown threshold or a bad value.
+
+    Examples
+    --------
+    >>> load_thresholds(min_events=50_000).min_events
+    50000
+    """
+    values = _coerce(_read_toml(_DEFAULTS_FILE), str(_DEFAULTS_FILE))
+    user = path or os.environ.get(_ENV_PREFIX + "CONFIG")
+    if user is None and (Path.home() / ".config" / "cytopipe" / "qc.toml").is_file():
+        user = Path.home() / ".config" / "cytopipe" / "qc.toml"
+    if user is not None:
+        values.update(_coerce(_read_toml(Path(user)), str(user)))
+    for field in dataclasses.fields(QCThresholds):
+        env = os.environ.get(_ENV_PREFIX + field.name.upper())
+        if env is not None:
+            values.update(_coerce({field.name: env}, f"environment variable {_ENV_PREFIX}{field.name.upper()}"))
+    values.update(_coerce(overrides, "load_thresholds()"))
+    return QCThresholds(**values)
 
 
 def binomial_ci(k: int, n: int) -> tuple[float, float]:
@@ -51,8 +173,104 @@ def binomial_ci(k: int, n: int) -> tuple[float, float]:
     return (100 * (centre - half), 100 * (centre + half))
 
 
-def sample_flags(events: int, cd4: int, treg: int, *, thresholds: QCThresholds | None = None) -> list[str]:
-    """Return the QC flags of one gated sample (empty when all is well)."""
+def _bins(t: np.ndarray, n_bins: int) -> np.ndarray:
+    edges = np.linspace(float(t.min()), float(t.max()), n_bins + 1)
+    return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+
+
+def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds | None = None) -> dict[str, Any] | None:
+    """Check the acquisition along the Time channel: flow rate and signal drift.
+
+    Like flowAI and PeacoQC, the acquisition is cut into time bins; bins whose
+    event rate departs from the median bin (clog, bubble, burst) or whose
+    signal drifts away from the rest are anomalous, and the share of events
+    (and of acquisition time) they hold is reported.
+
+    Parameters
+    ----------
+    time
+        The Time channel, one value per event (any unit).
+    signals
+        ``(n_events, n_channels)`` linear values of the other channels.
+    thresholds
+        Defaults to :func:`load_thresholds`.
+
+    Returns
+    -------
+    dict or None
+        ``flow_rate_events_pct, flow_rate_time_pct, drift_events_pct,
+        drift_channels`` (indices of drifting channels), ``n_bins``; None when
+        the Time channel is constant or the file too small to check.
+    """
+    t_ = thresholds or load_thresholds()
+    time = np.asarray(time, dtype=float)
+    n = time.size
+    if n < 2 * t_.time_min_bins or not np.isfinite(time).all() or time.max() <= time.min():
+        return None
+    n_bins = int(np.clip(n // max(t_.time_bin_events, 1), t_.time_min_bins, t_.time_max_bins))
+    b = _bins(time, n_bins)
+    counts = np.bincount(b, minlength=n_bins)
+    med = float(np.median(counts))
+    sd = max(math.sqrt(med), 1.4826 * float(np.median(np.abs(counts - med))), 1.0)
+    bad = (np.abs(counts - med) > t_.flow_rate_z * sd) & (np.abs(counts - med) > t_.flow_rate_min_change * med)
+
+    x = np.arcsinh(np.asarray(signals, dtype=float) / 150.0)
+    nd = max(int(t_.drift_bins), 2)
+    bd = _bins(time, nd)
+    dcounts = np.bincount(bd, minlength=nd)
+    sums = np.zeros((nd, x.shape[1]))
+    np.add.at(sums, bd, x)
+    means = sums / np.maximum(dcounts, 1)[:, None]
+    filled = dcounts >= 20
+    drifting = np.zeros(nd, dtype=bool)
+    channels: set[int] = set()
+    if filled.sum() >= 3:
+        ref = np.median(means[filled], axis=0)
+        scale = np.maximum(x.std(axis=0), 1e-9)
+        dev = np.abs(means - ref) / scale
+        stderr = 1.0 / np.sqrt(np.maximum(dcounts, 1))[:, None]
+        hit = (dev > t_.drift_sd) & (dev > t_.drift_z * stderr) & filled[:, None]
+        drifting = hit.any(axis=1)
+        channels = set(np.nonzero(hit.any(axis=0))[0].tolist())
+    return {
+        "n_bins": n_bins,
+        "flow_rate_events_pct": 100.0 * float(counts[bad].sum()) / n,
+        "flow_rate_time_pct": 100.0 * float(bad.sum()) / n_bins,
+        "drift_events_pct": 100.0 * float(dcounts[drifting].sum()) / n,
+        "drift_channels": sorted(channels),
+    }
+
+
+def sample_time_qc(sample, *, thresholds: QCThresholds | None = None) -> dict[str, Any] | None:
+    """:func:`time_qc` of a read :class:`flowkit.Sample` (None without a ``Time`` channel)."""
+    labels = list(sample.pnn_labels)
+    if "Time" not in labels:
+        return None
+    raw = sample.get_events(source="raw")
+    i = labels.index("Time")
+    others = [j for j in range(len(labels)) if j != i]
+    return time_qc(raw[:, i], raw[:, others], thresholds=thresholds)
+
+
+def sample_flags(
+    events: int,
+    cd4: int,
+    treg: int,
+    *,
+    thresholds: QCThresholds | None = None,
+    time_metrics: dict[str, Any] | None = None,
+) -> list[str]:
+    """Return the QC flags of one gated sample (empty when all is well).
+
+    Parameters
+    ----------
+    events, cd4, treg
+        Events in the file, in the CD4 gate and in the Treg gate.
+    thresholds
+        Defaults to the packaged :class:`QCThresholds` defaults.
+    time_metrics
+        The result of :func:`time_qc`, when the Time channel was checked.
+    """
     t = thresholds or QCThresholds()
     flags = []
     if events < t.min_events:
@@ -60,4 +278,44 @@ def sample_flags(events: int, cd4: int, treg: int, *, thresholds: QCThresholds |
     lo, hi = binomial_ci(treg, cd4)
     if cd4 == 0 or max(hi - 100 * treg / cd4, 100 * treg / cd4 - lo) > t.max_ci_halfwidth_pp:
         flags.append("low_cd4")
+    if time_metrics:
+        rate = max(time_metrics["flow_rate_events_pct"], time_metrics["flow_rate_time_pct"])
+        if rate > t.max_flow_anomaly_pct:
+            flags.append(f"flow_rate:{time_metrics['flow_rate_events_pct']:.1f}%")
+        if time_metrics["drift_events_pct"] > t.max_drift_pct:
+            flags.append(f"signal_drift:{time_metrics['drift_events_pct']:.1f}%")
     return flags
+
+
+def flag_visit_outliers(table, *, thresholds: QCThresholds | None = None):
+    """Add ``treg_outlier`` to visits whose Treg % CD4 is out of line with the patient's others.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``treg_by_visit`` rows (``patient_id, treg_pct_cd4, qc_status, qc_flags``).
+    thresholds
+        Defaults to the packaged :class:`QCThresholds` defaults.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``qc_flags`` and ``qc_status`` updated.
+    """
+    t = thresholds or QCThresholds()
+    out = table.copy()
+    gated = out["qc_status"] != "error"
+    for _, rows in out[gated].groupby("patient_id", sort=False):
+        pct = rows["treg_pct_cd4"].astype(float)
+        for idx in rows.index:
+            others = pct.drop(idx).dropna()
+            value = pct[idx]
+            if len(others) < t.outlier_min_visits or not math.isfinite(value):
+                continue
+            ref = float(np.median(others))
+            fold = max(value, 1e-9) / max(ref, 1e-9)
+            if max(fold, 1 / fold) > t.outlier_fold and abs(value - ref) > t.outlier_min_pp:
+                flags = [f for f in str(out.at[idx, "qc_flags"] or "").split(";") if f]
+                out.at[idx, "qc_flags"] = ";".join([*flags, "treg_outlier"])
+                out.at[idx, "qc_status"] = "flag"
+    return out

@@ -44,6 +44,9 @@ TREG_COLUMNS: dict[str, str] = {
     "strategy_sha256": "string",
     "cytopipe_version": "string",
     "flowkit_version": "string",
+    "review_status": "string",
+    "reviewer": "string",
+    "reviewed_at": "string",
 }
 
 #: Columns of ``populations.parquet``: one row per sample and gate.

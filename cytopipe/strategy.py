@@ -28,6 +28,7 @@ __all__ = [
     "Strategy",
     "load_strategy",
     "list_strategies",
+    "load_gatingml",
     "strategies_root",
     "DEFAULT_STRATEGY",
 ]
@@ -156,6 +157,31 @@ def _check_xml_is_safe(path: Path) -> None:
             f"(found {tree.docinfo.doctype!r}); entities are refused for safety."
         )
         raise StrategyError(msg)
+
+
+def load_gatingml(path: str | os.PathLike):
+    """Parse a bare GatingML 2.0 file (no manifest) into a FlowKit strategy, safely.
+
+    The same path as a strategy version's GatingML: a DOCTYPE (hence any
+    external entity) is refused before FlowKit sees the file, and a schema
+    error is reported with its line. Compensation matrices and transforms
+    defined in the file are carried.
+
+    Parameters
+    ----------
+    path
+        The GatingML 2.0 file.
+
+    Returns
+    -------
+    flowkit.GatingStrategy
+
+    Raises
+    ------
+    StrategyError
+        The file is not well-formed, has a DOCTYPE, or is not valid GatingML 2.0.
+    """
+    return _parse_gatingml(Path(path))
 
 
 def _parse_gatingml(path: Path):

@@ -29,3 +29,78 @@ def test_ci_matches_scipy_wilson(k, n):
     ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     lo, hi = binomial_ci(k, n)
     assert lo == pytest.approx(100 * ref.low, abs=1e-9) and hi == pytest.approx(100 * ref.high, abs=1e-9)
+
+
+# --- thresholds config and Time-channel checks (issue 4) ---------------------------------------
+
+from cytopipe.exceptions import QCConfigError  # noqa: E402
+from cytopipe.qc import QCThresholds, flag_visit_outliers, load_thresholds, time_qc  # noqa: E402
+
+
+def test_thresholds_layers(tmp_path, monkeypatch):
+    monkeypatch.delenv("CYTOPIPE_QC_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_thresholds() == QCThresholds()  # the packaged file matches the documented defaults
+    user = tmp_path / "qc.toml"
+    user.write_text("min_events = 30000\nmax_drift_pct = 2.5\n")
+    monkeypatch.setenv("CYTOPIPE_QC_CONFIG", str(user))
+    monkeypatch.setenv("CYTOPIPE_QC_MAX_DRIFT_PCT", "7")
+    t = load_thresholds(outlier_fold=3)
+    assert (t.min_events, t.max_drift_pct, t.outlier_fold, t.flow_rate_z) == (30000, 7.0, 3.0, 5.0)
+    user.write_text("min_event = 1\n")
+    with pytest.raises(QCConfigError, match="unknown QC threshold 'min_event'"):
+        load_thresholds()
+    monkeypatch.delenv("CYTOPIPE_QC_CONFIG")
+    monkeypatch.setenv("CYTOPIPE_QC_MIN_EVENTS", "lots")
+    with pytest.raises(QCConfigError, match="CYTOPIPE_QC_MIN_EVENTS"):
+        load_thresholds()
+
+
+def _acquisition(n=20_000, seed=0):
+    from cytopipe.synth import SampleSpec, simulate_events
+
+    events, _ = simulate_events(SampleSpec(n_events=n, seed=seed))
+    return events["Time"].to_numpy(float), events.drop(columns="Time").to_numpy(float)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_time_qc_is_quiet_on_clean_acquisitions(seed):
+    t, x = _acquisition(seed=seed)
+    m = time_qc(t, x, thresholds=QCThresholds())
+    assert m["flow_rate_events_pct"] == 0 and m["flow_rate_time_pct"] == 0 and m["drift_events_pct"] == 0
+    assert [f for f in sample_flags(len(t), 20_000, 1_400, time_metrics=m)] == []
+
+
+def test_time_qc_finds_a_clog_and_a_drift():
+    t, x = _acquisition(seed=5)
+    span = t.max() - t.min()
+    # clog: the events of 3 % of the run trickle through over 10x the time
+    a, b = t.min() + 0.4 * span, t.min() + 0.43 * span
+    slow = t.copy()
+    inside, after = (t >= a) & (t < b), t >= b
+    slow[inside] = a + (t[inside] - a) * 10
+    slow[after] = t[after] + 9 * (b - a)
+    m = time_qc(slow, x)
+    assert 18 < m["flow_rate_time_pct"] < 28 and 2 < m["flow_rate_events_pct"] < 5
+    assert any(f.startswith("flow_rate:") for f in sample_flags(len(t), 20_000, 1_400, time_metrics=m))
+    # drift: every signal 50 % dimmer in the last 30 % of the run
+    dim = x.copy()
+    dim[t > t.min() + 0.7 * span] *= 0.5
+    m = time_qc(t, dim)
+    assert 25 < m["drift_events_pct"] < 35 and m["flow_rate_events_pct"] == 0
+    assert f"signal_drift:{m['drift_events_pct']:.1f}%" in sample_flags(len(t), 20_000, 1_400, time_metrics=m)
+
+
+def test_visit_outliers():
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "patient_id": ["P1"] * 4 + ["P2"] * 3,
+        "treg_pct_cd4": [5.0, 18.0, 6.0, 40.0, 5.0, 5.5, float("nan")],
+        "qc_status": ["ok", "ok", "ok", "ok", "ok", "flag", "error"],
+        "qc_flags": ["", "", "", "", "", "low_cd4", ""],
+    })
+    out = flag_visit_outliers(table)
+    # 18 % is an IL-2 response (3.3x the median 6 %), 40 % is not believable
+    assert list(out["qc_flags"]) == ["", "", "", "treg_outlier", "", "low_cd4", ""]
+    assert out["qc_status"].iloc[3] == "flag"

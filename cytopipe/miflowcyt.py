@@ -1,0 +1,157 @@
+"""A MIFlowCyt-style analysis record of a run (``RUN_DIR/miflowcyt.json``).
+
+Everything needed to deposit or audit the analysis without the software:
+instrument (``$CYT``, ``$CYTSN``) per file, reagents (marker, fluorochrome,
+detector) from the strategy manifest, the compensation source, transforms with
+their parameters, and per gate its definition (type, dimensions, compensation,
+transform, boundaries) and the % inside on every sample.
+
+Written by :func:`write_miflowcyt`, called once at the end of
+:func:`cytopipe.batch.run_batch`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from lxml import etree
+
+from . import __version__
+from .fcs import scan_headers
+from .results import write_json
+from .strategy import Strategy
+
+__all__ = ["gatingml_definitions", "build_miflowcyt", "write_miflowcyt"]
+
+_COMPENSATION = {
+    "FCS": "the file's own spillover matrix ($SPILLOVER in FCS 3.1, SPILL in FCS 3.0)",
+    "uncompensated": "none (uncompensated)",
+}
+
+
+def _local(tag: str) -> str:
+    return etree.QName(tag).localname
+
+
+def _num(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+def gatingml_definitions(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Transforms and gates of a GatingML 2.0 file, as plain data.
+
+    Returns
+    -------
+    transforms : list of dict
+        ``id, type`` and the transform's parameters (e.g. ``T, W, M, A``).
+    gates : list of dict
+        ``id, parent_id, type, dimensions`` (each ``channel, compensation,
+        transformation, min, max``) and ``vertices`` for polygons.
+    """
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    root = etree.parse(str(path), parser).getroot()
+    transforms, gates = [], []
+    for el in root:
+        if not isinstance(el.tag, str):
+            continue
+        name = _local(el.tag)
+        attrs = {_local(k): v for k, v in el.attrib.items()}
+        if name == "transformation":
+            kind = next(iter(el), None)
+            params = {_local(k): float(v) for k, v in kind.attrib.items()} if kind is not None else {}
+            transforms.append({"id": attrs.get("id"), "type": _local(kind.tag) if kind is not None else None,
+                               **params})
+        elif name.endswith("Gate"):
+            dims, vertices = [], []
+            for child in el:
+                if not isinstance(child.tag, str):
+                    continue
+                cname = _local(child.tag)
+                if cname == "dimension":
+                    a = {_local(k): v for k, v in child.attrib.items()}
+                    chan = next((_local(c.tag) == "fcs-dimension" and
+                                 {_local(k): v for k, v in c.attrib.items()}.get("name")
+                                 for c in child if isinstance(c.tag, str)), None)
+                    dims.append({"channel": chan or None, "compensation": a.get("compensation-ref"),
+                                 "transformation": a.get("transformation-ref"), "min": _num(a.get("min")),
+                                 "max": _num(a.get("max"))})
+                elif cname == "vertex":
+                    vertices.append([_num({_local(k): v for k, v in c.attrib.items()}.get("value"))
+                                     for c in child if isinstance(c.tag, str)])
+            gate = {"id": attrs.get("id"), "parent_id": attrs.get("parent_id"), "type": name,
+                    "dimensions": dims}
+            if vertices:
+                gate["vertices"] = vertices
+            gates.append(gate)
+    return transforms, gates
+
+
+def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.DataFrame, *,
+                    paths: Sequence[str] | None = None) -> dict[str, Any]:
+    """The analysis record of a run as a dict (see :func:`write_miflowcyt`)."""
+    transforms, gates = gatingml_definitions(strategy.gatingml_path)
+    by_id = {p[-1]: "/".join(p) for p in strategy.gate_paths()}
+    instruments = []
+    if paths is not None:
+        heads = scan_headers(paths, keywords=("$CYT", "$CYTSN", "$DATE", "$SPILLOVER", "SPILL"))
+        for (_, row), (_, h) in zip(table.iterrows(), heads.iterrows()):
+            instruments.append({"file": row["file"], "patient_id": row["patient_id"], "visit": row["visit"],
+                                "cytometer": h["$CYT"], "serial": h["$CYTSN"], "date": h["$DATE"],
+                                "fcs_version": h["fcs_version"],
+                                "spillover_keyword": "$SPILLOVER" if h["$SPILLOVER"] else
+                                ("SPILL" if h["SPILL"] else None), "header_error": h["error"] or None})
+    comp_refs = sorted({d["compensation"] for g in gates for d in g["dimensions"] if d["compensation"]})
+    for g in gates:
+        g["path"] = by_id.get(g["id"])
+        sub = populations[populations["gate"] == g["id"]]
+        g["per_sample"] = [
+            {"file": r["file"], "patient_id": r["patient_id"], "visit": r["visit"], "count": int(r["count"]),
+             "parent_count": int(r["parent_count"]), "pct_parent": float(r["pct_parent"]),
+             "pct_total": float(r["pct_total"])} for _, r in sub.iterrows()]
+    return {
+        "standard": "MIFlowCyt 1.0 (ISAC), analysis section; cytopipe record",
+        "cytopipe_version": __version__,
+        "instrument": instruments,
+        "reagents": [{"marker": m.marker, "fluorochrome": m.fluorochromes[0] if m.fluorochromes else None,
+                      "detector": m.detector, "accepted_pns": list(m.aliases)} for m in strategy.markers],
+        "scatter_detectors": list(strategy.scatter),
+        "compensation": [{"ref": c, "source": _COMPENSATION.get(c, f"compensation matrix {c!r} of the GatingML")}
+                         for c in comp_refs],
+        "transforms": transforms,
+        "strategy": {"name": strategy.name, "version": strategy.version, "status": strategy.status,
+                     "gatingml": strategy.gatingml_path.name, "gatingml_sha256": strategy.sha256,
+                     "numerator": "/".join(strategy.numerator), "denominator": "/".join(strategy.denominator)},
+        "gates": gates,
+        "samples": [{"file": r["file"], "patient_id": r["patient_id"], "visit": r["visit"],
+                     "file_sha256": None if pd.isna(r["file_sha256"]) else r["file_sha256"],
+                     "qc_status": r["qc_status"], "error": r["error"] or None} for _, r in table.iterrows()],
+    }
+
+
+def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.DataFrame,
+                    populations: pd.DataFrame, *, paths: Sequence[str] | None = None) -> Path:
+    """Write ``RUN_DIR/miflowcyt.json``, the MIFlowCyt-style record of a run.
+
+    Parameters
+    ----------
+    run_dir
+        The run's output folder.
+    strategy
+        The strategy the run used.
+    table, populations
+        The run's ``treg_by_visit`` and ``populations`` tables.
+    paths
+        The FCS files, in ``table`` order, whose headers give the instrument
+        (``$CYT``, ``$CYTSN``, ``$DATE``); omitted -> no instrument section.
+
+    Returns
+    -------
+    Path
+        The file written (atomically).
+    """
+    record = build_miflowcyt(strategy, table, populations, paths=paths)
+    return write_json(record, Path(run_dir) / "miflowcyt.json")

@@ -1,0 +1,139 @@
+"""The data-driven Treg gate of treg_auto@1.0.0 (cytopipe.autogate), on hard generated files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from cytopipe.autogate import FALLBACK_FLAG, fit_auto_gates
+from cytopipe.batch import process_sample
+from cytopipe.fcs import read_fcs
+from cytopipe.gating import gate_sample, treg_percent
+from cytopipe.strategy import load_gatingml, load_strategy
+from cytopipe.synth import SampleSpec, write_fcs
+
+TREG = "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg"
+
+
+@pytest.fixture(scope="module")
+def auto():
+    return load_strategy("treg_auto@1.0.0")
+
+
+@pytest.fixture(scope="module")
+def hard_files(tmp_path_factory):
+    """14 hard files (staining variation, drift 0.4), 20,000-50,000 events, with truth."""
+    out = tmp_path_factory.mktemp("hard")
+    rng = np.random.default_rng(8)
+    files = []
+    for k in range(14):
+        spec = SampleSpec(n_events=(20_000, 50_000)[k % 2], treg_pct_cd4=round(float(rng.uniform(3, 20)), 3),
+                          seed=9100 + 13 * k, drift=0.4, hard=True, fcs_version=("3.1", "3.0")[k % 2])
+        path = out / f"h{k:02d}.fcs"
+        files.append((path, write_fcs(path, spec)["treg_pct_cd4"]))
+    return files
+
+
+@pytest.mark.slow
+def test_auto_gate_meets_the_bound_where_the_fixed_gate_misses(hard_files, auto):
+    fixed = load_strategy("treg@1.0.0")
+    err_auto, err_fixed = [], []
+    for path, truth in hard_files:
+        sample = read_fcs(path)
+        res = fit_auto_gates(sample, auto)
+        assert res.gates[0]["status"] == "fitted", res.gates[0]
+        err_auto.append(treg_percent(gate_sample(sample, auto, gating_strategy=res.gating_strategy), auto)[2] - truth)
+        err_fixed.append(treg_percent(gate_sample(sample, fixed), fixed)[2] - truth)
+    err_auto, err_fixed = np.abs(err_auto), np.abs(err_fixed)
+    assert err_auto.max() <= 0.3, err_auto
+    assert err_auto.mean() <= 0.1, err_auto
+    assert err_fixed.max() > 1.0 and err_fixed.mean() > 3 * err_auto.mean(), err_fixed
+
+
+def test_flowkit_reproduces_the_counts_from_the_written_gatingml(hard_files, auto, tmp_path):
+    path, _ = hard_files[0]
+    sample = read_fcs(path)
+    res = fit_auto_gates(sample, auto)
+    ours = gate_sample(sample, auto, gating_strategy=res.gating_strategy)
+    xml = tmp_path / "gates.xml"
+    xml.write_text(res.gatingml, encoding="utf-8")
+    gs = load_gatingml(xml)  # the per-sample GatingML 2.0 file, read back
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = gs.gate_sample(sample).report
+    fk = {tuple(p) + (g,): int(c) for p, g, c in zip(report["gate_path"], report["gate_name"], report["count"])}
+    assert {p: c.count for p, c in ours.items()} == fk
+    template = gate_sample(sample, auto)[auto.numerator].count
+    assert fk[auto.numerator] != template  # the custom gate, not the template, was counted
+    gate = gs.get_gate("Treg", gate_path=auto.numerator[:-1], sample_id=sample.id)
+    bounds = res.gates[0]["bounds"]
+    assert {d.id: d.min for d in gate.dimensions} == pytest.approx(bounds)
+
+
+def test_fit_is_deterministic(hard_files, auto):
+    path, _ = hard_files[1]
+    a = fit_auto_gates(read_fcs(path), auto)
+    b = fit_auto_gates(read_fcs(path), auto)
+    assert a.gates == b.gates and a.gatingml == b.gatingml
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    (SampleSpec(n_events=3000, seed=3, hard=True), "too few parent events"),
+    (SampleSpec(n_events=30000, treg_pct_cd4=0.0, seed=4, hard=True), "one mode only"),
+])
+def test_no_clear_population_falls_back_with_a_flag(tmp_path, auto, spec, reason):
+    path = tmp_path / "x.fcs"
+    write_fcs(path, spec)
+    sample = read_fcs(path)
+    res = fit_auto_gates(sample, auto)
+    assert res.gates[0]["status"] == "fallback" and reason in res.gates[0]["reason"]
+    assert res.qc_flags == [FALLBACK_FLAG]
+    counts = gate_sample(sample, auto, gating_strategy=res.gating_strategy)
+    assert counts == gate_sample(sample, auto)  # the template gate
+
+
+def test_fit_outside_the_plausible_window_falls_back(hard_files, auto):
+    man = json.loads(json.dumps(auto.manifest))
+    man["auto_gates"][0]["plausible"]["APC-A"] = [0.90, 0.95]
+    narrow = dataclasses.replace(auto, manifest=man)
+    res = fit_auto_gates(read_fcs(hard_files[0][0]), narrow)
+    assert res.gates[0]["status"] == "fallback" and "plausible window" in res.gates[0]["reason"]
+
+
+def test_process_sample_writes_sample_gates_also_when_cached(hard_files, auto, tmp_path):
+    path, truth = hard_files[2]
+    cache = tmp_path / "out" / "cache"
+    cache.mkdir(parents=True)
+    first = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
+    assert first["error"] == "" and first["auto_gates"]["gates"][0]["status"] == "fitted"
+    assert abs(first["treg_pct_cd4"] - truth) <= 0.3
+    xml = tmp_path / "out" / "sample_gates" / f"{path.stem}.xml"
+    text = xml.read_text(encoding="utf-8")
+    assert "Treg" in text and path.name in text  # the custom gate, keyed by the sample id
+    xml.unlink()
+    again = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
+    assert again["cached"] and xml.read_text(encoding="utf-8") == text
+    assert again["treg_pct_cd4"] == first["treg_pct_cd4"]
+
+
+def test_reviewer_adjustment_wins_over_the_fitted_gate(hard_files, auto, tmp_path):
+    from cytopipe.fcs import file_sha256
+    from cytopipe.review import build_gate_spec
+
+    path, _ = hard_files[3]
+    spec = build_gate_spec(auto, TREG, bounds={"PE-Cy7-A": (5000, None), "APC-A": (2000, None)})
+    review = {"action": "adjust", "gate_path": TREG, "gate": spec, "file": path.name,
+              "file_sha256": file_sha256(path), "strategy_sha256": auto.sha256}
+    res = process_sample(str(path), str(auto.directory), reviews=[review])
+    assert res["auto_gates"]["gates"][0]["status"] == "reviewer"
+    assert FALLBACK_FLAG not in res["qc_flags"]
+    sample = read_fcs(path)
+    values = {}
+    from cytopipe.review import adjusted_gating_strategy
+    counts = gate_sample(sample, auto, gating_strategy=adjusted_gating_strategy(auto, sample.id, {TREG: spec}))
+    values["adjusted"] = counts[auto.numerator].count
+    assert res["treg_count"] == values["adjusted"]

@@ -1,0 +1,54 @@
+"""The MIFlowCyt-style analysis record, on generated files."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cytopipe.miflowcyt import gatingml_definitions, write_miflowcyt
+from cytopipe.strategy import load_strategy
+from cytopipe.synth import SampleSpec, write_fcs
+
+
+def test_gatingml_definitions_of_the_default_strategy():
+    transforms, gates = gatingml_definitions(load_strategy().gatingml_path)
+    assert transforms == [{"id": "logicle", "type": "logicle", "T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0}]
+    by_id = {g["id"]: g for g in gates}
+    assert set(by_id) == {"Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos", "Treg"}
+    live = by_id["Live"]
+    assert live["type"] == "RectangleGate" and live["parent_id"] == "Singlets"
+    assert live["dimensions"] == [{"channel": "PerCP-Cy5-5-A", "compensation": "FCS",
+                                   "transformation": "logicle", "min": None, "max": 0.496}]
+    lym = by_id["Lymphocytes"]
+    assert lym["vertices"][0] == [25000.0, -2000.0] and lym["dimensions"][0]["compensation"] == "uncompensated"
+
+
+def test_write_miflowcyt(tmp_path):
+    strat = load_strategy()
+    paths = []
+    for i, kw in enumerate([{"$CYTSN": "R6600001"}, {}]):
+        p = tmp_path / f"s{i}.fcs"
+        write_fcs(p, SampleSpec(n_events=1000, seed=i, keywords=kw))
+        paths.append(str(p))
+    table = pd.DataFrame({"file": ["s0.fcs", "s1.fcs"], "patient_id": ["P1", "P2"], "visit": ["D1", "D1"],
+                          "file_sha256": ["a" * 64, None], "qc_status": ["ok", "error"], "error": ["", "bad"]})
+    pops = pd.DataFrame({"patient_id": ["P1"], "visit": ["D1"], "file": ["s0.fcs"],
+                         "gate_path": ["root/Lymphocytes"], "gate": ["Lymphocytes"], "count": [600],
+                         "parent_count": [1000], "pct_parent": [60.0], "pct_total": [60.0],
+                         "strategy": ["treg"], "strategy_version": ["1.0.0"]})
+    rec = json.loads(write_miflowcyt(tmp_path, strat, table, pops, paths=paths).read_text())
+    assert [i["serial"] for i in rec["instrument"]] == ["R6600001", None]
+    assert rec["instrument"][0]["spillover_keyword"] == "$SPILLOVER"
+    cd25 = next(r for r in rec["reagents"] if r["marker"] == "CD25")
+    assert cd25 == {"marker": "CD25", "fluorochrome": "PE-Cy7", "detector": "PE-Cy7-A",
+                    "accepted_pns": ["CD25", "IL2Ra", "IL-2Ra"]}
+    assert {c["ref"] for c in rec["compensation"]} == {"FCS", "uncompensated"}
+    lym = next(g for g in rec["gates"] if g["id"] == "Lymphocytes")
+    assert lym["path"] == "root/Lymphocytes"
+    assert lym["per_sample"] == [{"file": "s0.fcs", "patient_id": "P1", "visit": "D1", "count": 600,
+                                  "parent_count": 1000, "pct_parent": 60.0, "pct_total": 60.0}]
+    assert rec["strategy"]["gatingml_sha256"] == strat.sha256
+    assert rec["samples"][1]["error"] == "bad" and rec["samples"][1]["file_sha256"] is None
+    assert pytest.approx(0.496) == next(g for g in rec["gates"] if g["id"] == "Live")["dimensions"][0]["max"]
