@@ -184,6 +184,50 @@ def _write_sheet(folder: Path, n_files: int, n_events: int, seed: int) -> Path:
     return sheet
 
 
+def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float]:
+    """Overhead of the treg_auto fit on one file, and fixed vs auto accuracy on hard files (issue 8)."""
+    from cytopipe.autogate import fit_auto_gates
+    from cytopipe.fcs import read_fcs
+    from cytopipe.gating import gate_sample, treg_percent
+    from cytopipe.panel import resolve_panel
+    from cytopipe.strategy import load_strategy
+
+    auto, fixed = load_strategy("treg_auto@1.0.0"), load_strategy("treg@1.0.0")
+    f = tmp / "auto_speed.fcs"
+    write_fcs(f, SampleSpec(n_events=n_events, seed=77, hard=True))
+    base, fit = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        sample = read_fcs(f)
+        resolve_panel(sample.pnn_labels, sample.pns_labels, auto)
+        gate_sample(sample, auto)
+        base.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = fit_auto_gates(sample, auto)
+        fit.append(time.perf_counter() - t)
+        gate_sample(sample, auto, gating_strategy=res.gating_strategy)
+    overhead = min(fit) / min(base)
+    print(f"== treg_auto fit on {n_events:,} events: {1000 * min(fit):.0f} ms on top of "
+          f"{1000 * min(base):.0f} ms read + gate = +{100 * overhead:.1f} % (target <= 20 %)")
+    rng = np.random.default_rng(2026)
+    errs: dict[str, list[float]] = {"treg@1.0.0": [], "treg_auto@1.0.0": []}
+    for i in range(n_hard):
+        g = tmp / "auto_hard.fcs"
+        truth = write_fcs(g, SampleSpec(n_events=50_000, treg_pct_cd4=round(float(rng.uniform(3, 20)), 3),
+                                        seed=3000 + i, hard=True))["treg_pct_cd4"]
+        sample = read_fcs(g)
+        errs["treg@1.0.0"].append(treg_percent(gate_sample(sample, fixed), fixed)[2] - truth)
+        gs = fit_auto_gates(sample, auto).gating_strategy
+        errs["treg_auto@1.0.0"].append(treg_percent(gate_sample(sample, auto, gating_strategy=gs), auto)[2] - truth)
+    print(f"== Treg % CD4 error on {n_hard} hard files (staining variation, drift 0.4), percentage points")
+    out = {"auto_gate_overhead": overhead}
+    for name, e in errs.items():
+        a = np.abs(e)
+        print(f"  {name:<16} max {a.max():5.2f}  mean {a.mean():5.3f}  (bound: max <= 0.3, mean <= 0.1)")
+        out[f"hard_max_err_{name.split('@')[0]}"] = float(a.max())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small files, a smoke run (used by the tests)")
@@ -240,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = _batch_wall(sheet, tmp / "outmany", 2)
         report["many_files_wall_s"] = wall
         print(f"  wall {wall:.1f} s ({n_many / wall:.1f} files/s)")
+
+        report.update(_auto_gate_section(tmp, n_events, 6 if args.quick else 30))  # issue 8
 
     print("== targets")
     failed = []

@@ -38,7 +38,6 @@ def hard_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.slow
 def test_auto_gate_meets_the_bound_where_the_fixed_gate_misses(hard_files, auto):
     fixed = load_strategy("treg@1.0.0")
     err_auto, err_fixed = [], []
@@ -69,7 +68,7 @@ def test_flowkit_reproduces_the_counts_from_the_written_gatingml(hard_files, aut
     assert {p: c.count for p, c in ours.items()} == fk
     template = gate_sample(sample, auto)[auto.numerator].count
     assert fk[auto.numerator] != template  # the custom gate, not the template, was counted
-    gate = gs.get_gate("Treg", gate_path=auto.numerator[:-1], sample_id=sample.id)
+    gate = gs.get_gate("Treg", gate_path=auto.numerator[:-1])  # written in place of the template
     bounds = res.gates[0]["bounds"]
     assert {d.id: d.min for d in gate.dimensions} == pytest.approx(bounds)
 
@@ -113,7 +112,8 @@ def test_process_sample_writes_sample_gates_also_when_cached(hard_files, auto, t
     assert abs(first["treg_pct_cd4"] - truth) <= 0.3
     xml = tmp_path / "out" / "sample_gates" / f"{path.stem}.xml"
     text = xml.read_text(encoding="utf-8")
-    assert "Treg" in text and path.name in text  # the custom gate, keyed by the sample id
+    gate = load_gatingml(xml).get_gate("Treg", gate_path=auto.numerator[:-1])  # the fitted gate, not the template
+    assert {d.id: d.min for d in gate.dimensions} == pytest.approx(first["auto_gates"]["gates"][0]["bounds"])
     xml.unlink()
     again = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
     assert again["cached"] and xml.read_text(encoding="utf-8") == text
@@ -122,7 +122,7 @@ def test_process_sample_writes_sample_gates_also_when_cached(hard_files, auto, t
 
 def test_reviewer_adjustment_wins_over_the_fitted_gate(hard_files, auto, tmp_path):
     from cytopipe.fcs import file_sha256
-    from cytopipe.review import build_gate_spec
+    from cytopipe.review import adjusted_gating_strategy, build_gate_spec
 
     path, _ = hard_files[3]
     spec = build_gate_spec(auto, TREG, bounds={"PE-Cy7-A": (5000, None), "APC-A": (2000, None)})
@@ -132,8 +132,28 @@ def test_reviewer_adjustment_wins_over_the_fitted_gate(hard_files, auto, tmp_pat
     assert res["auto_gates"]["gates"][0]["status"] == "reviewer"
     assert FALLBACK_FLAG not in res["qc_flags"]
     sample = read_fcs(path)
-    values = {}
-    from cytopipe.review import adjusted_gating_strategy
     counts = gate_sample(sample, auto, gating_strategy=adjusted_gating_strategy(auto, sample.id, {TREG: spec}))
-    values["adjusted"] = counts[auto.numerator].count
-    assert res["treg_count"] == values["adjusted"]
+    assert res["treg_count"] == counts[auto.numerator].count
+    assert res["treg_count"] != process_sample(str(path), str(auto.directory))["treg_count"]
+
+
+def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
+    from click.testing import CliRunner
+
+    from cytopipe.cli import cli
+    from cytopipe.synth import generate_trial
+
+    sheet = generate_trial(tmp_path / "trial", n_patients=2, n_events=20_000, seed=5, hard=True)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(sheet), "--out", str(out), "--strategy", "treg_auto@1.0.0",
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    table = pd.read_csv(out / "treg_by_visit.csv")
+    truth = pd.read_csv(sheet.parent / "truth.csv")
+    assert (table["strategy"] == "treg_auto").all()
+    assert sorted(p.name for p in (out / "sample_gates").iterdir()) == sorted(
+        f.replace(".fcs", ".xml") for f in table["file"])
+    err = (table["treg_pct_cd4"] - truth["treg_pct_cd4"]).abs()
+    assert err.max() <= 0.3, err
