@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -158,6 +159,15 @@ class _TextParser(fcsparser.api.FCSParser):
 
     def _extract_text_dict(self, raw_text: str) -> dict[str, str]:  # type: ignore[override]
         text = {k.upper(): v for k, v in super()._extract_text_dict(raw_text).items()}
+        # fcsparser builds a list per declared channel: a $PAR of 10**12 would never end.
+        # Cap it at the channels actually named; _precheck refuses the lie with the real value.
+        self.declared_par = text.get("$PAR")
+        n_named = sum(1 for k in text if re.fullmatch(r"\$P\d+N", k))
+        try:
+            if int(str(text.get("$PAR", "")).strip()) > n_named:
+                text["$PAR"] = str(n_named)
+        except ValueError:
+            pass
         self.injected_nextdata = "$NEXTDATA" not in text
         text.setdefault("$NEXTDATA", "0")
         return text
@@ -187,6 +197,8 @@ def _scan(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
         if key == "$NEXTDATA" and getattr(parser, "injected_nextdata", False):
             continue
         text[_fix_encoding(str(key))] = _fix_encoding(str(value))
+    if getattr(parser, "declared_par", None) is not None:
+        text["$PAR"] = _fix_encoding(str(parser.declared_par))
     return header, text
 
 
@@ -306,6 +318,14 @@ def _precheck(path: Path, header: dict[str, Any], text: dict[str, str]) -> dict[
     n_par = _int_keyword(path, text, "$PAR")
     if n_par < 1:
         msg = f"FCS file {str(path)!r} declares $PAR={n_par!r} channels, expected at least 1."
+        raise FCSReadError(msg)
+    n_named = sum(1 for k in text if re.fullmatch(r"\$P\d+N", k))
+    if n_par > n_named:
+        # checked before building anything per channel: a lying $PAR must not allocate
+        msg = (
+            f"FCS file {str(path)!r} declares $PAR={n_par} channels but names only {n_named} "
+            f"($PnN keywords). The file is non-compliant; re-export it."
+        )
         raise FCSReadError(msg)
     if n_events < 1:
         msg = (
