@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -259,6 +259,7 @@ def run_batch(
     log_file: str | os.PathLike | None = None,
     memory_limit: str | int | None = "auto",
     report: bool = True,
+    include_keywords: Sequence[str] = (),
 ) -> BatchResult:
     """Gate every file of a sample sheet and write the run's outputs.
 
@@ -292,6 +293,12 @@ def run_batch(
         need more is refused with an error naming the limit.
     report
         Write the HTML review report ``out_dir/report/index.html``.
+    include_keywords
+        FCS TEXT keywords (e.g. ``["$CYT", "$SRC"]``) to add to
+        ``treg_by_visit`` as columns ``fcs_<KEY>``. Off by default: free-text
+        keywords (``$FIL``, ``$SRC``, ``$COM``, operator names) may hold
+        patient names, so outputs carry patient and visit from the sample
+        sheet only unless asked.
 
     Returns
     -------
@@ -328,6 +335,8 @@ def run_batch(
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
         table, pops = _tables(sheet, results, strat, decisions)
         table = flag_visit_outliers(table, thresholds=qc)
+        if include_keywords:
+            table = _with_keywords(table, sheet, include_keywords)
         files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
         files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
         n_failed = int((table["qc_status"] == "error").sum())
@@ -363,6 +372,23 @@ def run_batch(
         if own_cluster is not None:
             own_cluster.close()
     return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+
+
+def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[str]) -> pd.DataFrame:
+    """Add ``fcs_<KEY>`` columns read from each file's TEXT segment ("" when unreadable)."""
+    table = table.copy()
+    heads = []
+    for path in sheet["path"]:
+        try:
+            heads.append(scan_header(path))
+        except CytopipeError:
+            heads.append({})
+    for key in keywords:
+        k = key.strip().upper()
+        if not k:
+            continue
+        table[f"fcs_{k.lstrip('$')}"] = [h.get(k, "") for h in heads]
+    return table
 
 
 def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],

@@ -91,10 +91,14 @@ class _Progress:
 @click.option("--allow-outside", is_flag=True, help="Accept sample sheet paths outside the sheet's folder.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append one JSON line per sample (start, end, duration, worker, outcome).")
+@click.option("--include-keywords", default="", metavar="KEY[,KEY...]",
+              help="Add these FCS keywords as fcs_<KEY> columns (e.g. '$CYT,$DATE'). Off by default: "
+                   "free-text keywords ($FIL, $SRC, $COM, operators) may hold patient names.")
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
-        allow_draft: bool, allow_outside: bool, log_file: Path | None, memory_limit: str) -> None:
+        allow_draft: bool, allow_outside: bool, log_file: Path | None, include_keywords: str,
+        memory_limit: str) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -118,7 +122,8 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
     log.setLevel(logging.INFO)
     result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
                        allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
-                       log_file=log_file, memory_limit=memory_limit)
+                       log_file=log_file, memory_limit=memory_limit,
+                       include_keywords=[k for k in include_keywords.split(",") if k.strip()])
     click.echo(f"{result.n_ok} of {len(result.table)} samples gated "
                f"({result.n_cached} reused from earlier runs), {result.n_failed} failed; outputs in {out_dir}")
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():

@@ -15,6 +15,7 @@ __all__ = [
     "StrategyChecksumError",
     "SampleSheetError",
     "GatingError",
+    "OutputError",
     "EndpointError",
     "OutputSchemaError",
     "QCConfigError",
@@ -44,6 +45,10 @@ class StrategyChecksumError(StrategyError):
 
 class SampleSheetError(CytopipeError, ValueError):
     """The sample sheet is malformed; the message lists every problem."""
+
+
+class OutputError(CytopipeError, OSError):
+    """An output file could not be written; earlier outputs are left intact."""
 
 
 class GatingError(CytopipeError, RuntimeError):

@@ -15,10 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from .exceptions import OutputError
+
 __all__ = [
     "TREG_COLUMNS",
     "POPULATION_COLUMNS",
     "atomic_write",
+    "atomic_write_many",
     "write_table",
     "write_json",
     "read_treg_table",
@@ -65,6 +68,15 @@ POPULATION_COLUMNS: dict[str, str] = {
 }
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Write a file through a temporary sibling, then rename it into place.
 
@@ -77,27 +89,62 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         The final file.
     write
         Called with the temporary file's path; must write the whole file.
+
+    Raises
+    ------
+    OutputError
+        The write failed (disk full, permissions); the temporary file is
+        removed and any earlier ``path`` is untouched.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    return atomic_write_many([(path, write)])[0]
+
+
+def atomic_write_many(items: list[tuple[str | os.PathLike, Callable[[str], Any]]]) -> list[Path]:
+    """Write several files so that either all are replaced or none is.
+
+    Every file is written to a temporary sibling first; only when all are
+    complete are they renamed into place. Used for a table's CSV and Parquet
+    copies, which must never disagree.
+    """
+    done: list[tuple[str, Path]] = []
+    tmp = None
+    target = Path(items[0][0])
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        for path, write in items:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are read by others
+            done.append((tmp, target))
+            tmp = None
+        for t, final in done:
+            os.replace(t, final)
+    except OSError as e:
+        for t in [tmp] + [t for t, _ in done]:
+            if t is not None:
+                Path(t).unlink(missing_ok=True)
+        msg = (
+            f"Cannot write {target}: {e.strerror or e}. Nothing under that name was changed; free disk "
+            f"space or fix permissions and re-run (finished samples are reused)."
+        )
+        raise OutputError(msg) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for t in [tmp] + [t for t, _ in done]:
+            if t is not None:
+                Path(t).unlink(missing_ok=True)
         raise
-    return target
+    return [final for _, final in done]
 
 
 def _typed(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
     out = df.copy()
     for col, dtype in schema.items():
         if col not in out.columns:
-            out[col] = pd.NA
+            out[col] = pd.Series(index=out.index, dtype=dtype)
         out[col] = out[col].astype(dtype)
     extra = [c for c in out.columns if c not in schema]
     for col in extra:
@@ -115,10 +162,10 @@ def write_table(df: pd.DataFrame, base: str | os.PathLike, schema: dict[str, str
     """
     base = Path(base)
     table = _typed(df, schema)
-    written = [atomic_write(base.with_suffix(".parquet"), lambda p: table.to_parquet(p, index=False))]
+    items = [(base.with_suffix(".parquet"), lambda p: table.to_parquet(p, index=False))]
     if csv:
-        written.append(atomic_write(base.with_suffix(".csv"), lambda p: table.to_csv(p, index=False)))
-    return written
+        items.append((base.with_suffix(".csv"), lambda p: table.to_csv(p, index=False)))
+    return atomic_write_many(items)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

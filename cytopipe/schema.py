@@ -128,6 +128,8 @@ def validate_table(df: pd.DataFrame, name: str) -> None:
             items = values.astype(str)
             if f.get("list_separator"):
                 items = pd.Series([i for v in items for i in v.split(f["list_separator"]) if i])
+            if f.get("item_detail_separator"):  # "flow_rate:3.2%" is the flag flow_rate with a detail
+                items = items.str.split(f["item_detail_separator"]).str[0]
             bad = sorted(set(items) - set(f["allowed"]))
             if bad:
                 problems.append(f"column {col!r} has values {bad!r} outside {f['allowed']!r}")

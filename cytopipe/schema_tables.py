@@ -42,7 +42,10 @@ _TREG_DESCR = {
     "treg_pct_cd4": "100 x treg_count / cd4_count; empty when qc_status is error.",
     "qc_status": "Outcome of gating and QC.",
     "qc_flags": "`;`-separated QC flags: `low_events` (< 20,000 events), `low_cd4` (95 % Wilson CI "
-                "half-width of Treg % CD4 > 1 percentage point).",
+                "half-width of Treg % CD4 > 1 percentage point), `flow_rate:<p>%` and `signal_drift:<p>%` "
+                "(Time-channel anomalies, with the share of events affected), `treg_outlier` (out of line "
+                "with the patient's other visits), `auto_gate_fallback` (a data-driven gate fell back to the "
+                "template). Thresholds: `cytopipe/qc_defaults.toml`.",
     "error": "One line naming the file and the cause; empty when gated.",
     "strategy": "Gating strategy name.",
     "strategy_version": "Strategy version; `1.1.0 (draft)` for a draft.",
@@ -58,7 +61,8 @@ _TREG_EXTRA = {
     "patient_id": {"nullable": False}, "visit": {"nullable": False}, "file": {"nullable": False},
     "file_sha256": {"pattern": _SHA},
     "qc_status": {"nullable": False, "allowed": ["ok", "flag", "error"]},
-    "qc_flags": {"allowed": ["low_events", "low_cd4"], "list_separator": ";"},
+    "qc_flags": {"allowed": ["low_events", "low_cd4", "flow_rate", "signal_drift", "treg_outlier",
+                             "auto_gate_fallback"], "list_separator": ";", "item_detail_separator": ":"},
     "strategy": {"nullable": False}, "strategy_sha256": {"pattern": _SHA},
     "review_status": {"allowed": ["approved", "rejected", "adjusted", "pending"]},
 }

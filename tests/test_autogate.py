@@ -157,3 +157,19 @@ def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
         f.replace(".fcs", ".xml") for f in table["file"])
     err = (table["treg_pct_cd4"] - truth["treg_pct_cd4"]).abs()
     assert err.max() <= 0.3, err
+
+
+def test_report_draws_the_fitted_gate(hard_files, auto):
+    """The review report's Treg plot shows the per-sample gate, with the run's count."""
+    from cytopipe.report.events import gate_views
+
+    path, _ = hard_files[1]
+    sample = read_fcs(path)
+    fitted = fit_auto_gates(sample, auto)
+    counts = gate_sample(sample, auto, gating_strategy=fitted.gating_strategy)
+    views, _ = gate_views(str(path), auto, {})
+    treg = next(v for v in views if v.path == auto.numerator)
+    assert treg.custom
+    assert treg.count == counts[auto.numerator].count
+    template = auto.gating_strategy().get_gate("Treg", gate_path=auto.numerator[:-1])
+    assert [d.min for d in treg.gate.dimensions] != [d.min for d in template.dimensions]

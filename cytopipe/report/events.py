@@ -76,8 +76,13 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     from ..gating import gate_rows, gate_values
     from ..review import adjusted_gating_strategy
 
+    from ..autogate import auto_gate_specs, fit_auto_gates
+
     sample = read_fcs(path)
     gs = adjusted_gating_strategy(strategy, sample.id, adjustments)
+    if auto_gate_specs(strategy):
+        # the fit is deterministic: refitting draws exactly the gate the run used
+        gs = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments).gating_strategy
     rows = gate_rows(sample, gs, strategy.gate_paths())
     rng = np.random.default_rng(seed)
     views = []

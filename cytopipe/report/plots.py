@@ -69,7 +69,7 @@ def gate_png(view: GateView) -> bytes:
     ax = fig.add_subplot()
     dims = view.gate.dimensions
     pct = 100.0 * view.count / view.parent_count if view.parent_count else float("nan")
-    custom = " (adjusted)" if view.custom else ""
+    custom = " (sample gate)" if view.custom else ""
     ax.set_title(f"{view.path[-1]}{custom}: {view.count:,} ({pct:.1f} % of parent)", fontsize=8)
     if len(dims) == 1:
         lo, hi = _axis(ax, "x", dims[0], view.transforms[0])
