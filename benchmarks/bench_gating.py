@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 import tempfile
@@ -158,12 +157,11 @@ def _peak_rss(engine: str, path: Path) -> float:
 
 
 def _batch_wall(sheet: Path, out: Path, workers: int) -> float:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from cytopipe.batch import run_batch
+    from cytopipe.batch import make_local_cluster, run_batch
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with make_local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("cytopipe.batch"))  # imports are not part of the batch
         t = time.perf_counter()
         result = run_batch(sheet, out, client=client, report=False)  # gating only; see the report line
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     strategy = load_strategy("treg@1.0.0")
     n_events = 100_000 if args.quick else 1_000_000
     n_speed = 2 if args.quick else 4
-    n_scale, scale_events = (4, 100_000) if args.quick else (8, 1_000_000)
+    n_scale, scale_events = (4, 100_000) if args.quick else (12, 1_000_000)
     n_many, many_events = (20, 20_000) if args.quick else (500, 50_000)
     report: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cytopipe-bench-") as tmp:

@@ -71,6 +71,8 @@ class GateCount:
 
 ENGINES = ("cascade", "flowkit")
 _BAND = 1e-6  # transformed units around a bound where FlowKit's transform decides
+_CHUNK = 1 << 16  # rows compensated at a time: 4 MB float64 temporaries
+_BUILD_CHUNK = 1 << 15  # rows copied at a time into the compact matrix
 
 
 def gate_sample(
@@ -193,22 +195,31 @@ def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
 
 def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None] | None:
     from flowkit import gates as fk_gates
+    from flowkit.exceptions import QuadrantReferenceError
 
     raw = sample.get_events(source="raw")  # FlowKit's preprocessed float64, not a copy
     ctx = _Context(sample, gs, raw)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     try:
-        for path in paths:
-            gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
+        gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in paths]
+        ctx.prepare(gates)
+        for path, gate in zip(paths, gates):
             parent = rows[path[:-1]]
             if isinstance(gate, (fk_gates.BooleanGate, fk_gates.QuadrantGate)):
                 raise _Unsupported(type(gate).__name__)
             if isinstance(gate, fk_gates.RectangleGate):
                 inside = ctx.rectangle(gate, parent)
+            elif type(gate).apply is fk_gates.PolygonGate.apply:
+                inside = ctx.polygon(gate, parent)
             else:
                 inside = np.asarray(gate.apply(ctx.frame(gate, parent)), dtype=bool)
-            rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
-    except _Unsupported:
+            # int32 indices: half the memory of int64 for every gate's events kept
+            if parent is None:
+                parent_idx = np.flatnonzero(inside)
+                rows[path] = parent_idx.astype(np.int32) if raw.shape[0] < 2**31 else parent_idx
+            else:
+                rows[path] = parent[inside]
+    except (_Unsupported, QuadrantReferenceError):  # a quadrant's own path: FlowKit handles those
         return None
     return rows
 
@@ -216,19 +227,51 @@ def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None]
 class _Context:
     """Compensated, optionally transformed columns of one sample, on demand.
 
-    Values are gathered for the parent's rows only. The detectors of a
-    spillover matrix, gathered again for every compensated dimension, are kept
-    once as contiguous float32 columns when that is lossless (it is for
-    float32 FCS data): ~1.5x faster than strided gathers from FlowKit's
-    float64 matrix, at 4 bytes a value (peak memory stays within 4x the raw
-    float32 matrix; ``make bench`` measures both).
+    The channels the gates use (their dimensions and the spillover
+    detectors) are copied once, in one chunked pass over FlowKit's float64
+    event matrix, into a compact events x channels matrix, float32 when that
+    is lossless (it is for float32 FCS data). Every gate then gathers only
+    its parent's rows from it. One sequential pass instead of a strided pass
+    per channel matters most when several workers share the memory bus; the
+    matrix costs 4 bytes a value (peak memory stays within 4x the raw
+    float32 matrix; ``make bench`` measures it).
     """
 
     def __init__(self, sample, gs, raw: np.ndarray):
         self.sample, self.gs, self.raw = sample, gs, raw
         self.index = {name: i for i, name in enumerate(sample.pnn_labels)}
         self._comp: dict[str, tuple[list[int], np.ndarray, np.ndarray] | None] = {}
-        self._cols: dict[int, np.ndarray] = {}
+        self._where: dict[int, int] = {}  # raw column -> column of self._m
+        self._m: np.ndarray | None = None
+
+    def prepare(self, gates) -> None:
+        """Copy every channel ``gates`` need into the compact matrix, in one pass."""
+        needed: list[int] = []
+        for gate in gates:
+            for dim in getattr(gate, "dimensions", []):
+                col, comp = self._comp_for(dim)
+                for c in [col] + (comp[0] if comp else []):
+                    if c not in needed:
+                        needed.append(c)
+        self._build(needed)
+
+    def _build(self, cols: list[int]) -> None:
+        n = self.raw.shape[0]
+        for dtype in (np.float32, np.float64):
+            m = np.empty((n, len(cols)), dtype=dtype)
+            for start in range(0, n, _BUILD_CHUNK):
+                part = self.raw[start : start + _BUILD_CHUNK][:, cols]
+                m[start : start + _BUILD_CHUNK] = part
+                if dtype is np.float32 and not np.array_equal(m[start : start + _BUILD_CHUNK], part):
+                    break  # not float32 data: keep float64
+            else:
+                self._m, self._where = m, {c: j for j, c in enumerate(cols)}
+                return
+
+    def _column(self, col: int) -> int:
+        if col not in self._where:  # a channel prepare() did not see (e.g. gate_values)
+            self._build(list(self._where) + [col])
+        return self._where[col]
 
     def _matrix(self, comp_ref: str):
         if comp_ref not in self._comp:
@@ -275,34 +318,33 @@ class _Context:
                 return self.index[matrix.detectors[matrix.fluorochromes.index(dim_id)]]
         raise _Unsupported(f"dimension {dim_id!r}")
 
-    def _take(self, col: int, rows: np.ndarray | None, *, cache: bool = False) -> np.ndarray:
-        if not cache:
-            return self.raw[:, col].copy() if rows is None else self.raw[rows, col]
-        if col not in self._cols:
-            c = self.raw[:, col]
-            c32 = c.astype(np.float32)
-            self._cols[col] = c32 if np.array_equal(c32, c) else np.ascontiguousarray(c)
-        c = self._cols[col]
-        return c.astype(np.float64) if rows is None else c[rows].astype(np.float64)
+    def _take(self, col: int, rows: np.ndarray | None) -> np.ndarray:
+        j = self._column(col)
+        return self._m[:, j].astype(np.float64) if rows is None else self._m[rows, j].astype(np.float64)
 
     def values(self, dim, rows: np.ndarray | None, *, exact: bool = False) -> np.ndarray:
         """Compensated, untransformed values of ``dim`` on ``rows``.
 
         ``exact`` uses flowutils' own arithmetic (a solve); otherwise one
-        column of the inverse spillover, equal to within rounding.
+        column of the inverse spillover, equal to within rounding. Rows are
+        taken in chunks so temporaries stay small.
         """
         col, comp = self._comp_for(dim)
         if comp is None:
             return self._take(col, rows)
         cols, spill, inv = comp
         k = cols.index(col)
-        if exact:
-            block = np.stack([self._take(c, rows, cache=True) for c in cols], axis=1)
-            return np.linalg.solve(spill.T, block.T).T[:, k]
-        out = np.zeros(self.raw.shape[0] if rows is None else rows.size)
-        for j, c in enumerate(cols):
-            if inv[j, k] != 0.0:
-                out += inv[j, k] * self._take(c, rows, cache=True)
+        js = [self._column(c) for c in cols]
+        n = self.raw.shape[0] if rows is None else rows.size
+        out = np.empty(n)
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            sub = self._m[start:stop] if rows is None else self._m[rows[start:stop]]
+            block = sub[:, js].astype(np.float64)
+            if exact:
+                out[start:stop] = np.linalg.solve(spill.T, block.T).T[:, k]
+            else:
+                out[start:stop] = block @ inv[:, k]
         return out
 
     def _xform(self, dim):
@@ -317,6 +359,24 @@ class _Context:
             xform = self._xform(dim)
             data[dim.id] = v if xform is None else xform.apply(v.reshape(-1, 1)).ravel()
         return pd.DataFrame(data)
+
+    def polygon(self, gate, rows: np.ndarray | None) -> np.ndarray:
+        """``PolygonGate.apply`` without its DataFrame copies (the same flowutils call)."""
+        from flowutils import gating as fu_gating
+
+        points = np.empty((self.raw.shape[0] if rows is None else rows.size, 2))
+        for j, dim in enumerate(gate.dimensions):
+            xform = self._xform(dim)
+            col, comp = self._comp_for(dim)
+            if comp is None and xform is None:  # straight into place, no temporaries
+                c = self._column(col)
+                points[:, j] = self._m[:, c] if rows is None else self._m[rows, c]
+                continue
+            v = self.values(dim, rows, exact=True)
+            points[:, j] = v if xform is None else np.asarray(xform.apply(v.reshape(-1, 1))).ravel()
+        inside = np.asarray(fu_gating.points_in_polygon(np.array(gate.vertices, dtype=np.float64), points),
+                            dtype=bool)
+        return ~inside if gate.use_complement else inside
 
     def rectangle(self, gate, rows: np.ndarray | None) -> np.ndarray:
         """FlowKit's rectangle rule (``min <= x < max``) without transforming every event."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -34,10 +33,11 @@ def trial(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dask_client():
     """One local Dask cluster (2 single-threaded worker processes) for the session."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    from cytopipe.batch import make_local_cluster
+
+    cluster = make_local_cluster(2)
     client = Client(cluster)
     yield client
     client.close()

@@ -104,3 +104,18 @@ def test_visit_outliers():
     # 18 % is an IL-2 response (3.3x the median 6 %), 40 % is not believable
     assert list(out["qc_flags"]) == ["", "", "", "treg_outlier", "", "low_cd4", ""]
     assert out["qc_status"].iloc[3] == "flag"
+
+
+def test_time_qc_on_a_million_events_uses_a_subsample_and_reports_shares_of_all_events():
+    """Drift measured on an evenly spaced subsample; shares are of the whole file."""
+    from cytopipe.qc import QCThresholds, time_qc
+
+    rng = np.random.default_rng(3)
+    n = 1_000_000
+    t = np.sort(rng.uniform(0, 500, n))
+    sig = rng.lognormal(8, 0.3, size=(n, 3))
+    sig[int(0.7 * n):, 1] *= 0.5  # the last 30 % of the acquisition dims on one channel
+    res = time_qc(t, [sig[:, 0], sig[:, 1], sig[:, 2]], thresholds=QCThresholds())
+    assert res["drift_channels"] == [1]
+    assert 25 <= res["drift_events_pct"] <= 35
+    assert res["flow_rate_events_pct"] == 0.0
