@@ -154,3 +154,19 @@ def test_declared_terabyte_is_refused_without_allocating(originals, tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < PEAK_LIMIT
+
+
+def test_header_scan_of_a_lying_par_is_a_row_with_an_error(originals, tmp_path):
+    """A batch scan records the bad file and goes on, without building 10^12 channels."""
+    from cytopipe.fcs import scan_headers
+
+    bad = tmp_path / "par.fcs"
+    bad.write_bytes(_set_keyword(originals[1].read_bytes(), "$PAR", "999999999999"))
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIME_LIMIT_S)
+    try:
+        table = scan_headers([bad, originals[0]])
+    finally:
+        signal.alarm(0)
+    assert "names only 12" in table["error"].iloc[0]
+    assert table["error"].iloc[1] == "" and table["n_events"].iloc[1] == N_EVENTS
