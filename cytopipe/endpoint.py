@@ -421,4 +421,9 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_patients": len(by_patient),
             "n_complete": int((by_patient["status"] == "complete").sum()), "n_excluded_samples": len(excl)}
     files.append(write_json(prov, out / "endpoint.json"))
+    if figures:
+        from .report.endpoint_page import write_endpoint_report
+
+        files.append(write_endpoint_report(out, summary=summary, trend=trend, exclusions=excl,
+                                           figures=[f for f in files if f.suffix == ".png"], provenance=prov))
     return EndpointResult(out, by_patient, summary, trend, excl, sdtm, files)

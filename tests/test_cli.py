@@ -15,6 +15,7 @@ def test_run_with_scheduler_address(trial, tmp_path, dask_client):
                                    "--scheduler", dask_client.scheduler.address])
     assert res.exit_code == 0, res.output
     assert "12 of 12 samples gated" in res.output
+    assert "Dask dashboard: http" in res.output
     assert len(pd.read_csv(out / "treg_by_visit.csv")) == 12
 
 

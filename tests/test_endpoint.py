@@ -172,6 +172,9 @@ def test_cli_endpoint_and_its_errors(tmp_path, rand, monkeypatch):
     assert "3 of 5 patients with a D1-to-D60 change" in res.output
     assert (pd.read_csv(out / "sdtm_cp.csv")["STUDYID"] == "ENV-STUDY").all()
     assert (out / "change_at_endpoint.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.html").read_text()
+    assert report.count('src="data:image/png;base64,') == 2  # both figures embedded, self-contained
+    assert "p_mannwhitney_exact" in report and "ENV-STUDY" in report
     res = CliRunner().invoke(cli, ["endpoint", str(w1), "--randomisation", str(rand), "--out", str(out),
                                    "--visit", "D90", "--study-id", "S"])
     assert res.exit_code == 2 and "Visit 'D90' is in none of the runs" in res.output
