@@ -131,3 +131,53 @@ def test_real_cluster_matches_local_and_survives_a_killed_worker(batch, dask_clu
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     pd.testing.assert_frame_equal(_stable(pd.read_parquet(out / "treg_by_visit.parquet")), _stable(reference))
+
+
+@pytest.fixture(scope="module")
+def five_million(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("big")
+    write_fcs(folder / "big.fcs", SampleSpec(n_events=5_000_000, seed=77))
+    (folder / "samples.csv").write_text("file,patient_id,visit\nbig.fcs,P01,D1\n")
+    return folder / "samples.csv"
+
+
+_PEAK_CHILD = r"""
+import os, sys, threading, time
+from cytopipe.fcs import read_fcs
+from cytopipe.gating import gate_sample
+from cytopipe.strategy import load_strategy
+s = load_strategy("treg@1.0.0")
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+base = rss(); peak = [base]; done = False
+def watch():
+    while not done:
+        peak[0] = max(peak[0], rss()); time.sleep(0.001)
+t = threading.Thread(target=watch, daemon=True); t.start()
+counts = gate_sample(read_fcs(sys.argv[1]), s)
+done = True; t.join()
+print(peak[0] - base, counts[s.numerator].count)
+"""
+
+
+def test_five_million_event_file_gates_within_the_memory_bound(five_million):
+    """Read + gate of a 5M-event file peaks below 4x its raw float32 matrix above baseline."""
+    path = five_million.parent / "big.fcs"
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    peak, treg = (int(x) for x in out.stdout.split())
+    raw = 5_000_000 * 12 * 4
+    assert peak <= 4 * raw, f"peak {peak / raw:.2f}x the raw float32 matrix"
+    assert treg > 0
+
+
+def test_a_file_over_the_worker_memory_limit_fails_with_the_limit_named(five_million, tmp_path):
+    res = _run(["run", str(five_million), "--out", str(tmp_path / "o"), "--workers", "1",
+                "--memory-limit", "600MB"])
+    assert res.returncode == 1, res.stderr
+    table = pd.read_csv(tmp_path / "o" / "treg_by_visit.csv")
+    assert "more than the Dask worker memory limit of 0.6 GB" in table["error"].iloc[0]
+    assert "--memory-limit" in table["error"].iloc[0]
