@@ -236,10 +236,10 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec):
         raw = raw[:: -(-n // spec["prefilter_events"])]
     ctx = _Context(sample, gs, raw)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
-    for p in strategy.gate_paths():
-        if len(p) > len(parent) or p != parent[: len(p)]:
-            continue
-        gate = gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id)
+    upstream = [p for p in strategy.gate_paths() if len(p) <= len(parent) and p == parent[: len(p)]]
+    gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in upstream]
+    ctx.prepare(gates + [gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])])
+    for p, gate in zip(upstream, gates):
         before = rows[p[:-1]]
         if isinstance(gate, fk_gates.RectangleGate):
             inside = ctx.rectangle(gate, before)

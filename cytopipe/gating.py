@@ -227,14 +227,14 @@ def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None]
 class _Context:
     """Compensated, optionally transformed columns of one sample, on demand.
 
-    The channels the gates use (their dimensions and the spillover
-    detectors) are copied once, in one chunked pass over FlowKit's float64
-    event matrix, into a compact events x channels matrix, float32 when that
-    is lossless (it is for float32 FCS data). Every gate then gathers only
-    its parent's rows from it. One sequential pass instead of a strided pass
-    per channel matters most when several workers share the memory bus; the
-    matrix costs 4 bytes a value (peak memory stays within 4x the raw
-    float32 matrix; ``make bench`` measures it).
+    The spillover detectors that compensated dimensions need are copied once,
+    in one chunked pass over FlowKit's float64 event matrix, into a compact
+    events x detectors matrix, float32 when that is lossless (it is for
+    float32 FCS data); every compensated gate then gathers only its parent's
+    rows from it, whole 32-byte rows at a time. Uncompensated channels
+    (scatter) are read from FlowKit's matrix directly. The matrix costs 4
+    bytes a value (peak memory stays within 4x the raw float32 matrix;
+    ``make bench`` measures it).
     """
 
     def __init__(self, sample, gs, raw: np.ndarray):
@@ -249,8 +249,8 @@ class _Context:
         needed: list[int] = []
         for gate in gates:
             for dim in getattr(gate, "dimensions", []):
-                col, comp = self._comp_for(dim)
-                for c in [col] + (comp[0] if comp else []):
+                _, comp = self._comp_for(dim)
+                for c in comp[0] if comp else []:
                     if c not in needed:
                         needed.append(c)
         self._build(needed)
@@ -268,10 +268,11 @@ class _Context:
                 self._m, self._where = m, {c: j for j, c in enumerate(cols)}
                 return
 
-    def _column(self, col: int) -> int:
-        if col not in self._where:  # a channel prepare() did not see (e.g. gate_values)
-            self._build(list(self._where) + [col])
-        return self._where[col]
+    def _ensure(self, cols: list[int]) -> None:
+        """Add channels prepare() did not see (e.g. gate_values), all in one rebuild."""
+        missing = [c for c in cols if c not in self._where]
+        if missing:
+            self._build(list(self._where) + missing)
 
     def _matrix(self, comp_ref: str):
         if comp_ref not in self._comp:
@@ -319,8 +320,8 @@ class _Context:
         raise _Unsupported(f"dimension {dim_id!r}")
 
     def _take(self, col: int, rows: np.ndarray | None) -> np.ndarray:
-        j = self._column(col)
-        return self._m[:, j].astype(np.float64) if rows is None else self._m[rows, j].astype(np.float64)
+        """An uncompensated channel, straight from FlowKit's matrix (no copy of the column kept)."""
+        return self.raw[:, col].copy() if rows is None else self.raw[rows, col]
 
     def values(self, dim, rows: np.ndarray | None, *, exact: bool = False) -> np.ndarray:
         """Compensated, untransformed values of ``dim`` on ``rows``.
@@ -334,7 +335,8 @@ class _Context:
             return self._take(col, rows)
         cols, spill, inv = comp
         k = cols.index(col)
-        js = [self._column(c) for c in cols]
+        self._ensure(cols)
+        js = [self._where[c] for c in cols]
         n = self.raw.shape[0] if rows is None else rows.size
         out = np.empty(n)
         for start in range(0, n, _CHUNK):
@@ -369,8 +371,7 @@ class _Context:
             xform = self._xform(dim)
             col, comp = self._comp_for(dim)
             if comp is None and xform is None:  # straight into place, no temporaries
-                c = self._column(col)
-                points[:, j] = self._m[:, c] if rows is None else self._m[rows, c]
+                points[:, j] = self.raw[:, col] if rows is None else self.raw[rows, col]
                 continue
             v = self.values(dim, rows, exact=True)
             points[:, j] = v if xform is None else np.asarray(xform.apply(v.reshape(-1, 1))).ravel()
