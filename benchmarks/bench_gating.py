@@ -171,6 +171,46 @@ def _batch_wall(sheet: Path, out: Path, workers: int) -> float:
     return wall
 
 
+_PLAIN_CHILD = r"""
+import sys, time
+from cytopipe.batch import process_sample
+from cytopipe.strategy import load_strategy
+d = str(load_strategy("treg@1.0.0").directory)
+process_sample(sys.argv[1], d)  # warm: imports and first-call costs are not the work
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.perf_counter()
+for path in sys.argv[1:]:
+    process_sample(path, d)
+print(time.perf_counter() - t, flush=True)
+"""
+
+
+def _plain_ceiling(files: list[Path]) -> float:
+    """The machine's own 2-process speed-up on the same per-sample work, without Dask.
+
+    Each process warms up, then all start together; the wall time is the
+    slowest process's.
+    """
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+    def wall(groups: list[list[Path]]) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_CHILD, *map(str, g)], env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE) for g in groups]
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        times = [float(proc.stdout.readline()) for proc in procs]
+        for proc in procs:
+            proc.wait()
+        return max(times)
+
+    half = len(files) // 2
+    return wall([files]) / wall([files[:half], files[half:]])
+
+
 def _write_sheet(folder: Path, n_files: int, n_events: int, seed: int) -> Path:
     lines = ["file,patient_id,visit,day"]
     for i in range(n_files):
@@ -273,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         two = _batch_wall(sheet, tmp / "out2", 2)
         report["scaling_2_workers"] = one / two
         print(f"  1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x (target >= 1.8)")
+        ceiling = _plain_ceiling(sorted(scale_dir.glob("*.fcs")))
+        report["scaling_plain_processes"] = ceiling
+        print(f"  the same work in 1 vs 2 plain processes, no Dask: {ceiling:.2f}x (this machine's ceiling)")
 
         print(f"== batch of {n_many} files x {many_events:,} events, 2 workers")
         many_dir = tmp / "many"
