@@ -156,16 +156,27 @@ def _peak_rss(engine: str, path: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _batch_wall(sheet: Path, out: Path, workers: int) -> float:
+def _rss() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _batch_wall(sheet: Path, out: Path, workers: int, *, rss: dict | None = None) -> float:
     from distributed import Client
 
     from cytopipe.batch import make_local_cluster, run_batch
 
     with make_local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("cytopipe.batch"))  # imports are not part of the batch
+        before = client.run(_rss)
         t = time.perf_counter()
         result = run_batch(sheet, out, client=client, report=False)  # gating only; see the report line
         wall = time.perf_counter() - t
+        if rss is not None:  # worker RSS after the batch, to show nothing accumulates
+            after = client.run(_rss)
+            rss.update(before=max(before.values()), after=max(after.values()))
     if result.n_failed:
         raise SystemExit(f"{result.n_failed} samples failed in the benchmark batch")
     return wall
@@ -321,9 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         many_dir = tmp / "many"
         many_dir.mkdir()
         sheet = _write_sheet(many_dir, n_many, many_events, 10_000)
-        wall = _batch_wall(sheet, tmp / "outmany", 2)
+        rss: dict[str, int] = {}
+        wall = _batch_wall(sheet, tmp / "outmany", 2, rss=rss)
         report["many_files_wall_s"] = wall
-        print(f"  wall {wall:.1f} s ({n_many / wall:.1f} files/s)")
+        report["many_files_worker_rss_growth_mb"] = (rss["after"] - rss["before"]) / 1e6
+        print(f"  wall {wall:.1f} s ({n_many / wall:.1f} files/s); worker RSS {rss['before'] / 1e6:.0f} MB "
+              f"before, {rss['after'] / 1e6:.0f} MB after: nothing accumulates across files")
 
         report.update(_auto_gate_section(tmp, n_events, 6 if args.quick else 30))  # issue 8
 
