@@ -33,5 +33,9 @@ sample-fcs: setup
 	rm -f sample_fcs/*.fcs
 	$(VENV)/bin/cytopipe synth sample_fcs --patients 3 --events 20000 --seed 2026
 
+## lint: pyflakes checks and line length (ruff)
+lint: setup
+	$(VENV)/bin/ruff check cytopipe tests benchmarks
+
 clean:
 	rm -rf demo_out .pytest_cache

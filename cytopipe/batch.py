@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates  # auto gates (issue 8)
+from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .exceptions import CytopipeError
 from .fcs import file_sha256, read_fcs, scan_header
 from .gating import gate_sample, treg_percent
@@ -157,17 +157,17 @@ def process_sample(
             stored["qc_flags"] = sample_flags(  # today's thresholds on the stored measures
                 stored["events_total"], stored["cd4_count"], stored["treg_count"],
                 thresholds=thresholds, time_metrics=stored.get("time_qc"))
-            finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto gates (issue 8): flags + sample_gates file
+            finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto-gate flags and sample_gates file
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
         _check_memory(path)
         sample = read_fcs(path)
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         gs = adjusted_gating_strategy(strategy, sample.id, adjustments) if adjustments else None
-        # >>> auto gates (issue 8): fit this sample's data-driven gates; a reviewer's adjustment wins
-        auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments) if auto_gate_specs(strategy) else None
-        gs = auto.gating_strategy if auto is not None else gs
-        # <<< auto gates
+        auto = None
+        if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
+            auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+            gs = auto.gating_strategy
         counts = gate_sample(sample, strategy, gating_strategy=gs)
         cd4, treg, pct = treg_percent(counts, strategy)
         out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
@@ -175,7 +175,7 @@ def process_sample(
         out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
                                        time_metrics=out["time_qc"])
         out["gates"] = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
-        if auto is not None:  # auto gates (issue 8): outcome, QC flag, DIR/sample_gates/<stem>.xml
+        if auto is not None:  # fit outcome, QC flag, DIR/sample_gates/<stem>.xml
             out["auto_gates"] = auto.record()
             finish_auto_gates(out, path, cache_dir=cache_dir)
         if cache_file is not None:
@@ -194,7 +194,7 @@ def process_sample(
 
 
 #: Peak bytes per event value above the worker's baseline while gating (float64
-#: FlowKit events plus the cascade's columns; ``make bench`` measures ~3.8x the
+#: FlowKit events plus the cascade's columns; ``make bench`` measures ~3.7x the
 #: float32 matrix, i.e. ~15 bytes a value), and the worker's own footprint.
 _PEAK_BYTES_PER_VALUE = 16
 _WORKER_BASELINE = 300e6

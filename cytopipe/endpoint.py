@@ -135,7 +135,8 @@ def load_runs(run_dirs: list[str | os.PathLike], *, supersede: list[str | os.Pat
     live = rows[~rows["superseded"]]
     dup = live[live.duplicated(["patient_id", "visit"], keep=False)]
     if len(dup):
-        clashes = [f"patient {p!r} visit {v!r} in " + " and ".join(f"{r} ({f})" for r, f in zip(g["run_dir"], g["file"]))
+        clashes = [f"patient {p!r} visit {v!r} in "
+                   + " and ".join(f"{r} ({f})" for r, f in zip(g["run_dir"], g["file"]))
                    for (p, v), g in dup.groupby(["patient_id", "visit"], sort=True)]
         msg = (f"{len(clashes)} patient-visit(s) are in more than one run: " + "; ".join(clashes)
                + ". Mark the replaced one superseded: a 'superseded' column (yes) in its run's sample "
@@ -267,7 +268,8 @@ def change_from_baseline(rows: pd.DataFrame, randomisation: pd.DataFrame, *, bas
             row[f"change_rel_pct_{v}"] = 100 * (vals[v] - b) / b if b else np.nan
         out.append(row)
     df = pd.DataFrame(out)
-    return df.astype(dtypes_for("change_by_patient", list(df.columns)))[list(dtypes_for("change_by_patient", list(df.columns)))]
+    dtypes = dtypes_for("change_by_patient", list(df.columns))
+    return df.astype(dtypes)[list(dtypes)]
 
 
 def _arm_order(randomisation: pd.DataFrame, control: str) -> list[str]:

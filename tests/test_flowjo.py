@@ -32,10 +32,12 @@ def test_import_wsp_gates_count_like_flowjo(strategies_copy):
     assert res.exit_code == 0, res.output
     s = load_strategy("line@1.0.0", allow_draft=True)
     assert s.is_draft and {p[-1] for p in s.gate_paths()} == {"poly1", "rect1"}
-    assert "Imported from FlowJo workspace simple_poly_and_rect_v2_poly50.wsp" in (s.directory / "CHANGELOG.md").read_text()
+    changelog = (s.directory / "CHANGELOG.md").read_text()
+    assert "Imported from FlowJo workspace simple_poly_and_rect_v2_poly50.wsp" in changelog
     sample = read_fcs(wsp.parent / "data_set_simple_line_100.fcs")
     ours = {p: c.count for p, c in gate_sample(sample, s).items()}
-    flowjo = gate_counts_from_wsp(wsp, "data_set_simple_line_100.fcs", fcs_file=wsp.parent / "data_set_simple_line_100.fcs")
+    flowjo = gate_counts_from_wsp(wsp, "data_set_simple_line_100.fcs",
+                                  fcs_file=wsp.parent / "data_set_simple_line_100.fcs")
     assert ours == flowjo and ours[("root", "poly1")] == 50
 
 

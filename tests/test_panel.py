@@ -22,7 +22,8 @@ def _channels(strategy, **pns):
 @pytest.mark.parametrize(
     "detector,label",
     [("PE-Cy7-A", "cd25 PE-Cy7"), ("V450-A", "CD4-V450"), ("APC-A", "FoxP3"), ("PE-A", "IL7Ra"),
-     ("PerCP-Cy5-5-A", "7AAD"), ("PerCP-Cy5-5-A", "L/D"), ("V500-A", " CD3 "), ("APC-A", "FOXP3 AF647"), ("APC-A", "Alexa Fluor 647 FoxP3")],
+     ("PerCP-Cy5-5-A", "7AAD"), ("PerCP-Cy5-5-A", "L/D"), ("V500-A", " CD3 "), ("APC-A", "FOXP3 AF647"),
+     ("APC-A", "Alexa Fluor 647 FoxP3")],
 )
 def test_spelling_variants_are_accepted(strategy, detector, label):
     pnn, pns = _channels(strategy, **{detector: label})

@@ -54,7 +54,8 @@ def test_diff_reports_added_threshold_vertex_and_transform(strategies_copy):
     d = new_version("treg", "1.0.0")
     gml = d / "treg.xml"
     text = gml.read_text().replace('gating:min="0.5622"', 'gating:min="0.58"')
-    text = text.replace('<gating:coordinate data-type:value="140000"/>', '<gating:coordinate data-type:value="150000"/>', 1)
+    text = text.replace('<gating:coordinate data-type:value="140000"/>',
+                        '<gating:coordinate data-type:value="150000"/>', 1)
     text = text.replace('transforms:W="0.5"', 'transforms:W="0.6"')
     gml.write_text(text)
     changes = diff_strategies("treg@1.0.0", "treg@1.1.0")
