@@ -17,7 +17,7 @@ setup: $(STAMP)
 ## demo: gate sample_fcs/ with the default strategy into demo_out/
 demo: setup
 	$(VENV)/bin/cytopipe run sample_fcs/samples.csv --out demo_out
-	@echo "Results: demo_out/treg_by_visit.csv, demo_out/populations.parquet, demo_out/run.json"
+	@echo "Results: demo_out/treg_by_visit.csv (and .parquet), demo_out/populations.parquet, demo_out/run.json; review report: demo_out/report/index.html"
 
 ## test: the whole suite, slow tests included
 test: setup

@@ -127,7 +127,7 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
     click.echo(f"{result.n_ok} of {len(result.table)} samples gated "
                f"({result.n_cached} reused from earlier runs), {result.n_failed} failed; outputs in {out_dir}")
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():
-        click.echo(f"  failed: {row['file']}: {row['error']}", err=True)
+        click.echo(f"  failed: {row['error']}", err=True)  # the error names the file
     sys.exit(result.exit_code)
 
 

@@ -131,12 +131,15 @@ def strategies_root() -> Path:
     """Return the folder that holds the strategies.
 
     ``CYTOPIPE_STRATEGIES`` overrides the default, the ``gating_strategies``
-    folder of the checkout.
+    folder shipped inside the package (``gating_strategies/`` of the checkout
+    links to it).
     """
     env = os.environ.get("CYTOPIPE_STRATEGIES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "gating_strategies"
+    # package data, so an installed cytopipe has its strategies; the checkout's
+    # top-level gating_strategies/ is a link to this folder
+    return Path(__file__).resolve().parent / "gating_strategies"
 
 
 def _sha256(path: Path) -> str:

@@ -1,0 +1,26 @@
+"""An installed cytopipe works outside the checkout: the wheel carries its data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_ships_strategies_report_and_qc_defaults(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    wheel = next(tmp_path.glob("cytopipe-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for ref in ("treg/1.0.0", "treg_cd127lo/1.0.0", "treg_auto/1.0.0"):
+        for f in ("manifest.json", "CHANGELOG.md"):
+            assert f"cytopipe/gating_strategies/{ref}/{f}" in names, (ref, f)
+    assert "cytopipe/gating_strategies/treg/1.0.0/treg.xml" in names
+    assert "cytopipe/report/build.py" in names and "cytopipe/qc_defaults.toml" in names
