@@ -182,8 +182,9 @@ def strategy_list() -> None:
 @click.argument("ref")
 @click.option("--allow-draft", is_flag=True)
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the gate tree into this image (.png, .svg, .pdf).")
-def strategy_show(ref: str, allow_draft: bool, image: Path | None) -> None:
+              help="Where to draw the gate tree (.png, .svg, .pdf) [default: NAME@VERSION.png here].")
+@click.option("--no-image", is_flag=True, help="Print the tree only; draw no image.")
+def strategy_show(ref: str, allow_draft: bool, image: Path | None, no_image: bool) -> None:
     """Show a strategy's gate tree (each gate's type, dimensions, transform and parent),
     panel and endpoint gate paths; also draw the tree as an image."""
     from .strategy import load_strategy
@@ -195,8 +196,9 @@ def strategy_show(ref: str, allow_draft: bool, image: Path | None) -> None:
     click.echo(gs.get_gate_hierarchy())
     for info in describe_gates(gs):
         click.echo(format_gate(info))
-    if image is not None:
-        written = write_gate_tree_image(gs, image, title=f"{s.ref} ({s.status})")
+    if not no_image:
+        target = image if image is not None else Path(f"{s.ref}.png")
+        written = write_gate_tree_image(gs, target, title=f"{s.ref} ({s.status})")
         click.echo(f"gate tree image: {written}")
     for m in s.markers:
         click.echo(f"  {m.marker:<10} {m.detector:<14} $PnS aliases: {', '.join(m.aliases)}")

@@ -44,11 +44,15 @@ def test_unknown_strategy_exits_2(trial, tmp_path):
     assert res.exit_code == 2 and "Available strategies" in res.output
 
 
-def test_strategy_list_and_show():
+def test_strategy_list_and_show(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["strategy", "list"])
     assert res.exit_code == 0 and "treg@1.0.0" in res.output and "released" in res.output
+    monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["strategy", "show", "treg@1.0.0"])
     assert res.exit_code == 0 and "CD4pos" in res.output and "PE-Cy7-A" in res.output
+    assert (tmp_path / "treg@1.0.0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn by default
+    res = CliRunner().invoke(cli, ["strategy", "show", "treg@1.0.0", "--no-image"])
+    assert res.exit_code == 0 and "gate tree image" not in res.output
 
 
 def test_help_documents_exit_codes():
