@@ -52,7 +52,7 @@ cells spend components on them and split or lose the Treg cluster; the fit
 window removes most of them. ``make bench`` repeats the comparison with
 scikit-learn's ``GaussianMixture(3)`` on the same window and subsample,
 classifying events by posterior: it misses by several percentage points on
-hard files, while its fit time (~30 ms on 20,000 points here; more with
+hard files, while its fit time (10-30 ms on 20,000 points here; more with
 k-means restarts) is of the same order as the binned EM's whole fit. The binned EM costs the same
 whatever the event count, and a fitted rectangle is an ordinary FlowKit gate
 that FlowKit itself reproduces.
