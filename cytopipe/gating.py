@@ -187,10 +187,11 @@ def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
     Compensated with flowutils' arithmetic and transformed with FlowKit's
     transforms, exactly as :meth:`flowkit.GatingStrategy.gate_sample` does.
     """
-    ctx = _Context(sample, gs, sample.get_events(source="raw"))
+    # a context on the requested rows only: compensating them does not copy the whole sample
+    ctx = _Context(sample, gs, sample.get_events(source="raw")[np.asarray(rows)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ctx.frame(gate, np.asarray(rows)).to_numpy(dtype=float)
+        return ctx.frame(gate, None).to_numpy(dtype=float)
 
 
 def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None] | None:

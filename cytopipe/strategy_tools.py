@@ -377,10 +377,6 @@ def validate_strategy(path: str | os.PathLike) -> ValidationReport:
     return report
 
 
-def _version_key(v: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.\-]", v))
-
-
 def new_version(name: str, from_version: str, *, version: str | None = None,
                 root: str | os.PathLike | None = None) -> Path:
     """Copy a version into a new draft with a CHANGELOG stub to fill in.
