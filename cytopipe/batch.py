@@ -33,6 +33,7 @@ from . import __version__
 from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .exceptions import CytopipeError
 from .fcs import file_sha256, read_fcs, scan_header
+from .fcs_lean import read_fcs_lean
 from .gating import gate_sample, treg_percent
 from .panel import resolve_panel
 from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
@@ -161,9 +162,14 @@ def process_sample(
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
         _check_memory(path)
-        sample = read_fcs(path)
+        sample = read_fcs_lean(path)  # float32 events when that is exactly what FlowKit would gate
+        gs = adjusted_gating_strategy(strategy, Path(path).name, adjustments) if adjustments else None
+        if sample is not None and sample.inexact_channels and _gates_use(
+                gs or strategy.gating_strategy(), sample.inexact_channels, sample.id):
+            sample = None  # a gate on a channel the float32 events round (Time): FlowKit's reader
+        if sample is None:
+            sample = read_fcs(path)
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        gs = adjusted_gating_strategy(strategy, sample.id, adjustments) if adjustments else None
         auto = None
         if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
             auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
@@ -191,6 +197,15 @@ def process_sample(
         )
     out["started"], out["duration_s"] = started, time.time() - started
     return out
+
+
+def _gates_use(gs, channels: Sequence[str], sample_id: str) -> bool:
+    """Whether any gate of ``gs`` (custom sample gates included) has a dimension on ``channels``."""
+    for name, parent in gs.get_gate_ids():
+        gate = gs.get_gate(name, gate_path=parent, sample_id=sample_id)
+        if any(getattr(dim, "id", None) in channels for dim in getattr(gate, "dimensions", [])):
+            return True
+    return False
 
 
 #: Peak bytes per event value above the worker's baseline while gating (float64
@@ -261,6 +276,9 @@ def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto
     # 4.3x the raw float32 matrix either way). glibc's own adaptive thresholds are kept.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if not k.startswith("MALLOC_")}
+    for kv in os.environ.get("CYTOPIPE_EXP_MALLOC", "").split():
+        k, v = kv.split("=")
+        environ[k] = v
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return LocalCluster(
             n_workers=n_workers,

@@ -1,4 +1,4 @@
-"""Read and check one FCS file: the one place cytopipe reads event data.
+"""Read and check one FCS file: with :mod:`cytopipe.fcs_lean`, the one place cytopipe reads event data.
 
 :func:`read_fcs` reads with FlowIO/FlowKit and retries with their options
 when a file has one of the known quirks of real instruments (offset
@@ -108,7 +108,7 @@ def _fail(path: Path, what: str, e: BaseException) -> FCSReadError:
 
 
 def _read_flowdata(
-    path: Path, header: dict[str, Any], info: dict[str, Any], notes: list[str]
+    path: Path, header: dict[str, Any], info: dict[str, Any], notes: list[str], *, only_text: bool = False
 ) -> flowio.FlowData:
     patched = _patched_header(header, info)
     if patched is not None:
@@ -120,7 +120,7 @@ def _read_flowdata(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                flow_data = flowio.FlowData(fh, **opts)
+                flow_data = flowio.FlowData(fh, only_text=only_text, **opts)
         except MultipleDataSetsError as e:
             if "nextdata_offset" in opts:
                 raise _fail(path, "several data sets", e) from e

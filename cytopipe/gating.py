@@ -82,8 +82,9 @@ def gate_sample(
 
     Parameters
     ----------
-    sample : flowkit.Sample
-        The sample, as read by :func:`cytopipe.fcs.read_fcs`.
+    sample : flowkit.Sample or LeanSample
+        The sample, as read by :func:`cytopipe.fcs.read_fcs` or
+        :func:`cytopipe.fcs_lean.read_fcs_lean` (same counts).
     strategy
         The loaded strategy.
     gating_strategy : flowkit.GatingStrategy, optional
@@ -114,7 +115,7 @@ def gate_sample(
             if engine == "cascade":
                 counts = gate_cascade(sample, gs, strategy.gate_paths())
             if counts is None:
-                counts = _gate_flowkit(sample, gs)
+                counts = _gate_flowkit(_flowkit_sample(sample), gs)
     except Exception as e:
         msg = f"{sample.original_filename or sample.id}: FlowKit could not gate with {strategy.ref}: {e}"
         raise GatingError(msg) from e
@@ -125,6 +126,11 @@ def gate_sample(
             continue
         out[path] = GateCount(path=path, count=counts[path], parent_count=counts[path[:-1]], total=total)
     return out
+
+
+def _flowkit_sample(sample):
+    """FlowKit's own Sample for FlowKit's engine (a :class:`~cytopipe.fcs_lean.LeanSample` is re-read)."""
+    return sample.to_flowkit() if hasattr(sample, "to_flowkit") else sample
 
 
 def _gate_flowkit(sample, gs) -> dict[tuple[str, ...], int]:
@@ -171,7 +177,7 @@ def gate_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray]:
         warnings.simplefilter("ignore")
         rows = _cascade_rows(sample, gs, paths)
         if rows is None:
-            results = gs.gate_sample(sample)
+            results = gs.gate_sample(_flowkit_sample(sample))
             rows = {("root",): np.arange(int(sample.event_count))}
             for path in paths:
                 member = results.get_gate_membership(path[-1], gate_path=path[:-1])
@@ -198,7 +204,7 @@ def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None]
     from flowkit import gates as fk_gates
     from flowkit.exceptions import QuadrantReferenceError
 
-    raw = sample.get_events(source="raw")  # FlowKit's preprocessed float64, not a copy
+    raw = sample.get_events(source="raw")  # FlowKit's float64 or LeanSample's float32 matrix, not a copy
     ctx = _Context(sample, gs, raw)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     try:
@@ -229,7 +235,7 @@ class _Context:
     """Compensated, optionally transformed columns of one sample, on demand.
 
     The spillover detectors that compensated dimensions need are copied once,
-    in one chunked pass over FlowKit's float64 event matrix, into a compact
+    in one chunked pass over the sample's event matrix, into a compact
     events x detectors matrix, float32 when that is lossless (it is for
     float32 FCS data); every compensated gate then gathers only its parent's
     rows from it, whole 32-byte rows at a time. Uncompensated channels
@@ -312,7 +318,10 @@ class _Context:
         s = self.sample
         for labels in (s.pnn_labels, s.pns_labels, [p.replace("/", "_") for p in s.pnn_labels]):
             if dim_id in labels:
-                return labels.index(dim_id)
+                col = labels.index(dim_id)
+                if s.pnn_labels[col] in getattr(s, "inexact_channels", ()):
+                    raise _Unsupported(f"{dim_id!r} is rounded in the float32 events")  # LeanSample's Time
+                return col
         if comp_ref not in (None, "uncompensated", "FCS"):
             # a matrix may name its channels by fluorochrome instead of detector
             matrix = self.gs.comp_matrices[comp_ref]
@@ -321,8 +330,8 @@ class _Context:
         raise _Unsupported(f"dimension {dim_id!r}")
 
     def _take(self, col: int, rows: np.ndarray | None) -> np.ndarray:
-        """An uncompensated channel, straight from FlowKit's matrix (no copy of the column kept)."""
-        return self.raw[:, col].copy() if rows is None else self.raw[rows, col]
+        """An uncompensated channel as float64 (a float32 matrix is widened exactly), rows only."""
+        return self.raw[:, col].astype(np.float64) if rows is None else self.raw[rows, col].astype(np.float64)
 
     def values(self, dim, rows: np.ndarray | None, *, exact: bool = False) -> np.ndarray:
         """Compensated, untransformed values of ``dim`` on ``rows``.

@@ -249,14 +249,15 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
 
 
 def sample_time_qc(sample, *, thresholds: QCThresholds | None = None) -> dict[str, Any] | None:
-    """:func:`time_qc` of a read :class:`flowkit.Sample` (None without a ``Time`` channel)."""
+    """:func:`time_qc` of a read :class:`flowkit.Sample` or ``LeanSample`` (None without a ``Time`` channel)."""
     labels = list(sample.pnn_labels)
     if "Time" not in labels:
         return None
     raw = sample.get_events(source="raw")
     i = labels.index("Time")
     others = [raw[:, j] for j in range(len(labels)) if j != i]  # views, not a copy
-    return time_qc(raw[:, i], others, thresholds=thresholds)
+    exact = getattr(sample, "time_values", None)  # LeanSample: Time as FlowKit scales it, in float64
+    return time_qc(raw[:, i] if exact is None else exact(), others, thresholds=thresholds)
 
 
 def sample_flags(

@@ -1,0 +1,174 @@
+"""Events for gating as the file stores them: float32, without FlowKit's float64 copy.
+
+:func:`cytopipe.fcs.read_fcs` gives a :class:`flowkit.Sample`, whose reader
+copies every event value into float64 (FlowIO reads the DATA segment into
+an ``array.array``, then ``as_array`` widens it). For the files a lab's
+cytometers write (list mode, ``$DATATYPE F``, 32-bit, no log amplification
+``$PnE`` and no gain ``$PnG`` to apply) those float64 values are exactly the
+float32 values widened, so gating the float32 matrix gives the same counts
+while reading and moving half the bytes: a 1M-event, 12-channel file takes
+48 MB instead of 96 MB (plus FlowIO's own 48 MB buffer), and one
+``numpy.fromfile`` instead of two copies.
+
+:func:`read_fcs_lean` reads such a file into a :class:`LeanSample`, which
+offers the parts of :class:`flowkit.Sample` that :mod:`cytopipe.gating`,
+:mod:`cytopipe.autogate` and :mod:`cytopipe.qc` use. Every other file (other
+data types or widths, gain or log scaling, any HEADER/TEXT quirk that
+:func:`~cytopipe.fcs.read_fcs` tolerates, non-finite values, a short DATA
+segment) gives None, and the caller reads it with ``read_fcs``, which also
+names whatever is wrong. The one column that can differ from FlowKit's is
+Time when ``$TIMESTEP`` scaling is not exact in float32; it is listed in
+:attr:`LeanSample.inexact_channels`, its exact float64 values are kept for
+the Time QC, and a gate on it is evaluated on FlowKit's reader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fcs import _fix_spillover, _read_flowdata, read_fcs
+from .fcs_text import PathLike, _precheck, _scan
+
+__all__ = ["LeanSample", "read_fcs_lean"]
+
+_BYTE_ORDERS = {"1,2,3,4": "<f4", "4,3,2,1": ">f4"}
+
+
+class LeanSample:
+    """A read FCS file's float32 events and channel metadata, shaped like :class:`flowkit.Sample`.
+
+    Attributes follow FlowKit's names: ``id``, ``original_filename``,
+    ``version``, ``event_count``, ``pnn_labels``, ``pns_labels``,
+    ``fluoro_indices``, ``scatter_indices``, ``time_index``,
+    ``null_channels``, ``metadata`` (TEXT keywords, lower case without ``$``)
+    and ``cytopipe_notes``. ``inexact_channels`` names the channels whose
+    float32 values are rounded from FlowKit's (Time only, when ``$TIMESTEP``
+    scaling is not exact in float32).
+    """
+
+    def __init__(self, path: Path, sample_id: str, flow_data: Any, events: np.ndarray,
+                 time_values: np.ndarray | None, inexact: tuple[str, ...]) -> None:
+        self.path = path
+        self.id = sample_id
+        self.current_filename = flow_data.name
+        self.original_filename = flow_data.text.get("fil", flow_data.name)
+        self.version = flow_data.version
+        self.event_count = int(events.shape[0])
+        self.pnn_labels = list(flow_data.pnn_labels)
+        self.pns_labels = list(flow_data.pns_labels)
+        self.fluoro_indices = list(flow_data.fluoro_indices)
+        self.scatter_indices = list(flow_data.scatter_indices)
+        self.time_index = flow_data.time_index
+        self.null_channels = list(flow_data.null_channels)
+        self.metadata = flow_data.text
+        self.inexact_channels = inexact
+        self.cytopipe_notes: tuple[str, ...] = ()
+        self._events = events
+        self._time = time_values
+
+    def get_events(self, source: str = "raw") -> np.ndarray:
+        """The ``(event_count, channels)`` float32 matrix (``source="raw"`` only: nothing is compensated here)."""
+        if source != "raw":
+            msg = f"LeanSample holds raw events only, not {source!r}; call to_flowkit() for FlowKit's sources."
+            raise ValueError(msg)
+        return self._events
+
+    def get_metadata(self) -> dict[str, str]:
+        """The TEXT keywords, as :meth:`flowkit.Sample.get_metadata` gives them."""
+        return self.metadata
+
+    def time_values(self) -> np.ndarray | None:
+        """The Time channel exactly as FlowKit scales it (float64), or None without one."""
+        if self.time_index is None:
+            return None
+        return self._time if self._time is not None else self._events[:, self.time_index].astype(np.float64)
+
+    def to_flowkit(self):
+        """The same file read by :func:`cytopipe.fcs.read_fcs` (for FlowKit's own engine)."""
+        return read_fcs(self.path, sample_id=self.id)
+
+
+def _eligible(text: dict[str, str], n_par: int) -> str | None:
+    """The numpy dtype of DATA when it can be read as float32 exactly as FlowKit would, else None."""
+    if text.get("$DATATYPE", "").strip().upper() != "F" or text.get("$MODE", "L").strip().upper() != "L":
+        return None
+    if any(text.get(f"$P{i}B", "").strip() != "32" for i in range(1, n_par + 1)):
+        return None
+    return _BYTE_ORDERS.get(text.get("$BYTEORD", "").replace(" ", ""))
+
+
+def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample | None:
+    """Read an FCS file's events as float32 when that is exactly what FlowKit would gate, else None.
+
+    Parameters
+    ----------
+    path
+        The FCS file.
+    sample_id
+        The sample's id; defaults to the file name, as in :func:`~cytopipe.fcs.read_fcs`.
+
+    Returns
+    -------
+    LeanSample or None
+        None when the file needs FlowKit's reader: read it with
+        :func:`~cytopipe.fcs.read_fcs`, which also reports what is wrong
+        with a broken file.
+
+    Raises
+    ------
+    FCSReadError
+        From the HEADER/TEXT checks shared with ``read_fcs`` (a file that
+        is not FCS, a lying ``$TOT`` or ``$PAR``, ...).
+    """
+    p = Path(path)
+    header, text = _scan(p)
+    info = _precheck(p, header, text)
+    n, n_par = info["n_events"], info["n_par"]
+    dtype = _eligible(text, n_par)
+    if dtype is None or header["version"] not in ("3.0", "3.1") or int(text.get("$NEXTDATA", "0") or 0):
+        return None
+    start, stop = info["data_start"], info["data_stop"]
+    if (header["data_start"], header["data_stop"]) not in ((start, stop), (0, 0)) or stop - start + 1 != n * n_par * 4:
+        return None  # offsets that disagree or an off-by-one: read_fcs knows those quirks
+    notes: list[str] = []
+    flow_data = _read_flowdata(p, header, info, notes, only_text=True)
+    if notes or flow_data.channel_count != n_par or flow_data.event_count != n:
+        return None
+    for chan in flow_data.channels.values():
+        decades, _ = chan["pne"]
+        if decades > 0 or chan["png"] not in (1.0, 0.0):
+            return None  # log amplification or gain: FlowKit scales in float64
+    with open(p, "rb") as fh:
+        fh.seek(start)
+        events = np.fromfile(fh, dtype=dtype, count=n * n_par)
+    if events.size != n * n_par:
+        return None
+    if dtype[0] == ">":  # to native order in place: no second copy
+        events = events.byteswap(inplace=True).view(np.float32)
+    events = events.reshape(n, n_par)
+    if not np.isfinite(events).all():
+        return None  # read_fcs names the channels with NaN/inf
+    time64, inexact = None, ()
+    ti = flow_data.time_index
+    if ti is not None and "timestep" in flow_data.text:
+        try:
+            step = float(flow_data.text["timestep"])
+        except ValueError:
+            return None  # blank or non-numeric $TIMESTEP: read_fcs notes it
+        if step != 1.0:
+            time64 = events[:, ti].astype(np.float64) * step
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an overflow to inf is caught just below
+                events[:, ti] = time64
+            if not np.isfinite(events[:, ti]).all():
+                return None
+            if not np.array_equal(events[:, ti], time64):
+                inexact = (flow_data.pnn_labels[ti],)
+    sample = LeanSample(p, p.name if sample_id is None else sample_id, flow_data, events, time64, inexact)
+    _fix_spillover(sample, notes)
+    sample.cytopipe_notes = tuple(notes)
+    return sample
