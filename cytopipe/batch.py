@@ -208,9 +208,10 @@ def _gates_use(gs, channels: Sequence[str], sample_id: str) -> bool:
     return False
 
 
-#: Peak bytes per event value above the worker's baseline while gating (float64
-#: FlowKit events plus the cascade's columns; ``make bench`` measures ~3.7x the
-#: float32 matrix, i.e. ~15 bytes a value), and the worker's own footprint.
+#: Peak bytes per event value above the worker's baseline while gating, for the
+#: worst case, a file read with FlowKit's float64 ``Sample`` (~3.7x the float32
+#: matrix, ~15 bytes a value; float32 files read by fcs_lean peak at ~2.6x), and
+#: the worker's own footprint.
 _PEAK_BYTES_PER_VALUE = 16
 _WORKER_BASELINE = 300e6
 
@@ -276,10 +277,11 @@ def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto
     # 4.3x the raw float32 matrix either way). glibc's own adaptive thresholds are kept.
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                if not k.startswith("MALLOC_")}
-    for kv in os.environ.get("CYTOPIPE_EXP_MALLOC", "").split():
-        k, v = kv.split("=")
-        environ[k] = v
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    # Dask's statistical profiler wakes every worker 100 times a second to sample the task's
+    # stack (for the dashboard's Profile tab); with one worker per core those wake-ups preempt
+    # the gating itself. The task stream, progress and memory panels are unaffected.
+    config = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
+    with dask.config.set(config):
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,  # gating is CPU-bound Python/numpy: one sample per core
