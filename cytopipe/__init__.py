@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .exceptions import CytopipeError  # noqa: E402
 from .fcs import read_fcs, scan_headers  # noqa: E402
+from .fcs_lean import LeanSample, read_fcs_lean  # noqa: E402
 from .strategy import Strategy, list_strategies, load_strategy  # noqa: E402
 from .panel import resolve_panel  # noqa: E402
 from .gating import gate_sample  # noqa: E402
@@ -21,6 +22,8 @@ __all__ = [
     "__version__",
     "CytopipeError",
     "read_fcs",
+    "read_fcs_lean",
+    "LeanSample",
     "scan_headers",
     "Strategy",
     "load_strategy",

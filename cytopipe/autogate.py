@@ -139,7 +139,7 @@ def auto_gate_specs(strategy) -> list[dict[str, Any]]:
     return out
 
 
-def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult:
+def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None) -> AutoGateResult:
     """Fit every auto gate of ``strategy`` on ``sample`` and add it as a custom sample gate.
 
     Parameters
@@ -154,6 +154,12 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGa
     skip
         Gate paths (``"root/..."`` strings) a reviewer adjusted: their
         adjustment wins and no gate is fitted.
+    rows : dict, optional
+        The sample's events in the gates above the auto gates, as
+        :func:`cytopipe.gating.gate_rows` gives them on ``gating_strategy``
+        (path to event indices): the fit's parent events are taken from
+        them instead of gating the fit's subsample again. Same events, same
+        fit.
 
     Returns
     -------
@@ -169,6 +175,7 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGa
 
     gs = gating_strategy if gating_strategy is not None else strategy.gating_strategy()
     result = AutoGateResult(gating_strategy=gs)
+    fitted: list[tuple[str, ...]] = []
     for spec in auto_gate_specs(strategy):
         path = spec["gate_path"]
         rec: dict[str, Any] = {"gate_path": "/".join(path), "status": "fallback", "reason": ""}
@@ -177,7 +184,9 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGa
         else:
             template = gs.get_gate(path[-1], gate_path=path[:-1])
             try:
-                bounds, info = _fit_rectangle(sample, gs, strategy, path, template, spec)
+                above = rows if rows is not None and not any(
+                    path[:len(p)] == p for p in fitted) else None  # not below a gate fitted just now
+                bounds, info = _fit_rectangle(sample, gs, strategy, path, template, spec, above)
             except _Fallback as e:
                 rec["reason"] = str(e)
             else:
@@ -186,6 +195,7 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGa
                                      range_min=bounds[d.id], range_max=d.max) for d in template.dimensions]
                 gs.add_gate(fk.gates.RectangleGate(path[-1], dims), path[:-1], sample_id=sample.id)
                 rec.update(status="fitted", **info)
+                fitted.append(tuple(path))
         if rec["status"] == "fallback" and FALLBACK_FLAG not in result.qc_flags:
             result.qc_flags.append(FALLBACK_FLAG)
         result.gates.append(rec)
@@ -224,8 +234,12 @@ class _Fallback(Exception):
     """No clear population: keep the template gate (the message is the reason)."""
 
 
-def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec):
-    """A _Context on a fixed-seed subset of events and the parent's rows in it."""
+def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=None):
+    """A _Context on a fixed-seed subset of events and the parent's rows in it.
+
+    The subset is every k-th event; its parent rows are gated here, or taken
+    from ``known`` (the whole sample's rows of ``parent``) when given.
+    """
     from flowkit import gates as fk_gates
 
     from .gating import _Context
@@ -233,9 +247,17 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec):
     raw = sample.get_events(source="raw")
     n = raw.shape[0]
     rng = np.random.default_rng(spec["seed"])
-    if n > spec["prefilter_events"]:  # every k-th event: spans the whole acquisition, no sort
-        raw = raw[:: -(-n // spec["prefilter_events"])]
+    step = -(-n // spec["prefilter_events"]) if n > spec["prefilter_events"] else 1
+    if step > 1:  # every k-th event: spans the whole acquisition, no sort
+        raw = np.ascontiguousarray(raw[::step])  # one pass; then cache-resident
     ctx = _Context(sample, gs, raw)
+    if known is not None and known.get(parent) is not None:
+        full = known[parent]
+        kept = full[full % step == 0] // step if step > 1 else full
+        ctx.prepare([gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])])
+        if kept.size > spec["subsample_events"]:
+            kept = np.sort(rng.choice(kept, spec["subsample_events"], replace=False))
+        return ctx, kept
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     upstream = [p for p in strategy.gate_paths() if len(p) <= len(parent) and p == parent[: len(p)]]
     gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in upstream]
@@ -253,14 +275,14 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec):
     return ctx, kept
 
 
-def _fit_rectangle(sample, gs, strategy, path, template, spec):
+def _fit_rectangle(sample, gs, strategy, path, template, spec, known=None):
     dims = list(template.dimensions)
     ids = [d.id for d in dims]
     if len(dims) != 2 or set(spec["fit_window"]) != set(ids) or spec["treg_component"] not in ids:
         msg = (f"auto gate {'/'.join(path)}: fit_window and treg_component must name the gate's two "
                f"dimensions {ids}.")
         raise StrategyError(msg)
-    ctx, rows = _parent_subset(sample, gs, strategy, path[:-1], spec)
+    ctx, rows = _parent_subset(sample, gs, strategy, path[:-1], spec, known)
     if rows.size < spec["min_parent_events"]:
         raise _Fallback(f"too few parent events to fit ({rows.size} < {spec['min_parent_events']})")
     xforms = [gs.get_transform(d.transformation_ref) if d.transformation_ref else None for d in dims]

@@ -34,7 +34,7 @@ from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .exceptions import CytopipeError
 from .fcs import file_sha256, read_fcs, scan_header
 from .fcs_lean import read_fcs_lean
-from .gating import gate_sample, treg_percent
+from .gating import gate_rows, gate_sample, treg_percent
 from .panel import resolve_panel
 from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
 from .review import adjusted_gating_strategy, adjustments_digest, gate_adjustments, read_decisions, review_fields
@@ -170,11 +170,18 @@ def process_sample(
         if sample is None:
             sample = read_fcs(path)
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        auto = None
-        if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
-            auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+        auto = known = None
+        specs = auto_gate_specs(strategy)
+        if specs:  # data-driven gates fitted on this sample; a reviewer's adjustment wins
+            gs = gs or strategy.gating_strategy()
+            # the gates above the auto gates are evaluated once, on every event: the fit takes its
+            # parent events from them, and the final count reuses them
+            fitted = [tuple(spec["gate_path"]) for spec in specs]
+            above = [p for p in strategy.gate_paths() if not any(p[:len(f)] == f for f in fitted)]
+            known = gate_rows(sample, gs, above)
+            auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments, rows=known)
             gs = auto.gating_strategy
-        counts = gate_sample(sample, strategy, gating_strategy=gs)
+        counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=known)
         cd4, treg, pct = treg_percent(counts, strategy)
         out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
         out["time_qc"] = sample_time_qc(sample, thresholds=thresholds)

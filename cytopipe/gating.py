@@ -76,7 +76,7 @@ _BUILD_CHUNK = 1 << 15  # rows copied at a time into the compact matrix
 
 
 def gate_sample(
-    sample, strategy: Strategy, *, gating_strategy=None, engine: str = "cascade"
+    sample, strategy: Strategy, *, gating_strategy=None, engine: str = "cascade", known_rows=None
 ) -> dict[tuple[str, ...], GateCount]:
     """Gate one sample with a strategy and count every gate.
 
@@ -92,6 +92,10 @@ def gate_sample(
         gates); parsed from ``strategy`` when omitted.
     engine : {"cascade", "flowkit"}
         How to evaluate the gates (see the module docstring); same counts.
+    known_rows : dict, optional
+        Events of gates already evaluated on this sample with the same gate
+        definitions (:func:`gate_rows` on ``gating_strategy`` before a
+        custom gate was added below them); the cascade reuses them.
 
     Returns
     -------
@@ -113,7 +117,7 @@ def gate_sample(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if engine == "cascade":
-                counts = gate_cascade(sample, gs, strategy.gate_paths())
+                counts = gate_cascade(sample, gs, strategy.gate_paths(), known=known_rows)
             if counts is None:
                 counts = _gate_flowkit(_flowkit_sample(sample), gs)
     except Exception as e:
@@ -147,7 +151,7 @@ class _Unsupported(Exception):
     """The cascade cannot evaluate this gate; use FlowKit's gate_sample."""
 
 
-def gate_cascade(sample, gs, paths) -> dict[tuple[str, ...], int] | None:
+def gate_cascade(sample, gs, paths, *, known=None) -> dict[tuple[str, ...], int] | None:
     """Count every gate, each evaluated only on its parent's events.
 
     Parameters
@@ -157,13 +161,15 @@ def gate_cascade(sample, gs, paths) -> dict[tuple[str, ...], int] | None:
         Custom sample gates for ``sample.id`` are honoured, as in FlowKit.
     paths : list of tuple
         Full gate paths, parents before children.
+    known : dict, optional
+        Path to event indices of gates already evaluated (see :func:`gate_sample`).
 
     Returns
     -------
     dict or None
         Full gate path to count; None when a gate needs FlowKit's own engine.
     """
-    rows = _cascade_rows(sample, gs, paths)
+    rows = _cascade_rows(sample, gs, paths, known)
     return None if rows is None else {p: int(r.size) for p, r in rows.items() if p != ("root",)}
 
 
@@ -200,17 +206,21 @@ def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
         return ctx.frame(gate, None).to_numpy(dtype=float)
 
 
-def _cascade_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray | None] | None:
+def _cascade_rows(sample, gs, paths, known=None) -> dict[tuple[str, ...], np.ndarray | None] | None:
     from flowkit import gates as fk_gates
     from flowkit.exceptions import QuadrantReferenceError
 
     raw = sample.get_events(source="raw")  # FlowKit's float64 or LeanSample's float32 matrix, not a copy
     ctx = _Context(sample, gs, raw)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
+    reuse = {p: r for p, r in (known or {}).items() if p != ("root",)}
+    rows.update(reuse)
+    todo = [p for p in paths if p not in reuse]
     try:
-        gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in paths]
-        ctx.prepare(gates)
-        for path, gate in zip(paths, gates):
+        gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in todo]
+        if not reuse:  # below known gates, parents are subsets: gathered from raw, no compact matrix
+            ctx.prepare(gates)
+        for path, gate in zip(todo, gates):
             parent = rows[path[:-1]]
             if isinstance(gate, (fk_gates.BooleanGate, fk_gates.QuadrantGate)):
                 raise _Unsupported(type(gate).__name__)
@@ -345,13 +355,15 @@ class _Context:
             return self._take(col, rows)
         cols, spill, inv = comp
         k = cols.index(col)
-        self._ensure(cols)
-        js = [self._where[c] for c in cols]
+        direct = self._m is None and rows is not None  # no compact matrix: gather these rows from raw
+        if not direct:
+            self._ensure(cols)
+        src, js = (self.raw, cols) if direct else (self._m, [self._where[c] for c in cols])
         n = self.raw.shape[0] if rows is None else rows.size
         out = np.empty(n)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
-            sub = self._m[start:stop] if rows is None else self._m[rows[start:stop]]
+            sub = src[start:stop] if rows is None else src[rows[start:stop]]
             block = sub[:, js].astype(np.float64)
             if exact:
                 out[start:stop] = np.linalg.solve(spill.T, block.T).T[:, k]

@@ -173,3 +173,22 @@ def test_report_draws_the_fitted_gate(hard_files, auto):
     assert treg.count == counts[auto.numerator].count
     template = auto.gating_strategy().get_gate("Treg", gate_path=auto.numerator[:-1])
     assert [d.min for d in treg.gate.dimensions] != [d.min for d in template.dimensions]
+
+
+def test_fit_from_the_whole_samples_rows_equals_the_fit_that_gates_its_subsample(hard_files, auto, tmp_path):
+    """process_sample gates the upstream gates once and hands their rows to the fit and the count."""
+    from cytopipe.fcs_lean import read_fcs_lean
+    from cytopipe.gating import gate_rows
+
+    big = tmp_path / "big.fcs"  # over the manifest's prefilter_events: the fit takes every k-th event
+    write_fcs(big, SampleSpec(n_events=250_001, seed=31, hard=True))
+    above = [p for p in auto.gate_paths() if p != auto.numerator]
+    for path in [big] + [p for p, _ in hard_files[:3]]:
+        for sample in (read_fcs(path), read_fcs_lean(path)):
+            own = fit_auto_gates(sample, auto)
+            known = gate_rows(sample, auto.gating_strategy(), above)
+            given = fit_auto_gates(sample, auto, rows=known)
+            assert given.gates == own.gates and given.gatingml == own.gatingml
+            reused = gate_sample(sample, auto, gating_strategy=given.gating_strategy, known_rows=known)
+            fresh = gate_sample(sample, auto, gating_strategy=own.gating_strategy, engine="flowkit")
+            assert {p: c.count for p, c in reused.items()} == {p: c.count for p, c in fresh.items()}
