@@ -32,8 +32,8 @@ import pandas as pd
 from . import __version__
 from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .exceptions import CytopipeError
-from .fcs import file_sha256, read_fcs, scan_header
-from .fcs_lean import read_fcs_lean
+from .fcs import file_sha256, scan_header
+from .fcs_lean import read_for_gating
 from .gating import gate_rows, gate_sample, treg_percent
 from .panel import resolve_panel
 from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
@@ -162,18 +162,13 @@ def process_sample(
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
         _check_memory(path)
-        sample = read_fcs_lean(path)  # float32 events when that is exactly what FlowKit would gate
-        gs = adjusted_gating_strategy(strategy, Path(path).name, adjustments) if adjustments else None
-        if sample is not None and sample.inexact_channels and _gates_use(
-                gs or strategy.gating_strategy(), sample.inexact_channels, sample.id):
-            sample = None  # a gate on a channel the float32 events round (Time): FlowKit's reader
-        if sample is None:
-            sample = read_fcs(path)
+        name = Path(path).name  # the sample id, as the readers set it
+        gs = adjusted_gating_strategy(strategy, name, adjustments) if adjustments else strategy.gating_strategy()
+        sample = read_for_gating(path, gs)  # float32 events when that is exactly what FlowKit would gate
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = known = None
         specs = auto_gate_specs(strategy)
         if specs:  # data-driven gates fitted on this sample; a reviewer's adjustment wins
-            gs = gs or strategy.gating_strategy()
             # the gates above the auto gates are evaluated once, on every event: the fit takes its
             # parent events from them, and the final count reuses them
             fitted = [tuple(spec["gate_path"]) for spec in specs]
@@ -204,15 +199,6 @@ def process_sample(
         )
     out["started"], out["duration_s"] = started, time.time() - started
     return out
-
-
-def _gates_use(gs, channels: Sequence[str], sample_id: str) -> bool:
-    """Whether any gate of ``gs`` (custom sample gates included) has a dimension on ``channels``."""
-    for name, parent in gs.get_gate_ids():
-        gate = gs.get_gate(name, gate_path=parent, sample_id=sample_id)
-        if any(getattr(dim, "id", None) in channels for dim in getattr(gate, "dimensions", [])):
-            return True
-    return False
 
 
 #: Peak bytes per event value above the worker's baseline while gating, for the

@@ -33,7 +33,7 @@ import numpy as np
 from .fcs import _fix_spillover, _read_flowdata, read_fcs
 from .fcs_text import PathLike, _precheck, _scan
 
-__all__ = ["LeanSample", "read_fcs_lean"]
+__all__ = ["LeanSample", "read_fcs_lean", "read_for_gating"]
 
 _BYTE_ORDERS = {"1,2,3,4": "<f4", "4,3,2,1": ">f4"}
 
@@ -129,8 +129,8 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample
     info = _precheck(p, header, text)
     n, n_par = info["n_events"], info["n_par"]
     dtype = _eligible(text, n_par)
-    if dtype is None or header["version"] not in ("3.0", "3.1") or int(text.get("$NEXTDATA", "0") or 0):
-        return None
+    if dtype is None or header["version"] not in ("3.0", "3.1") or text.get("$NEXTDATA", "0").strip() not in ("", "0"):
+        return None  # several data sets, or a $NEXTDATA read_fcs must judge
     start, stop = info["data_start"], info["data_stop"]
     if (header["data_start"], header["data_stop"]) not in ((start, stop), (0, 0)) or stop - start + 1 != n * n_par * 4:
         return None  # offsets that disagree or an off-by-one: read_fcs knows those quirks
@@ -172,3 +172,44 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)
     return sample
+
+
+def read_for_gating(path: PathLike, gating_strategy, *, sample_id: str | None = None):
+    """Read a file for gating with ``gating_strategy``: float32 when that decides every gate exactly.
+
+    Parameters
+    ----------
+    path
+        The FCS file.
+    gating_strategy : flowkit.GatingStrategy
+        The gates to be applied, custom sample gates included.
+    sample_id
+        The sample's id (default: the file name).
+
+    Returns
+    -------
+    LeanSample or flowkit.Sample
+        A :class:`LeanSample` when :func:`read_fcs_lean` can read the file
+        and no gate has a dimension on a channel it rounds (Time), else
+        :func:`~cytopipe.fcs.read_fcs`'s Sample. Gating either gives the same
+        counts.
+
+    Raises
+    ------
+    FCSReadError
+        As :func:`~cytopipe.fcs.read_fcs`.
+    """
+    sample = read_fcs_lean(path, sample_id=sample_id)
+    if sample is not None and sample.inexact_channels and _gates_use(
+            gating_strategy, sample.inexact_channels, sample.id):
+        sample = None
+    return read_fcs(path, sample_id=sample_id) if sample is None else sample
+
+
+def _gates_use(gs, channels: tuple[str, ...], sample_id: str) -> bool:
+    """Whether any gate of ``gs`` (custom sample gates included) has a dimension on ``channels``."""
+    for name, parent in gs.get_gate_ids():
+        gate = gs.get_gate(name, gate_path=parent, sample_id=sample_id)
+        if any(getattr(dim, "id", None) in channels for dim in getattr(gate, "dimensions", [])):
+            return True
+    return False

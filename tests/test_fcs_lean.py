@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cytopipe import fcs_lean
-from cytopipe.batch import _gates_use, process_sample
+from cytopipe.batch import process_sample
 from cytopipe.exceptions import FCSReadError
 from cytopipe.fcs import read_fcs
-from cytopipe.fcs_lean import LeanSample, read_fcs_lean
+from cytopipe.fcs_lean import LeanSample, _gates_use, read_fcs_lean, read_for_gating
 from cytopipe.gating import gate_cascade, gate_rows, gate_sample
 from cytopipe.qc import sample_time_qc
 from cytopipe.strategy import load_strategy
@@ -76,7 +76,7 @@ def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monke
     for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
         d = str(load_strategy(ref).directory)
         lean = process_sample(str(path), d)
-        monkeypatch.setattr("cytopipe.batch.read_fcs_lean", lambda p: None)
+        monkeypatch.setattr("cytopipe.fcs_lean.read_fcs_lean", lambda p, **k: None)
         full = process_sample(str(path), d)
         monkeypatch.undo()
         assert not lean["error"] and not full["error"]
@@ -99,6 +99,8 @@ def test_a_gate_on_time_is_decided_on_flowkits_reader(tmp_path, monkeypatch):
     gs.add_gate(gates.RectangleGate("Stable", [Dimension("Time", range_min=cut)]), ("root",))
     paths = [*strategy.gate_paths(), ("root", "Stable")]
     assert _gates_use(gs, ("Time",), lean.id) and not _gates_use(strategy.gating_strategy(), ("Time",), lean.id)
+    assert not isinstance(read_for_gating(path, gs), LeanSample)  # the Time gate needs FlowKit's values
+    assert isinstance(read_for_gating(path, strategy.gating_strategy()), LeanSample)
     assert gate_cascade(lean, gs, paths) is None  # the cascade declines the rounded column
     reread = []
     monkeypatch.setattr(LeanSample, "to_flowkit", lambda self: reread.append(1) or read_fcs(self.path))

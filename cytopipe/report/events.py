@@ -72,14 +72,15 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     cytopipe.exceptions.CytopipeError
         The file cannot be read.
     """
-    from ..fcs import read_fcs
+    from pathlib import Path
+
+    from ..autogate import auto_gate_specs, fit_auto_gates
+    from ..fcs_lean import read_for_gating
     from ..gating import gate_rows, gate_values
     from ..review import adjusted_gating_strategy
 
-    from ..autogate import auto_gate_specs, fit_auto_gates
-
-    sample = read_fcs(path)
-    gs = adjusted_gating_strategy(strategy, sample.id, adjustments)
+    gs = adjusted_gating_strategy(strategy, Path(path).name, adjustments)  # the readers' sample id
+    sample = read_for_gating(path, gs)
     if auto_gate_specs(strategy):
         # the fit is deterministic: refitting draws exactly the gate the run used
         gs = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments).gating_strategy
