@@ -350,26 +350,41 @@ class _Context:
         column of the inverse spillover, equal to within rounding. Rows are
         taken in chunks so temporaries stay small.
         """
-        col, comp = self._comp_for(dim)
-        if comp is None:
-            return self._take(col, rows)
+        return self.values_many([dim], rows, exact=exact)[0]
+
+    def values_many(self, dims, rows: np.ndarray | None, *, exact: bool = False) -> list[np.ndarray]:
+        """:meth:`values` of several dimensions; those compensated by one matrix share each row gather."""
+        out: list[np.ndarray | None] = [None] * len(dims)
+        groups: dict[int, list[tuple[int, int]]] = {}
+        comps = {}
+        for i, dim in enumerate(dims):
+            col, comp = self._comp_for(dim)
+            if comp is None:
+                out[i] = self._take(col, rows)
+            else:
+                groups.setdefault(id(comp), []).append((i, comp[0].index(col)))
+                comps[id(comp)] = comp
+        for key, members in groups.items():
+            for (i, _), v in zip(members, self._compensated(comps[key], [k for _, k in members], rows, exact)):
+                out[i] = v
+        return out
+
+    def _compensated(self, comp, ks: list[int], rows: np.ndarray | None, exact: bool) -> list[np.ndarray]:
         cols, spill, inv = comp
-        k = cols.index(col)
         direct = self._m is None and rows is not None  # no compact matrix: gather these rows from raw
         if not direct:
             self._ensure(cols)
         src, js = (self.raw, cols) if direct else (self._m, [self._where[c] for c in cols])
         n = self.raw.shape[0] if rows is None else rows.size
-        out = np.empty(n)
+        outs = [np.empty(n) for _ in ks]
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
             sub = src[start:stop] if rows is None else src[rows[start:stop]]
             block = sub[:, js].astype(np.float64)
-            if exact:
-                out[start:stop] = np.linalg.solve(spill.T, block.T).T[:, k]
-            else:
-                out[start:stop] = block @ inv[:, k]
-        return out
+            solved = np.linalg.solve(spill.T, block.T).T if exact else None
+            for out, k in zip(outs, ks):
+                out[start:stop] = solved[:, k] if exact else block @ inv[:, k]
+        return outs
 
     def _xform(self, dim):
         ref = dim.transformation_ref
@@ -378,8 +393,7 @@ class _Context:
     def frame(self, gate, rows: np.ndarray | None) -> pd.DataFrame:
         """The DataFrame FlowKit's ``Gate.apply`` expects, for ``rows`` only."""
         data = {}
-        for dim in gate.dimensions:
-            v = self.values(dim, rows, exact=True)
+        for dim, v in zip(gate.dimensions, self.values_many(list(gate.dimensions), rows, exact=True)):
             xform = self._xform(dim)
             data[dim.id] = v if xform is None else xform.apply(v.reshape(-1, 1)).ravel()
         return pd.DataFrame(data)
@@ -389,7 +403,11 @@ class _Context:
         from flowutils import gating as fu_gating
 
         points = np.empty((self.raw.shape[0] if rows is None else rows.size, 2))
-        for j, dim in enumerate(gate.dimensions):
+        plain = [self._comp_for(d)[1] is None and self._xform(d) is None for d in gate.dimensions]
+        if all(plain) and len(plain) == 2:  # e.g. scatter: both columns in one pass over the events
+            cols = [self._comp_for(d)[0] for d in gate.dimensions]
+            points[:] = self.raw[:, cols] if rows is None else self.raw[np.ix_(rows, cols)]
+        for j, dim in enumerate(gate.dimensions if not all(plain) else ()):
             xform = self._xform(dim)
             col, comp = self._comp_for(dim)
             if comp is None and xform is None:  # straight into place, no temporaries
@@ -405,10 +423,8 @@ class _Context:
         """FlowKit's rectangle rule (``min <= x < max``) without transforming every event."""
         n = self.raw.shape[0] if rows is None else rows.size
         inside = np.ones(n, dtype=bool)
-        for dim in gate.dimensions:
-            if dim.min is None and dim.max is None:
-                continue
-            v = self.values(dim, rows)
+        bounded = [d for d in gate.dimensions if d.min is not None or d.max is not None]
+        for dim, v in zip(bounded, self.values_many(bounded, rows)):
             compensated = self._comp_for(dim)[1] is not None
             xform = self._xform(dim)
 
