@@ -119,3 +119,24 @@ def test_time_qc_on_a_million_events_uses_a_subsample_and_reports_shares_of_all_
     assert res["drift_channels"] == [1]
     assert 25 <= res["drift_events_pct"] <= 35
     assert res["flow_rate_events_pct"] == 0.0
+
+
+def test_time_bins_of_acquisition_ordered_times_equal_the_per_event_search():
+    """The sorted-Time shortcut bins every event as the per-event search does, ties and edges included."""
+    import numpy as np
+
+    from cytopipe.qc import _bins
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, n_bins = int(rng.integers(2, 3000)), int(rng.integers(1, 120))
+        t = (np.sort(rng.integers(0, int(rng.integers(2, 40)), n)).astype(float) if trial % 2
+             else np.cumsum(rng.integers(0, 3, n)) * 0.01)  # integer ticks with ties; ticks x $TIMESTEP
+        if t.max() <= t.min():
+            continue
+        edges = np.linspace(t.min(), t.max(), n_bins + 1)
+        expected = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+        np.testing.assert_array_equal(_bins(t, n_bins), expected)
+        shuffled = rng.permutation(t)  # not in acquisition order: the per-event search itself
+        np.testing.assert_array_equal(_bins(shuffled, n_bins),
+                                      np.clip(np.searchsorted(edges, shuffled, side="right") - 1, 0, n_bins - 1))
