@@ -131,3 +131,21 @@ def test_cascade_on_the_gatingml_reference_cases():
                 assert count == expected, (xml.name, path)
                 checked += 1
     assert checked >= 30  # ranges, rectangles, polygons, ellipses, every transform, matrices
+
+
+def test_cascade_in_event_blocks_equals_flowkit_memberships(tmp_path, strategy, monkeypatch):
+    """A file of several event blocks: every gate's events are FlowKit's, in order, across block edges."""
+    from cytopipe import gating
+    from cytopipe.fcs_lean import read_fcs_lean
+
+    monkeypatch.setattr(gating, "_EVENT_BLOCK", 7_919)  # a prime: blocks end mid-population
+    write_fcs(tmp_path / "b.fcs", SampleSpec(n_events=50_000, seed=12, hard=True))
+    gs = strategy.gating_strategy()
+    paths = strategy.gate_paths()
+    reference = gs.gate_sample(read_fcs(tmp_path / "b.fcs"))
+    for sample in (read_fcs(tmp_path / "b.fcs"), read_fcs_lean(tmp_path / "b.fcs")):
+        rows = gating.gate_rows(sample, strategy.gating_strategy(), paths)
+        for path in paths:
+            member = np.flatnonzero(reference.get_gate_membership(path[-1], gate_path=path[:-1]))
+            np.testing.assert_array_equal(rows[path], member)
+            assert np.all(np.diff(rows[path]) > 0)
