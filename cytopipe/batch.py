@@ -203,7 +203,7 @@ def process_sample(
 
 #: Peak bytes per event value above the worker's baseline while gating, for the
 #: worst case, a file read with FlowKit's float64 ``Sample`` (~3.7x the float32
-#: matrix, ~15 bytes a value; float32 files read by fcs_lean peak at ~2.6x), and
+#: matrix, ~15 bytes a value; float32 files read by fcs_lean peak at ~1.7x), and
 #: the worker's own footprint.
 _PEAK_BYTES_PER_VALUE = 16
 _WORKER_BASELINE = 300e6
