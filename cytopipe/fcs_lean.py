@@ -36,6 +36,7 @@ from .fcs_text import PathLike, _precheck, _scan
 __all__ = ["LeanSample", "read_fcs_lean", "read_for_gating"]
 
 _BYTE_ORDERS = {"1,2,3,4": "<f4", "4,3,2,1": ">f4"}
+_BLOCK = 1 << 16  # events checked at a time
 
 
 class LeanSample:
@@ -150,24 +151,29 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample
     if dtype[0] == ">":  # to native order in place: no second copy
         events = events.byteswap(inplace=True).view(np.float32)
     events = events.reshape(n, n_par)
-    if not np.isfinite(events).all():
-        return None  # read_fcs names the channels with NaN/inf
-    time64, inexact = None, ()
-    ti = flow_data.time_index
+    ti, step = flow_data.time_index, 1.0
     if ti is not None and "timestep" in flow_data.text:
         try:
             step = float(flow_data.text["timestep"])
         except ValueError:
             return None  # blank or non-numeric $TIMESTEP: read_fcs notes it
-        if step != 1.0:
-            time64 = events[:, ti].astype(np.float64) * step
+    scale = ti is not None and step != 1.0
+    time64 = np.empty(n) if scale else None
+    exact = True
+    for start in range(0, n, _BLOCK):  # the checks and Time scaling in one pass, a cache-sized block at a time
+        block = events[start : start + _BLOCK]
+        if not np.isfinite(block).all():
+            return None  # read_fcs names the channels with NaN/inf
+        if scale:
+            t = block[:, ti].astype(np.float64) * step  # FlowKit's arithmetic
+            time64[start : start + _BLOCK] = t
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an overflow to inf is caught just below
-                events[:, ti] = time64
-            if not np.isfinite(events[:, ti]).all():
+                block[:, ti] = t
+            if not np.isfinite(block[:, ti]).all():
                 return None
-            if not np.array_equal(events[:, ti], time64):
-                inexact = (flow_data.pnn_labels[ti],)
+            exact = exact and np.array_equal(block[:, ti], t)
+    inexact = () if exact else (flow_data.pnn_labels[ti],)
     sample = LeanSample(p, p.name if sample_id is None else sample_id, flow_data, events, time64, inexact)
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)
