@@ -180,7 +180,8 @@ def _warm(client, sheet: Path) -> None:
 def _batch_wall(sheet: Path, out: Path, workers: int, *, rss: dict | None = None) -> float:
     from distributed import Client
 
-    from cytopipe.batch import make_local_cluster, run_batch
+    from cytopipe.batch import run_batch
+    from cytopipe.cluster import make_local_cluster
 
     with make_local_cluster(workers) as cluster, Client(cluster) as client:
         _warm(client, sheet)  # a running cluster's throughput: start-up is not part of the batch

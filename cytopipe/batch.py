@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import __version__
 from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
+from .cluster import _check_memory, _make_client
 from .exceptions import CytopipeError
 from .fcs import file_sha256, scan_header
 from .fcs_lean import read_for_gating
@@ -42,7 +43,7 @@ from .results import POPULATION_COLUMNS, TREG_COLUMNS, atomic_write, write_json,
 from .samplesheet import read_sample_sheet
 from .strategy import DEFAULT_STRATEGY, Strategy, load_strategy
 
-__all__ = ["BatchResult", "make_local_cluster", "process_sample", "run_batch"]
+__all__ = ["BatchResult", "process_sample", "run_batch"]
 
 logger = logging.getLogger("cytopipe")
 
@@ -199,90 +200,6 @@ def process_sample(
         )
     out["started"], out["duration_s"] = started, time.time() - started
     return out
-
-
-#: Peak bytes per event value above the worker's baseline while gating, for the
-#: worst case, a file read with FlowKit's float64 ``Sample`` (~3.7x the float32
-#: matrix, ~15 bytes a value; float32 files read by fcs_lean peak at ~1.7x), and
-#: the worker's own footprint.
-_PEAK_BYTES_PER_VALUE = 16
-_WORKER_BASELINE = 300e6
-
-
-def _check_memory(path: str) -> None:
-    """Refuse, before reading, a file too big for this Dask worker's memory limit."""
-    try:
-        from distributed import get_worker
-
-        limit = get_worker().memory_manager.memory_limit
-    except (ImportError, ValueError, AttributeError):  # not in a Dask worker
-        return
-    if not limit:
-        return
-    head = scan_header(path)
-    n, p = int(head.get("$TOT", 0) or 0), int(head.get("$PAR", 0) or 0)
-    need = n * p * _PEAK_BYTES_PER_VALUE + _WORKER_BASELINE
-    if need > limit:
-        msg = (
-            f"{path}: {n:,} events x {p} channels need about {need / 1e9:.1f} GB to gate, more than "
-            f"the Dask worker memory limit of {limit / 1e9:.1f} GB; run with fewer workers "
-            f"(--workers 1) or a larger --memory-limit."
-        )
-        raise CytopipeError(msg)
-
-
-def _make_client(
-    scheduler: str | None, n_workers: int | None, n_tasks: int, memory_limit: str | int | None = "auto"
-):
-    from distributed import Client
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="20s"), None
-        except OSError as e:
-            msg = f"Cannot reach the Dask scheduler at {scheduler!r}: {e}. Is 'dask scheduler' running there?"
-            raise CytopipeError(msg) from e
-    workers = n_workers or min(os.cpu_count() or 1, max(n_tasks, 1))
-    cluster = make_local_cluster(workers, memory_limit=memory_limit)
-    return Client(cluster), cluster
-
-
-def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto"):
-    """Start the local Dask cluster ``run`` uses: single-threaded worker processes.
-
-    Parameters
-    ----------
-    n_workers
-        Worker processes (one sample at a time each).
-    memory_limit
-        Per worker (``"4GB"``, bytes, ``"auto"``).
-
-    Returns
-    -------
-    distributed.LocalCluster
-    """
-    import dask
-    from distributed import LocalCluster
-
-    # Dask's workers set MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap
-    # threshold: every temporary array is then returned to the OS and page-faulted afresh,
-    # 1.6x slower gating (0.30 s vs 0.18 s for 1M events) for the same peak memory (measured:
-    # 4.3x the raw float32 matrix either way). glibc's own adaptive thresholds are kept.
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if not k.startswith("MALLOC_")}
-    # Dask's statistical profiler wakes every worker 100 times a second to sample the task's
-    # stack (for the dashboard's Profile tab); with one worker per core those wake-ups preempt
-    # the gating itself. The task stream, progress and memory panels are unaffected.
-    config = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
-    with dask.config.set(config):
-        return LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,  # gating is CPU-bound Python/numpy: one sample per core
-            processes=True,
-            dashboard_address=":0",  # any free port: never collide with another cluster's 8787
-            memory_limit=memory_limit,  # a worker over it is restarted by its nanny, not the machine
-            silence_logs=logging.ERROR,
-        )
 
 
 def run_batch(

@@ -34,7 +34,7 @@ def dask_client():
     """One local Dask cluster (2 single-threaded worker processes) for the session."""
     from distributed import Client
 
-    from cytopipe.batch import make_local_cluster
+    from cytopipe.cluster import make_local_cluster
 
     cluster = make_local_cluster(2)
     client = Client(cluster)

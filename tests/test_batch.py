@@ -103,12 +103,3 @@ def test_low_event_sample_is_flagged(tmp_path, dask_client):
     assert set(row["qc_flags"].split(";")) == {"low_events", "low_cd4"}
     assert result.exit_code == 0
 
-
-def test_local_workers_run_without_the_profiler_and_with_glibcs_malloc(dask_client):
-    """make_local_cluster's workers: no 100 Hz stack sampling, no MALLOC_TRIM_THRESHOLD_ (see batch.py)."""
-    import dask
-
-    profiling = dask_client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
-    trim = dask_client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
-    assert len(profiling) == 2 and not any(profiling.values())
-    assert not any(trim.values())
