@@ -238,14 +238,14 @@ class _Fallback(Exception):
 
 
 def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=None):
-    """A _Context on a fixed-seed subset of events and the parent's rows in it.
+    """A cascade Context on a fixed-seed subset of events and the parent's rows in it.
 
     The subset is every k-th event; its parent rows are gated here, or taken
     from ``known`` (the whole sample's rows of ``parent``) when given.
     """
     from flowkit import gates as fk_gates
 
-    from .gating import _Context
+    from .cascade import Context
 
     raw = sample.get_events(source="raw")
     n = raw.shape[0]
@@ -253,7 +253,7 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
     step = -(-n // spec["prefilter_events"]) if n > spec["prefilter_events"] else 1
     if step > 1:  # every k-th event: spans the whole acquisition, no sort
         raw = np.ascontiguousarray(raw[::step])  # one pass; then cache-resident
-    ctx = _Context(sample, gs, raw)
+    ctx = Context(sample, gs, raw)
     if known is not None and known.get(parent) is not None:
         full = known[parent]
         kept = full[full % step == 0] // step if step > 1 else full

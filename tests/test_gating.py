@@ -135,10 +135,10 @@ def test_cascade_on_the_gatingml_reference_cases():
 
 def test_cascade_in_event_blocks_equals_flowkit_memberships(tmp_path, strategy, monkeypatch):
     """A file of several event blocks: every gate's events are FlowKit's, in order, across block edges."""
-    from cytopipe import gating
+    from cytopipe import cascade, gating
     from cytopipe.fcs_lean import read_fcs_lean
 
-    monkeypatch.setattr(gating, "_EVENT_BLOCK", 7_919)  # a prime: blocks end mid-population
+    monkeypatch.setattr(cascade, "_EVENT_BLOCK", 7_919)  # a prime: blocks end mid-population
     write_fcs(tmp_path / "b.fcs", SampleSpec(n_events=50_000, seed=12, hard=True))
     gs = strategy.gating_strategy()
     paths = strategy.gate_paths()
