@@ -8,13 +8,21 @@ from cytopipe.synth import SampleSpec, write_fcs
 
 
 def test_local_workers_run_without_the_profiler_and_with_glibcs_malloc(dask_client):
-    """make_local_cluster's workers: no 100 Hz stack sampling, no MALLOC_TRIM_THRESHOLD_ (see cluster.py)."""
+    """make_local_cluster's workers: Dask's timers quieted, no MALLOC_TRIM_THRESHOLD_ (see cluster.py)."""
     import dask
+
+    from cytopipe.cluster import QUIET_WORKERS
 
     profiling = dask_client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
     trim = dask_client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert len(profiling) == 2 and not any(profiling.values())
     assert not any(trim.values())
+    for key, value in QUIET_WORKERS.items():
+        seen = dask_client.run(lambda key=key: dask.config.get(key))
+        assert set(seen.values()) == {value}, key
+    # the scheduler (started in this process for a LocalCluster) and the workers tick once a second
+    assert dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) == 1.0
+    assert set(dask_client.run(lambda dask_worker: dask_worker._tick_interval).values()) == {1.0}
 
 
 def test_memory_guard_refuses_a_file_over_the_worker_limit_naming_it(tmp_path, dask_client):
