@@ -34,11 +34,11 @@ def cascade_rows(sample, gs, paths, known=None) -> dict[tuple[str, ...], np.ndar
     on data in the CPU cache instead of streaming the whole matrix from
     memory once per gate; the block rows are then joined, in order.
     """
+    from flowkit.exceptions import QuadrantReferenceError
+
     raw = sample.get_events(source="raw")  # FlowKit's float64 or LeanSample's float32 matrix, not a copy
     reuse = {p: r for p, r in (known or {}).items() if p != ("root",)}
     todo = [p for p in paths if p not in reuse]
-    from flowkit.exceptions import QuadrantReferenceError
-
     try:
         gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in todo]
     except QuadrantReferenceError:  # a quadrant's own path: FlowKit handles those

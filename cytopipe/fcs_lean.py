@@ -173,7 +173,8 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample
             if not np.isfinite(block[:, ti]).all():
                 return None
             exact = exact and np.array_equal(block[:, ti], t)
-    inexact = () if exact else (flow_data.pnn_labels[ti],)
+    # kept only when the float32 column rounds it: otherwise time_values() widens the column itself
+    inexact, time64 = ((), None) if exact else ((flow_data.pnn_labels[ti],), time64)
     sample = LeanSample(p, p.name if sample_id is None else sample_id, flow_data, events, time64, inexact)
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)
