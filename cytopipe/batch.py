@@ -350,14 +350,20 @@ def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[
 
 def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],
             progress: ProgressCallback | None, log_file) -> dict[int, dict[str, Any]]:
-    """Submit one task per file and collect results as they finish, failures included."""
+    """Submit one task per file and collect results as they finish, failures included.
+
+    The largest files are submitted first (Dask runs them in that order): a
+    big file left for last would keep one worker busy while the others idle.
+    """
     from distributed import as_completed
 
     results: dict[int, dict[str, Any]] = {}
+    paths = list(sheet["path"])
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
         futures = {}
-        for i, path in enumerate(sheet["path"]):
+        for i in sorted(range(len(paths)), key=lambda i: -_file_size(paths[i])):
+            path = paths[i]
             fut = client.submit(
                 process_sample, path, strategy_dir, **tasks[i],
                 key=f"cytopipe-sample-{i}-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{time.time_ns()}",
@@ -383,6 +389,13 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
         if log is not None:
             log.close()
     return results
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # the worker reports what is wrong with it
+        return 0
 
 
 def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:

@@ -98,20 +98,22 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
     instruments = []
     if paths is not None:
         heads = scan_headers(paths, keywords=("$CYT", "$CYTSN", "$DATE", "$SPILLOVER", "SPILL"))
-        for (_, row), (_, h) in zip(table.iterrows(), heads.iterrows()):
+        for row, h in zip(table.to_dict("records"), heads.to_dict("records")):
             instruments.append({"file": row["file"], "patient_id": row["patient_id"], "visit": row["visit"],
                                 "cytometer": h["$CYT"], "serial": h["$CYTSN"], "date": h["$DATE"],
                                 "fcs_version": h["fcs_version"],
                                 "spillover_keyword": "$SPILLOVER" if h["$SPILLOVER"] else
                                 ("SPILL" if h["SPILL"] else None), "header_error": h["error"] or None})
+    by_gate: dict[str, list[dict[str, Any]]] = {}
+    for r in populations.to_dict("records"):
+        by_gate.setdefault(r["gate"], []).append(r)
     comp_refs = sorted({d["compensation"] for g in gates for d in g["dimensions"] if d["compensation"]})
     for g in gates:
         g["path"] = by_id.get(g["id"])
-        sub = populations[populations["gate"] == g["id"]]
         g["per_sample"] = [
             {"file": r["file"], "patient_id": r["patient_id"], "visit": r["visit"], "count": int(r["count"]),
              "parent_count": int(r["parent_count"]), "pct_parent": float(r["pct_parent"]),
-             "pct_total": float(r["pct_total"])} for _, r in sub.iterrows()]
+             "pct_total": float(r["pct_total"])} for r in by_gate.get(g["id"], [])]
     return {
         "standard": "MIFlowCyt 1.0 (ISAC), analysis section; cytopipe record",
         "cytopipe_version": __version__,
@@ -128,7 +130,7 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
         "gates": gates,
         "samples": [{"file": r["file"], "patient_id": r["patient_id"], "visit": r["visit"],
                      "file_sha256": None if pd.isna(r["file_sha256"]) else r["file_sha256"],
-                     "qc_status": r["qc_status"], "error": r["error"] or None} for _, r in table.iterrows()],
+                     "qc_status": r["qc_status"], "error": r["error"] or None} for r in table.to_dict("records")],
     }
 
 

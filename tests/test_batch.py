@@ -103,3 +103,19 @@ def test_low_event_sample_is_flagged(tmp_path, dask_client):
     assert set(row["qc_flags"].split(";")) == {"low_events", "low_cd4"}
     assert result.exit_code == 0
 
+
+
+def test_largest_files_start_first(tmp_path, dask_client):
+    # a big file left for last keeps one worker busy while the others idle: the sheet lists
+    # the largest last, and it must still be among the first two samples the two workers start
+    sizes = {"a.fcs": 4_000, "b.fcs": 6_000, "c.fcs": 5_000, "d.fcs": 7_000, "e.fcs": 60_000}
+    for i, (name, n) in enumerate(sizes.items()):
+        write_fcs(tmp_path / name, SampleSpec(n_events=n, seed=40 + i))
+    sheet = tmp_path / "s.csv"
+    sheet.write_text("file,patient_id,visit\n" + "".join(f"{f},P{i},D1\n" for i, f in enumerate(sizes)))
+    dask_client.run(__import__, "cytopipe.batch")  # warm workers: a first import must not reorder the starts
+    log = tmp_path / "log.jsonl"
+    result = run_batch(sheet, tmp_path / "out", client=dask_client, report=False, log_file=log)
+    assert result.n_failed == 0
+    started = [r["file"] for r in sorted(map(json.loads, log.read_text().splitlines()), key=lambda r: r["start"])]
+    assert set(started[:2]) == {"e.fcs", "d.fcs"}
