@@ -32,6 +32,7 @@ import pandas as pd
 from . import __version__
 from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .cluster import _check_memory, _make_client
+from .dispatch import run_each
 from .exceptions import CytopipeError
 from .fcs import file_sha256, scan_header
 from .fcs_lean import read_for_gating
@@ -350,33 +351,16 @@ def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[
 
 def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],
             progress: ProgressCallback | None, log_file) -> dict[int, dict[str, Any]]:
-    """Submit one task per file and collect results as they finish, failures included.
-
-    The largest files are submitted first (Dask runs them in that order): a
-    big file left for last would keep one worker busy while the others idle.
-    """
-    from distributed import as_completed
-
+    """Gate every file on the cluster (see :mod:`cytopipe.dispatch`); results as they finish, failures included."""
     results: dict[int, dict[str, Any]] = {}
     paths = list(sheet["path"])
+    calls = [((path, strategy_dir), tasks[i]) for i, path in enumerate(paths)]
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
-        futures = {}
-        for i in sorted(range(len(paths)), key=lambda i: -_file_size(paths[i])):
-            path = paths[i]
-            fut = client.submit(
-                process_sample, path, strategy_dir, **tasks[i],
-                key=f"cytopipe-sample-{i}-{hashlib.sha1(path.encode()).hexdigest()[:12]}-{time.time_ns()}",
-                pure=False,
-            )
-            futures[fut] = i
         failed = 0
-        for fut in as_completed(list(futures)):
-            i = futures[fut]
-            try:
-                res = fut.result()
-            except Exception as e:  # e.g. the worker died more often than Dask retries
-                res = {"error": _one_line(f"{sheet['path'].iloc[i]}: task failed: {type(e).__name__}: {e}")}
+        for i, res in run_each(client, process_sample, calls, paths):
+            if isinstance(res, BaseException):  # e.g. the file killed its worker each time
+                res = {"error": _one_line(f"{paths[i]}: task failed: {type(res).__name__}: {res}")}
             results[i] = res
             if res.get("error"):
                 failed += 1
@@ -384,18 +368,11 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
                 log.write(json.dumps(_log_record(sheet.iloc[i], res)) + "\n")
                 log.flush()
             if progress is not None:
-                progress(len(results), failed, len(futures))
+                progress(len(results), failed, len(paths))
     finally:
         if log is not None:
             log.close()
     return results
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:  # the worker reports what is wrong with it
-        return 0
 
 
 def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:

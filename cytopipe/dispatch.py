@@ -1,0 +1,142 @@
+"""Sending a batch's files to Dask workers, and each file's result back as soon as it is done.
+
+:func:`run_each` calls one function per file on a Dask cluster:
+
+* **Largest files first.** Dask runs tasks in the order they are submitted;
+  a big file left for last would keep one worker busy while the others idle.
+* **Small files grouped.** Dask costs each task a few milliseconds of
+  messages between client, scheduler and worker, and on a busy machine those
+  wake-ups preempt the gating. A 50,000-event file gates in ~10 ms, so
+  files are grouped into tasks of about ``_GROUP_BYTES`` (~0.1 s of gating):
+  measured on 2 workers, 200 files of 50k events took 2.59 s one per task
+  and 2.05 s ten per task. Files of ``_GROUP_BYTES`` or more (a 1M-event,
+  12-channel file is 48 MB) stay one per task, and there are always at
+  least ``_TASKS_PER_WORKER`` tasks per worker, so the batch's end stays
+  balanced.
+* **Failures isolated.** A task fails as a whole only when its worker dies
+  (Dask retries it first). A failed group is resubmitted one file per
+  task, so only the file that kills a worker ends as an error.
+
+Results arrive per file, in the order they finish; a group's files arrive
+together when the group is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+__all__ = ["plan_groups", "run_each"]
+
+_GROUP_BYTES = 24 << 20  # ~0.1 s of gating a task: Dask's ~5 ms a task stays a few percent
+_GROUP_MAX = 64  # files a task, at most
+_TASKS_PER_WORKER = 4  # at least, when there are enough files: the last tasks are short
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes of a file; 0 when it cannot be read (the worker then reports what is wrong)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def plan_groups(sizes: Sequence[int], n_workers: int) -> list[list[int]]:
+    """Group files into tasks: largest first, small files together.
+
+    Parameters
+    ----------
+    sizes
+        Each file's size in bytes.
+    n_workers
+        The workers that will share the tasks.
+
+    Returns
+    -------
+    list of list of int
+        Indices into ``sizes``, each inner list one task, in submission
+        order. Every index appears once; files are in decreasing size
+        (ties in their given order). A task's files total at most
+        ``min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_WORKER * n_workers))``
+        bytes unless it holds one file.
+
+    Examples
+    --------
+    >>> plan_groups([10, 50_000_000, 20, 30], n_workers=2)
+    [[1], [3, 2, 0]]
+    """
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    target = min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_WORKER * max(n_workers, 1)))
+    groups: list[list[int]] = []
+    group: list[int] = []
+    total = 0
+    for i in order:
+        if group and (total + sizes[i] > target or len(group) >= _GROUP_MAX):
+            groups.append(group)
+            group, total = [], 0
+        group.append(i)
+        total += sizes[i]
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _run_group(fn: Callable[..., Any], calls: list[Call]) -> list[Any]:
+    return [fn(*args, **kwargs) for args, kwargs in calls]
+
+
+def run_each(
+    client, fn: Callable[..., Any], calls: Sequence[Call], paths: Sequence[str]
+) -> Iterator[tuple[int, Any]]:
+    """Run ``fn(*args, **kwargs)`` for every call on a Dask cluster; yield results as they finish.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster's client.
+    fn
+        The per-file function; it should return its failures, not raise them.
+    calls
+        ``(args, kwargs)`` for each file.
+    paths
+        Each call's file: its size orders and groups the tasks, and it names
+        the task on the Dask dashboard.
+
+    Yields
+    ------
+    (int, object)
+        The call's index and ``fn``'s result, or the exception that ended
+        its task when its worker died (after Dask's and this module's
+        retries).
+    """
+    from distributed import as_completed
+
+    n_workers = len(client.scheduler_info().get("workers", {})) or 1
+    groups = plan_groups([file_size(p) for p in paths], n_workers)
+    pending: dict[Any, list[int]] = {}
+
+    def submit(group: list[int]):
+        tag = hashlib.sha1(str(paths[group[0]]).encode()).hexdigest()[:12]
+        more = f"+{len(group) - 1}" if len(group) > 1 else ""
+        fut = client.submit(_run_group, fn, [calls[i] for i in group], pure=False,
+                            key=f"cytopipe-sample-{group[0]}{more}-{tag}-{time.time_ns()}")
+        pending[fut] = group
+        return fut
+
+    tasks = as_completed([submit(g) for g in groups])
+    for fut in tasks:
+        group = pending.pop(fut)
+        try:
+            results = fut.result()
+        except Exception as e:  # the worker died, more often than Dask retries
+            if len(group) > 1:  # find the file that kills workers: one task each
+                for i in group:
+                    tasks.add(submit([i]))
+                continue
+            results = [e]
+        yield from zip(group, results)
