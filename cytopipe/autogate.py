@@ -81,7 +81,8 @@ import numpy as np
 
 from .exceptions import StrategyError
 
-__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "finish_auto_gates", "fit_auto_gates"]
+__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "finish_auto_gates", "fit_auto_gates",
+           "rows_above_auto_gates"]
 
 FALLBACK_FLAG = "auto_gate_fallback"
 SAMPLE_GATES_DIR = "sample_gates"
@@ -140,6 +141,35 @@ def auto_gate_specs(strategy) -> list[dict[str, Any]]:
             raise StrategyError(msg)
         out.append({**_DEFAULTS, **spec, "gate_path": tuple(spec["gate_path"])})
     return out
+
+
+def rows_above_auto_gates(sample, strategy, gating_strategy) -> dict[tuple[str, ...], np.ndarray] | None:
+    """Every event's gates above the auto gates, evaluated once for the fit and the final gating.
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or cytopipe.fcs_lean.LeanSample
+        The read file.
+    strategy : cytopipe.strategy.Strategy
+        The strategy; None is returned when it has no auto gates.
+    gating_strategy : flowkit.GatingStrategy
+        The gates as applied (a reviewer's adjustments included).
+
+    Returns
+    -------
+    dict or None
+        :func:`cytopipe.gating.gate_rows` of the gates that are neither an
+        auto gate nor below one: pass it as ``rows`` to
+        :func:`fit_auto_gates` and as ``known`` to the final gating.
+    """
+    from .gating import gate_rows
+
+    specs = auto_gate_specs(strategy)
+    if not specs:
+        return None
+    fitted = [tuple(spec["gate_path"]) for spec in specs]
+    above = [p for p in strategy.gate_paths() if not any(p[:len(f)] == f for f in fitted)]
+    return gate_rows(sample, gating_strategy, above)
 
 
 def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None) -> AutoGateResult:

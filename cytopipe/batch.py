@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
+from .autogate import finish_auto_gates, fit_auto_gates, rows_above_auto_gates
 from .cluster import _check_memory, _make_client
 from .dispatch import run_each
 from .exceptions import CytopipeError
 from .fcs import file_sha256, scan_header
 from .fcs_lean import read_for_gating
-from .gating import gate_rows, gate_sample, treg_percent
+from .gating import gate_sample, treg_percent
 from .panel import resolve_panel
 from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
 from .review import adjusted_gating_strategy, adjustments_digest, gate_adjustments, read_decisions, review_fields
@@ -168,14 +168,9 @@ def process_sample(
         gs = adjusted_gating_strategy(strategy, name, adjustments) if adjustments else strategy.gating_strategy()
         sample = read_for_gating(path, gs)  # float32 events when that is exactly what FlowKit would gate
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        auto = known = None
-        specs = auto_gate_specs(strategy)
-        if specs:  # data-driven gates fitted on this sample; a reviewer's adjustment wins
-            # the gates above the auto gates are evaluated once, on every event: the fit takes its
-            # parent events from them, and the final count reuses them
-            fitted = [tuple(spec["gate_path"]) for spec in specs]
-            above = [p for p in strategy.gate_paths() if not any(p[:len(f)] == f for f in fitted)]
-            known = gate_rows(sample, gs, above)
+        auto = None
+        known = rows_above_auto_gates(sample, strategy, gs)  # evaluated once: for the fit and the count
+        if known is not None:  # data-driven gates fitted on this sample; a reviewer's adjustment wins
             auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments, rows=known)
             gs = auto.gating_strategy
         counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=known)
