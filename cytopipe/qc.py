@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -182,7 +183,8 @@ def _bins(t: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
 
 
-def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds | None = None) -> dict[str, Any] | None:
+def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds | None = None,
+            columns: Sequence[int] | None = None) -> dict[str, Any] | None:
     """Check the acquisition along the Time channel: flow rate and signal drift.
 
     Like flowAI and PeacoQC, the acquisition is cut into time bins; bins whose
@@ -195,10 +197,13 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
     time
         The Time channel, one value per event (any unit).
     signals
-        ``(n_events, n_channels)`` linear values of the other channels, or a
-        sequence of per-channel 1-D arrays (views, so nothing is copied).
+        ``(n_events, n_channels)`` linear values of the other channels (e.g.
+        a file's whole event matrix, with ``columns``), or a sequence of
+        per-channel 1-D arrays.
     thresholds
         Defaults to :func:`load_thresholds`.
+    columns
+        With a 2-D ``signals``: the columns to check (default: all).
 
     Returns
     -------
@@ -222,13 +227,19 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
     # one channel at a time with bincount: no (events x channels) temporaries; bin means
     # from at most ~200,000 evenly spaced events, plenty for drift and ~10x cheaper at 1M
     step = max(1, n // 200_000)
-    columns = [np.asarray(c)[::step] for c in (signals.T if isinstance(signals, np.ndarray) else signals)]
+    if isinstance(signals, np.ndarray) and signals.ndim == 2:
+        # the sampled rows copied once, in one pass over the matrix: each column is then read from
+        # this small copy, not gathered from the whole matrix, whose every cache line it would touch
+        sub = np.ascontiguousarray(signals[::step])
+        series = [sub[:, j] for j in (range(sub.shape[1]) if columns is None else columns)]
+    else:
+        series = [np.asarray(c)[::step] for c in signals]
     nd = max(int(t_.drift_bins), 2)
     bd = _bins(time[::step], nd)
     dcounts = np.bincount(bd, minlength=nd)
-    sums = np.zeros((nd, len(columns)))
-    scale = np.ones(len(columns))
-    for j, col in enumerate(columns):
+    sums = np.zeros((nd, len(series)))
+    scale = np.ones(len(series))
+    for j, col in enumerate(series):
         xj = np.arcsinh(np.asarray(col, dtype=float) / 150.0)
         sums[:, j] = np.bincount(bd, weights=xj, minlength=nd)
         scale[j] = max(float(xj.std()), 1e-9)
@@ -259,9 +270,9 @@ def sample_time_qc(sample, *, thresholds: QCThresholds | None = None) -> dict[st
         return None
     raw = sample.get_events(source="raw")
     i = labels.index("Time")
-    others = [raw[:, j] for j in range(len(labels)) if j != i]  # views, not a copy
+    others = [j for j in range(len(labels)) if j != i]
     exact = getattr(sample, "time_values", None)  # LeanSample: Time as FlowKit scales it, in float64
-    return time_qc(raw[:, i] if exact is None else exact(), others, thresholds=thresholds)
+    return time_qc(raw[:, i] if exact is None else exact(), raw, thresholds=thresholds, columns=others)
 
 
 def sample_flags(

@@ -119,6 +119,9 @@ def test_time_qc_on_a_million_events_uses_a_subsample_and_reports_shares_of_all_
     assert res["drift_channels"] == [1]
     assert 25 <= res["drift_events_pct"] <= 35
     assert res["flow_rate_events_pct"] == 0.0
+    # a file's whole event matrix and the columns to check (Time skipped), as sample_time_qc passes it
+    matrix = np.column_stack([sig[:, 0], t, sig[:, 1], sig[:, 2]])
+    assert time_qc(t, matrix, thresholds=QCThresholds(), columns=[0, 2, 3]) == res
 
 
 def test_time_bins_of_acquisition_ordered_times_equal_the_per_event_search():
