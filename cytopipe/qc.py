@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .exceptions import QCConfigError
 
@@ -327,18 +328,26 @@ def flag_visit_outliers(table, *, thresholds: QCThresholds | None = None):
     """
     t = thresholds or QCThresholds()
     out = table.copy()
-    gated = out["qc_status"] != "error"
-    for _, rows in out[gated].groupby("patient_id", sort=False):
-        pct = rows["treg_pct_cd4"].astype(float)
-        for idx in rows.index:
-            others = pct.drop(idx).dropna()
-            value = pct[idx]
+    pct = out["treg_pct_cd4"].to_numpy(dtype=float)
+    flags = list(out["qc_flags"])
+    status = list(out["qc_status"])
+    visits: dict[Any, list[int]] = {}  # patient -> positions of its gated visits
+    for pos, (patient, state) in enumerate(zip(out["patient_id"], status)):
+        if state != "error" and not pd.isna(patient):
+            visits.setdefault(patient, []).append(pos)
+    for positions in visits.values():
+        values = pct[positions]
+        for k, pos in enumerate(positions):
+            others = np.delete(values, k)
+            others = others[~np.isnan(others)]
+            value = values[k]
             if len(others) < t.outlier_min_visits or not math.isfinite(value):
                 continue
             ref = float(np.median(others))
             fold = max(value, 1e-9) / max(ref, 1e-9)
             if max(fold, 1 / fold) > t.outlier_fold and abs(value - ref) > t.outlier_min_pp:
-                flags = [f for f in str(out.at[idx, "qc_flags"] or "").split(";") if f]
-                out.at[idx, "qc_flags"] = ";".join([*flags, "treg_outlier"])
-                out.at[idx, "qc_status"] = "flag"
+                flags[pos] = ";".join([*[f for f in str(flags[pos] or "").split(";") if f], "treg_outlier"])
+                status[pos] = "flag"
+    out["qc_flags"] = pd.Series(flags, index=out.index, dtype=out["qc_flags"].dtype)
+    out["qc_status"] = pd.Series(status, index=out.index, dtype=out["qc_status"].dtype)
     return out

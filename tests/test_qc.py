@@ -143,3 +143,45 @@ def test_time_bins_of_acquisition_ordered_times_equal_the_per_event_search():
         shuffled = rng.permutation(t)  # not in acquisition order: the per-event search itself
         np.testing.assert_array_equal(_bins(shuffled, n_bins),
                                       np.clip(np.searchsorted(edges, shuffled, side="right") - 1, 0, n_bins - 1))
+
+
+def _outliers_by_definition(table, t):
+    """The rule spelled out row by row: each gated visit against the median of its patient's others."""
+    flagged = []
+    ok = table[table["qc_status"] != "error"]
+    for i, row in ok.iterrows():
+        others = ok[(ok["patient_id"] == row["patient_id"]) & (ok.index != i)]["treg_pct_cd4"].dropna()
+        value = row["treg_pct_cd4"]
+        if len(others) < t.outlier_min_visits or not np.isfinite(value):
+            continue
+        ref = float(np.median(others))
+        fold = max(value, 1e-9) / max(ref, 1e-9)
+        if max(fold, 1 / fold) > t.outlier_fold and abs(value - ref) > t.outlier_min_pp:
+            flagged.append(i)
+    return flagged
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_visit_outliers_follow_the_rule_on_random_tables(seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    pct = rng.lognormal(np.log(6), 0.6, n)
+    pct[rng.random(n) < 0.05] = np.nan
+    table = pd.DataFrame({
+        "patient_id": rng.choice([f"P{i}" for i in range(60)], n),
+        "treg_pct_cd4": pct,
+        "qc_status": rng.choice(["ok", "ok", "ok", "flag", "error"], n),
+        "qc_flags": rng.choice(["", "", "low_cd4"], n),
+    })
+    t = QCThresholds()
+    out = flag_visit_outliers(table, thresholds=t)
+    expected = _outliers_by_definition(table, t)
+    assert 0 < len(expected) < n  # the rule does fire on these tables, and not everywhere
+    got = [i for i in out.index if "treg_outlier" in out.at[i, "qc_flags"]]
+    assert got == expected
+    assert (out.loc[expected, "qc_status"] == "flag").all()
+    rest = out.drop(index=expected)
+    assert rest["qc_flags"].equals(table.drop(index=expected)["qc_flags"])
+    assert rest["qc_status"].equals(table.drop(index=expected)["qc_status"])
