@@ -10,9 +10,9 @@
   files are grouped into tasks of about ``_GROUP_BYTES`` (~0.1 s of gating):
   measured on 2 workers, 200 files of 50k events took 2.59 s one per task
   and 2.05 s ten per task. Files of ``_GROUP_BYTES`` or more (a 1M-event,
-  12-channel file is 48 MB) stay one per task, and there are always at
-  least ``_TASKS_PER_WORKER`` tasks per worker, so the batch's end stays
-  balanced.
+  12-channel file is 48 MB) stay one per task, and there are at least
+  ``_TASKS_PER_SLOT`` tasks per worker thread when there are enough files,
+  so the batch's end stays balanced.
 * **Failures isolated.** A task fails as a whole only when its worker dies
   (Dask retries it first). A failed group is resubmitted one file per
   task, so only the file that kills a worker ends as an error.
@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["plan_groups", "run_each"]
+__all__ = ["plan_groups", "run_each", "task_slots"]
 
 _GROUP_BYTES = 24 << 20  # ~0.1 s of gating a task: Dask's ~5 ms a task stays a few percent
 _GROUP_MAX = 64  # files a task, at most
-_TASKS_PER_WORKER = 4  # at least, when there are enough files: the last tasks are short
+_TASKS_PER_SLOT = 4  # tasks per worker thread, at least, when there are enough files
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -46,15 +46,15 @@ def file_size(path: str | os.PathLike) -> int:
         return 0
 
 
-def plan_groups(sizes: Sequence[int], n_workers: int) -> list[list[int]]:
+def plan_groups(sizes: Sequence[int], n_slots: int) -> list[list[int]]:
     """Group files into tasks: largest first, small files together.
 
     Parameters
     ----------
     sizes
         Each file's size in bytes.
-    n_workers
-        The workers that will share the tasks.
+    n_slots
+        The tasks the cluster runs at once (its workers' threads).
 
     Returns
     -------
@@ -62,16 +62,16 @@ def plan_groups(sizes: Sequence[int], n_workers: int) -> list[list[int]]:
         Indices into ``sizes``, each inner list one task, in submission
         order. Every index appears once; files are in decreasing size
         (ties in their given order). A task's files total at most
-        ``min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_WORKER * n_workers))``
+        ``min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_SLOT * n_slots))``
         bytes unless it holds one file.
 
     Examples
     --------
-    >>> plan_groups([10, 50_000_000, 20, 30], n_workers=2)
+    >>> plan_groups([10, 50_000_000, 20, 30], n_slots=2)
     [[1], [3, 2, 0]]
     """
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
-    target = min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_WORKER * max(n_workers, 1)))
+    target = min(_GROUP_BYTES, sum(sizes) / (_TASKS_PER_SLOT * max(n_slots, 1)))
     groups: list[list[int]] = []
     group: list[int] = []
     total = 0
@@ -84,6 +84,20 @@ def plan_groups(sizes: Sequence[int], n_workers: int) -> list[list[int]]:
     if group:
         groups.append(group)
     return groups
+
+
+def task_slots(scheduler_info: dict[str, Any]) -> int:
+    """The tasks a cluster runs at once: its workers' threads (1 while no worker has joined).
+
+    Examples
+    --------
+    >>> task_slots({"workers": {"tcp://a:1": {"nthreads": 4}, "tcp://b:1": {"nthreads": 1}}})
+    5
+    >>> task_slots({"workers": {}})
+    1
+    """
+    workers = scheduler_info.get("workers", {}).values()
+    return sum(int(w.get("nthreads", 1) or 1) for w in workers) or 1
 
 
 def _run_group(fn: Callable[..., Any], calls: list[Call]) -> list[Any]:
@@ -116,8 +130,7 @@ def run_each(
     """
     from distributed import as_completed
 
-    n_workers = len(client.scheduler_info().get("workers", {})) or 1
-    groups = plan_groups([file_size(p) for p in paths], n_workers)
+    groups = plan_groups([file_size(p) for p in paths], task_slots(client.scheduler_info()))
     pending: dict[Any, list[int]] = {}
 
     def submit(group: list[int]):

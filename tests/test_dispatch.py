@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from cytopipe.dispatch import _GROUP_BYTES, _TASKS_PER_WORKER, plan_groups, run_each
+from cytopipe.dispatch import _GROUP_BYTES, _TASKS_PER_SLOT, plan_groups, run_each
 
 MB = 1 << 20
 
 
 def test_groups_keep_big_files_alone_and_put_small_ones_together():
     sizes = [48 * MB] * 4 + [2 * MB] * 40  # four 1M-event files, forty 50k-event files
-    groups = plan_groups(sizes, n_workers=2)
+    groups = plan_groups(sizes, n_slots=2)
     assert sorted(i for g in groups for i in g) == list(range(44))  # each file once
     assert groups[:4] == [[0], [1], [2], [3]]  # largest first, alone
     small = groups[4:]
@@ -24,14 +24,21 @@ def test_groups_keep_big_files_alone_and_put_small_ones_together():
 
 def test_groups_stay_balanced_for_a_small_batch():
     # 10 small files on 2 workers: at least 4 tasks per worker, not one task of 10 files
-    groups = plan_groups([MB] * 10, n_workers=2)
-    assert len(groups) >= min(10, _TASKS_PER_WORKER * 2)
+    groups = plan_groups([MB] * 10, n_slots=2)
+    assert len(groups) >= min(10, _TASKS_PER_SLOT * 2)
     assert [i for g in groups for i in g] == list(range(10))  # equal sizes keep the sheet's order
 
 
 def test_order_is_by_decreasing_size():
     sizes = [5, 1, 9, 3, 7]
-    assert [i for g in plan_groups(sizes, n_workers=8) for i in g] == [2, 4, 0, 3, 1]
+    assert [i for g in plan_groups(sizes, n_slots=8) for i in g] == [2, 4, 0, 3, 1]
+
+
+def test_slots_count_worker_threads(dask_client):
+    from cytopipe.dispatch import task_slots
+
+    assert task_slots(dask_client.scheduler_info()) == 2  # two single-threaded workers
+    assert task_slots({"workers": {"tcp://a:1": {"nthreads": 8}, "tcp://b:1": {"nthreads": 8}}}) == 16
 
 
 def _square_or_die(x: int, die_on: int) -> int:
@@ -53,7 +60,7 @@ def test_a_worker_killing_file_fails_alone(tmp_path):
         (tmp_path / f"f{i}").write_bytes(b"x" * 1000)
         paths.append(str(tmp_path / f"f{i}"))
     calls = [((i,), {"die_on": 5}) for i in range(8)]
-    assert any(5 in g and len(g) > 1 for g in plan_groups([1000] * 8, 1))  # the killer shares a task
+    assert any(5 in g and len(g) > 1 for g in plan_groups([1000] * 8, n_slots=1))  # the killer shares a task
     # no Dask retries, and one task at a time per worker: a dying worker then takes only its
     # running task with it (a task queued behind it would count as failed too), so the test is exact
     config = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
