@@ -197,7 +197,7 @@ def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
     transforms, exactly as :meth:`flowkit.GatingStrategy.gate_sample` does.
     """
     # a context on the requested rows only: compensating them does not copy the whole sample
-    ctx = Context(sample, gs, sample.get_events(source="raw")[np.asarray(rows)])
+    ctx = Context(sample, gs, np.take(sample.get_events(source="raw"), np.asarray(rows), axis=0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ctx.frame(gate, None).to_numpy(dtype=float)
