@@ -81,8 +81,7 @@ import numpy as np
 
 from .exceptions import StrategyError
 
-__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "finish_auto_gates", "fit_auto_gates",
-           "rows_above_auto_gates"]
+__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "finish_auto_gates", "fit_auto_gates"]
 
 FALLBACK_FLAG = "auto_gate_fallback"
 SAMPLE_GATES_DIR = "sample_gates"
@@ -141,35 +140,6 @@ def auto_gate_specs(strategy) -> list[dict[str, Any]]:
             raise StrategyError(msg)
         out.append({**_DEFAULTS, **spec, "gate_path": tuple(spec["gate_path"])})
     return out
-
-
-def rows_above_auto_gates(sample, strategy, gating_strategy) -> dict[tuple[str, ...], np.ndarray] | None:
-    """Every event's gates above the auto gates, evaluated once for the fit and the final gating.
-
-    Parameters
-    ----------
-    sample : flowkit.Sample or cytopipe.fcs_lean.LeanSample
-        The read file.
-    strategy : cytopipe.strategy.Strategy
-        The strategy; None is returned when it has no auto gates.
-    gating_strategy : flowkit.GatingStrategy
-        The gates as applied (a reviewer's adjustments included).
-
-    Returns
-    -------
-    dict or None
-        :func:`cytopipe.gating.gate_rows` of the gates that are neither an
-        auto gate nor below one: pass it as ``rows`` to
-        :func:`fit_auto_gates` and as ``known`` to the final gating.
-    """
-    from .gating import gate_rows
-
-    specs = auto_gate_specs(strategy)
-    if not specs:
-        return None
-    fitted = [tuple(spec["gate_path"]) for spec in specs]
-    above = [p for p in strategy.gate_paths() if not any(p[:len(f)] == f for f in fitted)]
-    return gate_rows(sample, gating_strategy, above)
 
 
 def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None) -> AutoGateResult:
@@ -282,7 +252,7 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
     rng = np.random.default_rng(spec["seed"])
     step = -(-n // spec["prefilter_events"]) if n > spec["prefilter_events"] else 1
     if step > 1:  # every k-th event: spans the whole acquisition, no sort
-        raw = np.ascontiguousarray(raw[::step])  # one pass; then cache-resident
+        raw = np.take(raw, np.arange(0, n, step), axis=0)  # one pass (np.take: 2x a strided copy); then cache-resident
     ctx = Context(sample, gs, raw)
     if known is not None and known.get(parent) is not None:
         full = known[parent]
@@ -299,6 +269,8 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
         before = rows[p[:-1]]
         if isinstance(gate, fk_gates.RectangleGate):
             inside = ctx.rectangle(gate, before)
+        elif type(gate).apply is fk_gates.PolygonGate.apply:  # the cascade's polygon: no DataFrame copies
+            inside = ctx.polygon(gate, before)
         else:
             inside = np.asarray(gate.apply(ctx.frame(gate, before)), dtype=bool)
         rows[p] = np.flatnonzero(inside) if before is None else before[inside]
@@ -371,9 +343,9 @@ def _em(c: np.ndarray, w: np.ndarray, means: np.ndarray, max_iter: int):
     pi = np.full(K, 1.0 / K)
     x, y = c[:, 0], c[:, 1]
     resp = np.zeros((K, len(c)))
+    dx, dy = x - means[:, :1], y - means[:, 1:]
     for _ in range(int(max_iter)):
         det = sxx * syy - sxy**2
-        dx, dy = x - means[:, :1], y - means[:, 1:]
         quad = (dx * dx * syy - 2 * dx * dy * sxy + dy * dy * sxx) / det
         logp = np.log(np.maximum(pi, 1e-300))[:, None] - 0.5 * np.log(det) - 0.5 * quad
         logp -= logp.max(axis=0, keepdims=True)
@@ -388,7 +360,7 @@ def _em(c: np.ndarray, w: np.ndarray, means: np.ndarray, max_iter: int):
         sxy = ((rw * dx * dy).sum(axis=1) / nk)[:, None]
         pi = nk / total
         done = np.abs(new - means).max() < 1e-5
-        means = new
+        means = new  # dx, dy above are already x, y minus these means: the next E step reuses them
         if done:
             break
     covs = np.stack([np.array([[a, b], [b, d]]) for a, b, d in zip(sxx.ravel(), sxy.ravel(), syy.ravel())])

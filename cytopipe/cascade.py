@@ -131,8 +131,9 @@ class Context:
             for start in range(0, n, _BUILD_CHUNK):
                 part = self.raw[start : start + _BUILD_CHUNK][:, cols]
                 m[start : start + _BUILD_CHUNK] = part
-                if dtype is np.float32 and not np.array_equal(m[start : start + _BUILD_CHUNK], part):
-                    break  # not float32 data: keep float64
+                if dtype is np.float32 and self.raw.dtype != np.float32 and not np.array_equal(
+                        m[start : start + _BUILD_CHUNK], part):
+                    break  # not float32 data: keep float64 (float32 events are copied exactly)
             else:
                 self._m, self._where = m, {c: j for j, c in enumerate(cols)}
                 return

@@ -168,17 +168,15 @@ def gate_cascade(sample, gs, paths, *, known=None) -> dict[tuple[str, ...], int]
     return None if rows is None else {p: int(r.size) for p, r in rows.items() if p != ("root",)}
 
 
-def gate_rows(sample, gs, paths, *, known=None) -> dict[tuple[str, ...], np.ndarray]:
+def gate_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray]:
     """The event indices in every gate (``("root",)``: all events), parents first.
 
     Uses the cascade, or FlowKit's ``gate_sample`` memberships for gate types
-    the cascade does not handle; both give the same events. ``known``: rows
-    already evaluated for some of the paths (e.g. by
-    :func:`cytopipe.autogate.rows_above_auto_gates`), reused as they are.
+    the cascade does not handle; both give the same events.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = cascade_rows(sample, gs, paths, known)
+        rows = cascade_rows(sample, gs, paths)
         if rows is None:
             results = gs.gate_sample(_flowkit_sample(sample))
             rows = {("root",): np.arange(int(sample.event_count))}

@@ -74,17 +74,17 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     """
     from pathlib import Path
 
-    from ..autogate import fit_auto_gates, rows_above_auto_gates
+    from ..autogate import auto_gate_specs, fit_auto_gates
     from ..fcs_lean import read_for_gating
     from ..gating import gate_rows, gate_values
     from ..review import adjusted_gating_strategy
 
     gs = adjusted_gating_strategy(strategy, Path(path).name, adjustments)  # the readers' sample id
     sample = read_for_gating(path, gs)
-    known = rows_above_auto_gates(sample, strategy, gs)
-    if known is not None:  # the fit is deterministic: refitting draws exactly the gate the run used
-        gs = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments, rows=known).gating_strategy
-    rows = gate_rows(sample, gs, strategy.gate_paths(), known=known)
+    if auto_gate_specs(strategy):
+        # the fit is deterministic: refitting draws exactly the gate the run used
+        gs = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments).gating_strategy
+    rows = gate_rows(sample, gs, strategy.gate_paths())
     rng = np.random.default_rng(seed)
     views = []
     for gate_path in strategy.gate_paths():
