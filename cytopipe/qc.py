@@ -231,7 +231,7 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
     if isinstance(signals, np.ndarray) and signals.ndim == 2:
         # the sampled rows copied once, in one pass over the matrix: each column is then read from
         # this small copy, not gathered from the whole matrix, whose every cache line it would touch
-        sub = np.take(signals, np.arange(0, signals.shape[0], step), axis=0)
+        sub = signals if step == 1 else np.take(signals, np.arange(0, signals.shape[0], step), axis=0)
         series = [sub[:, j] for j in (range(sub.shape[1]) if columns is None else columns)]
     else:
         series = [np.asarray(c)[::step] for c in signals]
