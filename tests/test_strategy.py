@@ -81,3 +81,20 @@ def test_schema_error_names_the_line(strategies_copy):
     man_path.write_text(json.dumps(man))
     with pytest.raises(StrategyError, match=r"line \d+"):
         load_strategy("treg@1.0.0", allow_draft=True)
+
+
+def test_each_gating_strategy_is_an_independent_copy():
+    """Parsed once per process, but a custom gate added to one copy is not in the next."""
+    import copy
+
+    s = load_strategy("treg@1.0.0")
+    first = s.gating_strategy()
+    path = s.numerator
+    gate = copy.deepcopy(first.get_gate(path[-1], gate_path=path[:-1]))
+    gate.dimensions[0].min = 1.0
+    first.add_gate(gate, gate_path=path[:-1], sample_id="a.fcs")
+    assert first.is_custom_gate("a.fcs", path[-1], path[:-1])
+    second = s.gating_strategy()
+    assert second is not first and not second.is_custom_gate("a.fcs", path[-1], path[:-1])
+    assert second.get_gate(path[-1], gate_path=path[:-1]).dimensions[0].min != 1.0
+    assert [g for g, _ in second.get_gate_ids()] == [g for g, _ in first.get_gate_ids()]
