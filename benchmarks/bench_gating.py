@@ -89,8 +89,7 @@ def _numpy_cascade(path: Path, strategy) -> dict[tuple[str, ...], int]:
 def _time_engines(files: list[Path], strategy) -> dict[str, float]:
     import flowkit as fk
 
-    from cytopipe.fcs import read_fcs
-    from cytopipe.fcs_lean import read_fcs_lean
+    from cytopipe.fcs_lean import read_for_gating
     from cytopipe.gating import gate_sample
     from cytopipe.panel import resolve_panel
 
@@ -98,9 +97,10 @@ def _time_engines(files: list[Path], strategy) -> dict[str, float]:
     events = 0
     for f in files:
         t = time.perf_counter()
-        sample = read_fcs_lean(f) or read_fcs(f)  # as process_sample reads
+        gs = strategy.gating_strategy()
+        sample = read_for_gating(f, gs)  # as process_sample reads
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy)
-        ours = gate_sample(sample, strategy, engine="cascade")
+        ours = gate_sample(sample, strategy, gating_strategy=gs, engine="cascade")
         times["cytopipe"] += time.perf_counter() - t
         del sample
 
@@ -130,8 +130,7 @@ _MEM_CHILD = r"""
 import os, sys, threading, time
 import flowkit, numpy, pandas
 from cytopipe.strategy import load_strategy
-from cytopipe.fcs import read_fcs
-from cytopipe.fcs_lean import read_fcs_lean
+from cytopipe.fcs_lean import read_for_gating
 from cytopipe.gating import gate_sample
 s = load_strategy(); gs = s.gating_strategy()
 page = os.sysconf('SC_PAGE_SIZE')
@@ -146,7 +145,7 @@ try:
     if engine == "flowkit":
         smp = flowkit.Sample(path); gs.gate_sample(smp)
     else:
-        smp = read_fcs_lean(path) or read_fcs(path); gate_sample(smp, s, gating_strategy=gs, engine="cascade")
+        smp = read_for_gating(path, gs); gate_sample(smp, s, gating_strategy=gs, engine="cascade")
 finally:
     peak[0] = max(peak[0], rss()); done = True; t.join()
 print(peak[0] - base)

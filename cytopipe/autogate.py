@@ -246,8 +246,6 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
     The subset is every k-th event; its parent rows are gated here, or taken
     from ``known`` (the whole sample's rows of ``parent``) when given.
     """
-    from flowkit import gates as fk_gates
-
     from .cascade import Context
 
     raw = sample.get_events(source="raw")
@@ -270,12 +268,7 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
     ctx.prepare(gates + [gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])])
     for p, gate in zip(upstream, gates):
         before = rows[p[:-1]]
-        if isinstance(gate, fk_gates.RectangleGate):
-            inside = ctx.rectangle(gate, before)
-        elif type(gate).apply is fk_gates.PolygonGate.apply:  # the cascade's polygon: no DataFrame copies
-            inside = ctx.polygon(gate, before)
-        else:
-            inside = np.asarray(gate.apply(ctx.frame(gate, before)), dtype=bool)
+        inside = ctx.inside(gate, before)
         rows[p] = np.flatnonzero(inside) if before is None else before[inside]
     kept = rows[parent]
     if kept.size > spec["subsample_events"]:

@@ -34,7 +34,7 @@ from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .cluster import _check_memory, _make_client
 from .dispatch import run_each
 from .exceptions import CytopipeError
-from .fcs import file_sha256, scan_header
+from .fcs import default_sample_id, file_sha256, scan_header
 from .fcs_lean import read_for_gating
 from .gating import gate_sample, treg_percent
 from .panel import resolve_panel
@@ -164,8 +164,8 @@ def process_sample(
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
         _check_memory(path)
-        name = Path(path).name  # the sample id, as the readers set it
-        gs = adjusted_gating_strategy(strategy, name, adjustments) if adjustments else strategy.gating_strategy()
+        gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
+              else strategy.gating_strategy())
         sample = read_for_gating(path, gs)  # float32 events when that is exactly what FlowKit would gate
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = None

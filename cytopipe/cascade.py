@@ -75,12 +75,7 @@ def _cascade_block(sample, gs, raw, todo, gates, reuse, comps) -> dict[tuple[str
             parent = rows[path[:-1]]
             if isinstance(gate, (fk_gates.BooleanGate, fk_gates.QuadrantGate)):
                 raise Unsupported(type(gate).__name__)
-            if isinstance(gate, fk_gates.RectangleGate):
-                inside = ctx.rectangle(gate, parent)
-            elif type(gate).apply is fk_gates.PolygonGate.apply:
-                inside = ctx.polygon(gate, parent)
-            else:
-                inside = np.asarray(gate.apply(ctx.frame(gate, parent)), dtype=bool)
+            inside = ctx.inside(gate, parent)
             # int32 indices: half the memory of int64 for every gate's events kept
             if parent is None:
                 parent_idx = np.flatnonzero(inside)
@@ -251,6 +246,20 @@ class Context:
             xform = self._xform(dim)
             data[dim.id] = v if xform is None else xform.apply(v.reshape(-1, 1)).ravel()
         return pd.DataFrame(data)
+
+    def inside(self, gate, rows: np.ndarray | None) -> np.ndarray:
+        """Membership of ``rows`` (None: every event) in ``gate``, as FlowKit's ``Gate.apply`` decides it.
+
+        Rectangles and plain polygons take this engine's shortcuts; any
+        other gate gets FlowKit's ``apply`` on a frame of its dimensions.
+        """
+        from flowkit import gates as fk_gates
+
+        if isinstance(gate, fk_gates.RectangleGate):
+            return self.rectangle(gate, rows)
+        if type(gate).apply is fk_gates.PolygonGate.apply:
+            return self.polygon(gate, rows)
+        return np.asarray(gate.apply(self.frame(gate, rows)), dtype=bool)
 
     def polygon(self, gate, rows: np.ndarray | None) -> np.ndarray:
         """``PolygonGate.apply`` without its DataFrame copies (the same flowutils call)."""

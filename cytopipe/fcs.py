@@ -42,6 +42,7 @@ from cytopipe.fcs_text import (
 __all__ = [
     "ChannelInfo",
     "channels",
+    "default_sample_id",
     "file_sha256",
     "read_fcs",
     "scan_header",
@@ -267,6 +268,15 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
         notes.append(f"spillover in ${key.upper()} names channels not in $PnN: {unknown!r}")
 
 
+def default_sample_id(path: PathLike) -> str:
+    """The id a sample read from ``path`` gets unless one is given: its file name.
+
+    Custom sample gates (a reviewer's adjustments, fitted auto gates) are
+    keyed by it, so a strategy made before reading must use the same id.
+    """
+    return Path(path).name
+
+
 def read_fcs(path: PathLike, *, sample_id: str | None = None) -> fk.Sample:
     """Read one FCS file into a :class:`flowkit.Sample`, checked.
 
@@ -322,7 +332,7 @@ def read_fcs(path: PathLike, *, sample_id: str | None = None) -> fk.Sample:
     info = _precheck(p, header, text)
     notes: list[str] = []
     flow_data = _read_flowdata(p, header, info, notes)
-    sample = _build_sample(p, flow_data, p.name if sample_id is None else sample_id, notes)
+    sample = _build_sample(p, flow_data, default_sample_id(p) if sample_id is None else sample_id, notes)
     _check_events(p, sample, info)
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)

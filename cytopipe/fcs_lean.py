@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .fcs import _fix_spillover, _read_flowdata, read_fcs
+from .fcs import _fix_spillover, _read_flowdata, default_sample_id, read_fcs
 from .fcs_text import PathLike, _precheck, _scan
 
 __all__ = ["LeanSample", "read_fcs_lean", "read_for_gating"]
@@ -175,7 +175,8 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None) -> LeanSample
             exact = exact and np.array_equal(block[:, ti], t)
     # kept only when the float32 column rounds it: otherwise time_values() widens the column itself
     inexact, time64 = ((), None) if exact else ((flow_data.pnn_labels[ti],), time64)
-    sample = LeanSample(p, p.name if sample_id is None else sample_id, flow_data, events, time64, inexact)
+    sample_id = default_sample_id(p) if sample_id is None else sample_id
+    sample = LeanSample(p, sample_id, flow_data, events, time64, inexact)
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)
     return sample

@@ -72,14 +72,13 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     cytopipe.exceptions.CytopipeError
         The file cannot be read.
     """
-    from pathlib import Path
-
     from ..autogate import auto_gate_specs, fit_auto_gates
+    from ..fcs import default_sample_id
     from ..fcs_lean import read_for_gating
     from ..gating import gate_rows, gate_values
     from ..review import adjusted_gating_strategy
 
-    gs = adjusted_gating_strategy(strategy, Path(path).name, adjustments)  # the readers' sample id
+    gs = adjusted_gating_strategy(strategy, default_sample_id(path), adjustments)
     sample = read_for_gating(path, gs)
     if auto_gate_specs(strategy):
         # the fit is deterministic: refitting draws exactly the gate the run used
