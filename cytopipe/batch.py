@@ -37,6 +37,7 @@ from .exceptions import CytopipeError
 from .fcs import default_sample_id, file_sha256, scan_header
 from .fcs_lean import read_for_gating
 from .gating import gate_sample, treg_percent
+from .miflowcyt import instrument_fields, write_miflowcyt
 from .panel import resolve_panel
 from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
 from .review import adjusted_gating_strategy, adjustments_digest, gate_adjustments, read_decisions, review_fields
@@ -139,6 +140,7 @@ def process_sample(
     dict
         ``file_sha256, events_total, cd4_count, treg_count, treg_pct_cd4,
         qc_flags, time_qc, error, gates`` (list of ``[path, count, parent_count]``),
+        ``instrument`` (:func:`~cytopipe.miflowcyt.instrument_fields`, once the file is read),
         ``worker, started, duration_s, cached``. Never raises for a bad file:
         the error is a one-line string in ``error``.
     """
@@ -167,6 +169,7 @@ def process_sample(
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
         sample = read_for_gating(path, gs)  # float32 events when that is exactly what FlowKit would gate
+        out["instrument"] = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = None
         if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
@@ -314,9 +317,8 @@ def run_batch(
             "n_cached": n_cached,
         }
         files.append(write_json(run, out / "run.json"))
-        from .miflowcyt import write_miflowcyt
-
-        files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"])))
+        files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
+                                     instruments=[results.get(i, {}).get("instrument") for i in range(len(sheet))]))
         if report:
             from .report import write_report  # imported here: matplotlib only where a report is made
 

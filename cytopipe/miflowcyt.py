@@ -25,7 +25,7 @@ from .fcs import scan_headers
 from .results import write_json
 from .strategy import Strategy
 
-__all__ = ["gatingml_definitions", "build_miflowcyt", "write_miflowcyt"]
+__all__ = ["gatingml_definitions", "build_miflowcyt", "instrument_fields", "write_miflowcyt"]
 
 _COMPENSATION = {
     "FCS": "the file's own spillover matrix ($SPILLOVER in FCS 3.1, SPILL in FCS 3.0)",
@@ -90,20 +90,52 @@ def gatingml_definitions(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
     return transforms, gates
 
 
+def instrument_fields(sample) -> dict[str, Any]:
+    """A read sample's instrument fields, as the MIFlowCyt record lists them per file.
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or cytopipe.fcs_lean.LeanSample
+        The file as read for gating (its TEXT keywords are in ``metadata``).
+
+    Returns
+    -------
+    dict
+        ``cytometer`` ($CYT), ``serial`` ($CYTSN), ``date`` ($DATE), ``fcs_version``,
+        ``spillover_keyword`` (``"$SPILLOVER"``, ``"SPILL"`` or None), ``header_error``
+        (None: the file was read). :func:`cytopipe.batch.process_sample` returns
+        them, so the record needs no second scan of the files it gated.
+    """
+    meta = sample.metadata  # TEXT keywords, lower case without "$", as FlowIO gives them
+    return {"cytometer": meta.get("cyt"), "serial": meta.get("cytsn"), "date": meta.get("date"),
+            "fcs_version": sample.version,
+            "spillover_keyword": "$SPILLOVER" if meta.get("spillover") else ("SPILL" if meta.get("spill") else None),
+            "header_error": None}
+
+
+def _scanned_fields(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`instrument_fields` from a header scan, for files no worker read."""
+    heads = scan_headers(paths, keywords=("$CYT", "$CYTSN", "$DATE", "$SPILLOVER", "SPILL"))
+    return [{"cytometer": h["$CYT"], "serial": h["$CYTSN"], "date": h["$DATE"], "fcs_version": h["fcs_version"],
+             "spillover_keyword": "$SPILLOVER" if h["$SPILLOVER"] else ("SPILL" if h["SPILL"] else None),
+             "header_error": h["error"] or None} for h in heads.to_dict("records")]
+
+
 def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.DataFrame, *,
-                    paths: Sequence[str] | None = None) -> dict[str, Any]:
+                    paths: Sequence[str] | None = None,
+                    instruments: Sequence[dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """The analysis record of a run as a dict (see :func:`write_miflowcyt`)."""
     transforms, gates = gatingml_definitions(strategy.gatingml_path)
     by_id = {p[-1]: "/".join(p) for p in strategy.gate_paths()}
-    instruments = []
+    instruments_out = []
     if paths is not None:
-        heads = scan_headers(paths, keywords=("$CYT", "$CYTSN", "$DATE", "$SPILLOVER", "SPILL"))
-        for row, h in zip(table.to_dict("records"), heads.to_dict("records")):
-            instruments.append({"file": row["file"], "patient_id": row["patient_id"], "visit": row["visit"],
-                                "cytometer": h["$CYT"], "serial": h["$CYTSN"], "date": h["$DATE"],
-                                "fcs_version": h["fcs_version"],
-                                "spillover_keyword": "$SPILLOVER" if h["$SPILLOVER"] else
-                                ("SPILL" if h["SPILL"] else None), "header_error": h["error"] or None})
+        known = list(instruments) if instruments is not None else [None] * len(paths)
+        missing = [i for i, k in enumerate(known) if k is None]
+        for i, fields in zip(missing, _scanned_fields([paths[i] for i in missing])):
+            known[i] = fields
+        for row, fields in zip(table.to_dict("records"), known):
+            instruments_out.append({"file": row["file"], "patient_id": row["patient_id"], "visit": row["visit"],
+                                    **fields})
     by_gate: dict[str, list[dict[str, Any]]] = {}
     for r in populations.to_dict("records"):
         by_gate.setdefault(r["gate"], []).append(r)
@@ -117,7 +149,7 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
     return {
         "standard": "MIFlowCyt 1.0 (ISAC), analysis section; cytopipe record",
         "cytopipe_version": __version__,
-        "instrument": instruments,
+        "instrument": instruments_out,
         "reagents": [{"marker": m.marker, "fluorochrome": m.fluorochromes[0] if m.fluorochromes else None,
                       "detector": m.detector, "accepted_pns": list(m.aliases)} for m in strategy.markers],
         "scatter_detectors": list(strategy.scatter),
@@ -135,7 +167,8 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
 
 
 def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.DataFrame,
-                    populations: pd.DataFrame, *, paths: Sequence[str] | None = None) -> Path:
+                    populations: pd.DataFrame, *, paths: Sequence[str] | None = None,
+                    instruments: Sequence[dict[str, Any] | None] | None = None) -> Path:
     """Write ``RUN_DIR/miflowcyt.json``, the MIFlowCyt-style record of a run.
 
     Parameters
@@ -149,11 +182,14 @@ def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.Da
     paths
         The FCS files, in ``table`` order, whose headers give the instrument
         (``$CYT``, ``$CYTSN``, ``$DATE``); omitted -> no instrument section.
+    instruments
+        Per path, its :func:`instrument_fields` when a worker already read
+        the file, else None; only the files without them are scanned.
 
     Returns
     -------
     Path
         The file written (atomically).
     """
-    record = build_miflowcyt(strategy, table, populations, paths=paths)
+    record = build_miflowcyt(strategy, table, populations, paths=paths, instruments=instruments)
     return write_json(record, Path(run_dir) / "miflowcyt.json")

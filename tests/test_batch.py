@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,8 +56,13 @@ def test_populations_and_run_json(trial, trial_run):
     assert run["started"] <= run["finished"]
 
 
-def test_failures_become_rows_and_the_batch_goes_on(tmp_path, dask_client):
-    write_fcs(tmp_path / "good.fcs", SampleSpec(n_events=20_000, seed=1))
+def test_failures_become_rows_and_the_batch_goes_on(tmp_path, dask_client, monkeypatch):
+    import cytopipe.miflowcyt as mif
+
+    scanned: list[str] = []
+    scan = mif.scan_headers
+    monkeypatch.setattr(mif, "scan_headers", lambda paths, **kw: (scanned.extend(paths), scan(paths, **kw))[1])
+    write_fcs(tmp_path / "good.fcs", SampleSpec(n_events=20_000, seed=1, keywords={"$CYTSN": "R66"}))
     write_fcs(tmp_path / "mislabelled.fcs", SampleSpec(n_events=5_000, seed=2, pns_overrides={"PE-Cy7-A": "CD127"}))
     write_fcs(tmp_path / "nofoxp3.fcs", SampleSpec(n_events=5_000, seed=3, drop_detectors=("APC-A",)))
     (tmp_path / "broken.fcs").write_bytes(b"FCS3.1    garbage" * 10)
@@ -76,6 +82,14 @@ def test_failures_become_rows_and_the_batch_goes_on(tmp_path, dask_client):
     assert t.loc["mislabelled.fcs", "qc_status"] == "error"
     assert np.isnan(t.loc["mislabelled.fcs", "treg_pct_cd4"])
     assert list(t["site"]) == ["A", "A", "B", "B"]  # extra sheet columns carried through
+    # the MIFlowCyt record takes the instrument from the workers that read the files: only the
+    # file no worker could read is scanned again, and its header error is recorded
+    assert [Path(p).name for p in scanned] == ["broken.fcs"]
+    record = json.loads((tmp_path / "out" / "miflowcyt.json").read_text())
+    inst = {i["file"]: i for i in record["instrument"]}
+    assert inst["good.fcs"]["serial"] == "R66" and inst["good.fcs"]["header_error"] is None
+    assert inst["mislabelled.fcs"]["spillover_keyword"] == "$SPILLOVER"
+    assert inst["broken.fcs"]["header_error"] and inst["broken.fcs"]["fcs_version"] is None
 
 
 def test_rerun_reuses_finished_samples(trial, tmp_path, dask_client):

@@ -52,3 +52,40 @@ def test_write_miflowcyt(tmp_path):
     assert rec["strategy"]["gatingml_sha256"] == strat.sha256
     assert rec["samples"][1]["error"] == "bad" and rec["samples"][1]["file_sha256"] is None
     assert pytest.approx(0.496) == next(g for g in rec["gates"] if g["id"] == "Live")["dimensions"][0]["max"]
+
+
+def _corpus_paths() -> list[str]:
+    from tests.test_fcs import CORPUS, ROWS, UNREADABLE
+
+    return [str(CORPUS / r["relpath"]) for r in ROWS if r["relpath"] not in UNREADABLE]
+
+
+@pytest.mark.parametrize("source", ["generated", "corpus"])
+def test_instrument_fields_of_a_read_sample_equal_a_header_scan(tmp_path, source):
+    """The batch's workers hand over the fields they read; the record must not change for it."""
+    from cytopipe.fcs import read_fcs
+    from cytopipe.fcs_lean import read_fcs_lean
+    from cytopipe.miflowcyt import _scanned_fields, instrument_fields
+
+    if source == "generated":
+        paths = []
+        for i, (version, order, kw) in enumerate([("3.1", "little", {"$CYTSN": "R66", "$CYT": "Fortessa X"}),
+                                                   ("3.0", "big", {"$DATE": "05-MAR-2026"}), ("3.1", "big", {})]):
+            p = tmp_path / f"g{i}.fcs"
+            write_fcs(p, SampleSpec(n_events=500, seed=i, fcs_version=version, byteorder=order, keywords=kw))
+            paths.append(str(p))
+    else:
+        paths = _corpus_paths()
+        if not paths:
+            pytest.skip("../shared/fcs_corpus not present: no corpus files to compare")
+    compared = 0
+    for path, scanned in zip(paths, _scanned_fields(paths)):
+        readers = [read_fcs] if source == "corpus" else [read_fcs, read_fcs_lean]
+        for reader in readers:
+            try:
+                sample = reader(path)
+            except Exception:  # noqa: BLE001 - a file no reader takes is scanned, never handed over
+                continue
+            assert instrument_fields(sample) == scanned, (path, reader.__name__)
+            compared += 1
+    assert compared >= (6 if source == "generated" else 20)
