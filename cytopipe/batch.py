@@ -285,11 +285,12 @@ def run_batch(
     if getattr(client, "dashboard_link", None):
         logger.info("Dask dashboard: %s", client.dashboard_link)
     try:
-        tasks = [
-            dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()), qc_thresholds=dataclasses.asdict(qc),
-                 reviews=[d for d in decisions if d.get("file") == sheet["file"].iloc[i]])
-            for i in range(len(sheet))
-        ]
+        by_file: dict[str, list[dict[str, Any]]] = {}
+        for d in decisions:
+            by_file.setdefault(d.get("file"), []).append(d)
+        common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
+                      qc_thresholds=dataclasses.asdict(qc))
+        tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
         table, pops = _tables(sheet, results, strat, decisions)
         table = flag_visit_outliers(table, thresholds=qc)
@@ -353,6 +354,7 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
     """Gate every file on the cluster (see :mod:`cytopipe.dispatch`); results as they finish, failures included."""
     results: dict[int, dict[str, Any]] = {}
     paths = list(sheet["path"])
+    rows = sheet.to_dict("records")
     calls = [((path, strategy_dir), tasks[i]) for i, path in enumerate(paths)]
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
@@ -364,7 +366,7 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
             if res.get("error"):
                 failed += 1
             if log is not None:
-                log.write(json.dumps(_log_record(sheet.iloc[i], res)) + "\n")
+                log.write(json.dumps(_log_record(rows[i], res)) + "\n")
                 log.flush()
             if progress is not None:
                 progress(len(results), failed, len(paths))
@@ -374,7 +376,7 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
     return results
 
 
-def _log_record(row: pd.Series, res: dict[str, Any]) -> dict[str, Any]:
+def _log_record(row: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     start = res.get("started")
     dur = res.get("duration_s")
     return {
