@@ -34,8 +34,8 @@ from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
 from .cluster import _check_memory, _make_client
 from .dispatch import run_each
 from .exceptions import CytopipeError
-from .fcs import default_sample_id, file_sha256, scan_header
-from .fcs_lean import read_for_gating
+from .fcs import default_sample_id, file_sha256, read_fcs, scan_header
+from .fcs_lean import gates_exactly, read_fcs_lean
 from .gating import gate_sample, treg_percent
 from .miflowcyt import instrument_fields, write_miflowcyt
 from .panel import resolve_panel
@@ -98,6 +98,22 @@ def _flowkit_version() -> str:
     return flowkit.__version__
 
 
+def _read_hashed(path: str):
+    """``(LeanSample or None, file sha256)`` from one read of the file where it can.
+
+    A file the lean reader takes is hashed as it is read (one pass instead
+    of two); any other, or one too big for this worker's memory, is hashed
+    in chunks and left to :func:`~cytopipe.fcs.read_fcs` (which names what is
+    wrong) or to the memory check after the cache lookup.
+    """
+    try:
+        _check_memory(path)  # never read whole a file the worker cannot hold
+        lean = read_fcs_lean(path, hash_file=True)
+    except CytopipeError:  # the same error is raised again where the file is gated
+        lean = None
+    return lean, (lean.file_sha256 if lean is not None else file_sha256(path))
+
+
 def _cache_key(file_sha: str, strategy_sha: str, adjusted: str = "") -> str:
     # adjusted: digest of the sample's reviewed gate adjustments ("" keeps older keys valid)
     extra = f":{adjusted}" if adjusted else ""
@@ -150,7 +166,7 @@ def process_sample(
     out.update(treg_pct_cd4=float("nan"), qc_flags=[], error="", gates=[], cached=False)
     try:
         strategy = _strategy_in_worker(strategy_dir, allow_draft)
-        sha = file_sha256(path)
+        lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
         out["file_sha256"] = sha
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
@@ -168,7 +184,8 @@ def process_sample(
         _check_memory(path)
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
-        sample = read_for_gating(path, gs)  # float32 events when that is exactly what FlowKit would gate
+        # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
+        sample = lean if lean is not None and gates_exactly(lean, gs) else read_fcs(path)
         out["instrument"] = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = None

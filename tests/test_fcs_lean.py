@@ -76,12 +76,14 @@ def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monke
     for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
         d = str(load_strategy(ref).directory)
         lean = process_sample(str(path), d)
-        monkeypatch.setattr("cytopipe.fcs_lean.read_fcs_lean", lambda p, **k: None)
+        calls = []
+        monkeypatch.setattr("cytopipe.batch.read_fcs_lean", lambda p, **k: calls.append(p))
         full = process_sample(str(path), d)
         monkeypatch.undo()
+        assert calls == [str(path)]  # the lean reader was asked, and declined
         assert not lean["error"] and not full["error"]
-        for key in ("events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc", "qc_flags",
-                    "gates", "auto_gates"):
+        for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc",
+                    "qc_flags", "gates", "auto_gates", "instrument"):
             assert lean.get(key) == full.get(key), key
 
 
@@ -193,3 +195,62 @@ def test_module_reads_with_numpy_not_flowio_events(tmp_path, monkeypatch):
     write_fcs(path, SampleSpec(n_events=2_000, seed=1))
     assert read_fcs_lean(path) is not None
     assert calls == [{"only_text": True}]
+
+
+@pytest.mark.parametrize("version", ["3.0", "3.1"])
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_hash_from_the_same_read_is_the_files_sha256(tmp_path, version, byteorder):
+    from cytopipe.fcs_text import file_sha256
+
+    path = tmp_path / "s.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=4, fcs_version=version, byteorder=byteorder))
+    with open(path, "ab") as fh:  # bytes after DATA (an ANALYSIS segment, padding) are hashed too
+        fh.write(b"trailing bytes after DATA")
+    lean = read_fcs_lean(path, hash_file=True)
+    assert lean.file_sha256 == file_sha256(path)
+    assert read_fcs_lean(path).file_sha256 is None  # not asked, not computed
+    _same_events(lean, read_fcs(path))
+
+
+def test_corpus_hashes_from_the_lean_read_equal_file_sha256():
+    import csv
+
+    from cytopipe.fcs_text import file_sha256
+
+    corpus = shared_dir("fcs_corpus")
+    with open(corpus / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    hashed = 0
+    for row in rows:
+        try:
+            lean = read_fcs_lean(corpus / row["relpath"], hash_file=True)
+        except FCSReadError:
+            continue
+        if lean is not None:
+            assert lean.file_sha256 == file_sha256(corpus / row["relpath"]), row["relpath"]
+            hashed += 1
+    assert hashed >= 3
+
+
+def test_read_buffer_is_reused_only_when_no_sample_holds_it(tmp_path):
+    """The per-thread buffer spares fresh pages per file, but never overwrites events still in use."""
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.fcs")
+        write_fcs(paths[-1], SampleSpec(n_events=20_000, seed=20 + i))
+    first = read_fcs_lean(paths[0])
+    kept = first.get_events().copy()
+    second = read_fcs_lean(paths[1])  # ``first`` is alive: a new buffer
+    assert not np.shares_memory(first.get_events(), second.get_events())
+    np.testing.assert_array_equal(first.get_events(), kept)
+    column = second.get_events()[:, 3]  # a view of the events keeps them just as well
+    column_values = column.copy()
+    del first, second
+    third = read_fcs_lean(paths[2])
+    assert not np.shares_memory(third.get_events(), column)
+    np.testing.assert_array_equal(column, column_values)
+    address = third.get_events().ctypes.data
+    del third, column
+    again = read_fcs_lean(paths[0])  # nothing refers to the last buffer: it is read into again
+    assert again.get_events().ctypes.data == address
+    np.testing.assert_array_equal(again.get_events(), kept)
