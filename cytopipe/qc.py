@@ -175,13 +175,19 @@ def binomial_ci(k: int, n: int) -> tuple[float, float]:
     return (100 * (centre - half), 100 * (centre + half))
 
 
-def _bins(t: np.ndarray, n_bins: int) -> np.ndarray:
-    """Each value's bin of ``n_bins`` equal bins from min to max (the max in the last)."""
+def _bins(t: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``n_bins`` equal bins of ``t`` from min to max (the max in the last): ``(counts, bin, starts)``.
+
+    In acquisition order (``t`` non-decreasing) each bin is a run of events:
+    ``starts`` are the runs' first indices and ``bin`` is not built (None);
+    otherwise ``bin`` is each value's bin and ``starts`` is None.
+    """
     edges = np.linspace(float(t.min()), float(t.max()), n_bins + 1)
-    if t.size > 1 and bool((t[1:] >= t[:-1]).all()):  # acquisition order: count per bin, no per-event search
+    if t.size > 1 and bool((t[1:] >= t[:-1]).all()):  # acquisition order: no per-event search
         starts = np.searchsorted(t, edges[:-1], side="left")
-        return np.repeat(np.arange(n_bins), np.diff(np.append(starts, t.size)))
-    return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+        return np.diff(np.append(starts, t.size)), None, starts
+    b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+    return np.bincount(b, minlength=n_bins), b, None
 
 
 def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds | None = None,
@@ -219,8 +225,7 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
     if n < 2 * t_.time_min_bins or not np.isfinite(time).all() or time.max() <= time.min():
         return None
     n_bins = int(np.clip(n // max(t_.time_bin_events, 1), t_.time_min_bins, t_.time_max_bins))
-    b = _bins(time, n_bins)
-    counts = np.bincount(b, minlength=n_bins)
+    counts = _bins(time, n_bins)[0]
     med = float(np.median(counts))
     sd = max(math.sqrt(med), 1.4826 * float(np.median(np.abs(counts - med))), 1.0)
     bad = (np.abs(counts - med) > t_.flow_rate_z * sd) & (np.abs(counts - med) > t_.flow_rate_min_change * med)
@@ -236,14 +241,21 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
     else:
         series = [np.asarray(c)[::step] for c in signals]
     nd = max(int(t_.drift_bins), 2)
-    bd = _bins(time[::step], nd)
-    dcounts = np.bincount(bd, minlength=nd)
-    sums = np.zeros((nd, len(series)))
-    scale = np.ones(len(series))
+    dcounts, bd, starts = _bins(time[::step], nd)
+    # every channel's arcsinh values as one row each: one arcsinh call, per-bin sums of runs
+    x = np.empty((len(series), dcounts.sum()))
     for j, col in enumerate(series):
-        xj = np.arcsinh(np.asarray(col, dtype=float) / 150.0)
-        sums[:, j] = np.bincount(bd, weights=xj, minlength=nd)
-        scale[j] = max(float(xj.std()), 1e-9)
+        x[j] = col
+    x /= 150.0
+    np.arcsinh(x, out=x)
+    sums = np.zeros((nd, len(series)))
+    if starts is not None:  # bins are runs of events: sum each run (empty bins stay 0)
+        filled_runs = dcounts > 0
+        sums[filled_runs] = np.add.reduceat(x, starts[filled_runs], axis=1).T
+    else:
+        for j in range(len(series)):
+            sums[:, j] = np.bincount(bd, weights=x[j], minlength=nd)
+    scale = np.maximum(x.std(axis=1), 1e-9) if len(series) else np.ones(0)
     means = sums / np.maximum(dcounts, 1)[:, None]
     filled = dcounts >= 20
     drifting = np.zeros(nd, dtype=bool)
@@ -259,7 +271,7 @@ def time_qc(time: np.ndarray, signals: np.ndarray, *, thresholds: QCThresholds |
         "n_bins": n_bins,
         "flow_rate_events_pct": 100.0 * float(counts[bad].sum()) / n,
         "flow_rate_time_pct": 100.0 * float(bad.sum()) / n_bins,
-        "drift_events_pct": 100.0 * float(dcounts[drifting].sum()) / bd.size,
+        "drift_events_pct": 100.0 * float(dcounts[drifting].sum()) / dcounts.sum(),
         "drift_channels": sorted(channels),
     }
 

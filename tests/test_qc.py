@@ -139,10 +139,35 @@ def test_time_bins_of_acquisition_ordered_times_equal_the_per_event_search():
             continue
         edges = np.linspace(t.min(), t.max(), n_bins + 1)
         expected = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
-        np.testing.assert_array_equal(_bins(t, n_bins), expected)
+        counts, b, starts = _bins(t, n_bins)
+        assert b is None  # runs of events, no per-event bins built
+        np.testing.assert_array_equal(counts, np.bincount(expected, minlength=n_bins))
+        np.testing.assert_array_equal(np.repeat(np.arange(n_bins), np.diff(np.append(starts, n))), expected)
         shuffled = rng.permutation(t)  # not in acquisition order: the per-event search itself
-        np.testing.assert_array_equal(_bins(shuffled, n_bins),
-                                      np.clip(np.searchsorted(edges, shuffled, side="right") - 1, 0, n_bins - 1))
+        counts, b, starts = _bins(shuffled, n_bins)
+        assert starts is None
+        np.testing.assert_array_equal(b, np.clip(np.searchsorted(edges, shuffled, side="right") - 1, 0, n_bins - 1))
+        np.testing.assert_array_equal(counts, np.bincount(b, minlength=n_bins))
+
+
+def test_drift_from_runs_of_events_equals_the_per_event_bins():
+    """Sorted Time sums each bin's run; swapping two events of one bin takes the per-event path: same result."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 60_000
+    t = np.sort(rng.uniform(0, 600, n))
+    sig = rng.normal(1000, 100, (n, 3))
+    sig[n // 2 :, 1] *= 1.0 + np.linspace(0, 0.6, n - n // 2)  # a drifting channel
+    sig[:800, 2] = np.nan_to_num(sig[:800, 2]) + 4000  # a burst at the start
+    th = QCThresholds()
+    sorted_res = time_qc(t, sig, thresholds=th)
+    t2, sig2 = t.copy(), sig.copy()
+    i = n // 3  # two neighbours, surely in the same drift and flow-rate bins
+    t2[[i, i + 1]], sig2[[i, i + 1]] = t2[[i + 1, i]], sig2[[i + 1, i]]
+    assert not (t2[1:] >= t2[:-1]).all()
+    assert time_qc(t2, sig2, thresholds=th) == sorted_res
+    assert sorted_res["drift_channels"] == [1, 2] and sorted_res["drift_events_pct"] > 0
 
 
 def _outliers_by_definition(table, t):
