@@ -237,7 +237,9 @@ def _plain_ceiling(files: list[Path]) -> float:
     Each process warms up, then all start together; the wall time is the
     slowest process's.
     """
-    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    from cytopipe.cluster import WORKER_MALLOC
+
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **WORKER_MALLOC}
 
     def wall(groups: list[list[Path]]) -> float:
         procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_CHILD, *map(str, g)], env=env, text=True,
