@@ -199,20 +199,24 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None, hash_file: bo
             return None  # blank or non-numeric $TIMESTEP: read_fcs notes it
     scale = ti is not None and step != 1.0
     row_bytes = n_par * 4
-    buf = _buffer(start + n * row_bytes + _ALIGN)
-    pad = -(buf.ctypes.data + start) % _ALIGN
-    view = memoryview(buf)[pad : pad + start + n * row_bytes]
-    events = buf[pad + start : pad + start + n * row_bytes].view(np.float32).reshape(n, n_par)
+    buf = _buffer(n * row_bytes + _ALIGN)
+    pad = -buf.ctypes.data % _ALIGN  # DATA on a cache-line boundary
+    view = memoryview(buf)[pad : pad + n * row_bytes]
+    events = buf[pad : pad + n * row_bytes].view(np.float32).reshape(n, n_par)
     digest = hashlib.sha256() if hash_file else None
     time64 = np.empty(n) if scale else None
     exact = True
     block_rows = max(1, _CHUNK_BYTES // row_bytes)
     with open(p, "rb", buffering=0) as fh:
-        if not _read_into(fh, view[:start], digest):  # HEADER, TEXT and whatever precedes DATA
-            return None
+        if digest is None:
+            fh.seek(start)
+        else:  # HEADER, TEXT and whatever precedes DATA: hashed, not kept
+            for ahead in range(0, start, _CHUNK_BYTES):
+                if not _read_into(fh, memoryview(bytearray(min(_CHUNK_BYTES, start - ahead))), digest):
+                    return None
         for r0 in range(0, n, block_rows):  # read, hash, check, byte-swap and scale Time while in cache
             r1 = min(n, r0 + block_rows)
-            if not _read_into(fh, view[start + r0 * row_bytes : start + r1 * row_bytes], digest):
+            if not _read_into(fh, view[r0 * row_bytes : r1 * row_bytes], digest):
                 return None  # DATA shorter than declared: read_fcs names it
             block = events[r0:r1]
             if dtype[0] == ">":  # to native order in place: no second copy
