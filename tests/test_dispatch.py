@@ -4,29 +4,59 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
-from cytopipe.dispatch import _GROUP_BYTES, _TASKS_PER_SLOT, plan_groups, run_each
+from cytopipe.dispatch import _GROUP_MAX, _GROUP_MAX_BYTES, _GROUP_MIN_BYTES, _SHARE, plan_groups, run_each
 
 MB = 1 << 20
 
 
-def test_groups_keep_big_files_alone_and_put_small_ones_together():
+def _share_bound(sizes, groups, n_slots, index):
+    """The bytes a task may hold by plan_groups' rule: its share of what is left, clipped."""
+    remaining = sum(sizes[i] for g in groups[index:] for i in g)
+    return min(_GROUP_MAX_BYTES, max(_GROUP_MIN_BYTES, remaining / (_SHARE * n_slots)))
+
+
+@pytest.mark.parametrize("n_slots", [1, 2, 8])
+def test_each_task_takes_its_share_of_what_is_left_and_no_less(n_slots):
+    """Guided self-scheduling: big tasks while much is left, single files at the end."""
+    rng = np.random.default_rng(n_slots)
+    sizes = [int(s) for s in rng.integers(1 * MB, 48 * MB, 150)] + [48 * MB] * 10 + [300 * MB]
+    groups = plan_groups(sizes, n_slots=n_slots)
+    flat = [i for g in groups for i in g]
+    assert sorted(flat) == list(range(len(sizes)))  # each file once
+    assert [sizes[i] for i in flat] == sorted(sizes, reverse=True)  # largest first
+    for k, group in enumerate(groups):
+        total = sum(sizes[i] for i in group)
+        bound = _share_bound(sizes, groups, n_slots, k)
+        assert len(group) == 1 or total <= bound  # within its share (a bigger file goes alone)
+        if k + 1 < len(groups) and len(group) < _GROUP_MAX:  # and as big as its share allows
+            assert total + sizes[groups[k + 1][0]] > bound
+    assert groups[0] == [len(sizes) - 1]  # the 300 MB file alone, first
+    assert sum(sizes[i] for i in groups[-1]) <= _GROUP_MIN_BYTES or len(groups[-1]) == 1
+
+
+def test_a_batch_of_big_files_needs_half_the_tasks_and_ends_on_single_files():
+    groups = plan_groups([48 * MB] * 24, n_slots=2)  # 24 files of 1M events, 2 workers
+    assert [len(g) for g in groups] == [4, 4, 4, 3, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert [i for g in groups for i in g] == list(range(24))  # equal sizes keep the sheet's order
+
+
+def test_small_files_go_together_up_to_the_floor_at_the_end():
     sizes = [48 * MB] * 4 + [2 * MB] * 40  # four 1M-event files, forty 50k-event files
     groups = plan_groups(sizes, n_slots=2)
-    assert sorted(i for g in groups for i in g) == list(range(44))  # each file once
-    assert groups[:4] == [[0], [1], [2], [3]]  # largest first, alone
-    small = groups[4:]
-    assert all(sum(sizes[i] for i in g) <= _GROUP_BYTES for g in small)
-    assert len(small) == 4  # 80 MB of small files in tasks of at most 24 MB
-    assert [len(g) for g in small] == [12, 12, 12, 4]
+    assert groups[:4] == [[0], [1], [2], [3]]  # the big files alone: each is over a quarter of what is left
+    small = [sum(sizes[i] for i in g) for g in groups[4:]]
+    assert small[0] == 20 * MB  # 80 MB left for 2 workers: a quarter of it
+    assert all(a >= b for a, b in zip(small, small[1:]))  # tasks shrink
+    assert all(s >= _GROUP_MIN_BYTES for s in small[:-1])  # never below the floor but the last
 
 
-def test_groups_stay_balanced_for_a_small_batch():
-    # 10 small files on 2 workers: at least 4 tasks per worker, not one task of 10 files
+def test_a_small_batch_still_gives_every_worker_a_task():
     groups = plan_groups([MB] * 10, n_slots=2)
-    assert len(groups) >= min(10, _TASKS_PER_SLOT * 2)
-    assert [i for g in groups for i in g] == list(range(10))  # equal sizes keep the sheet's order
+    assert len(groups) >= 2
+    assert [i for g in groups for i in g] == list(range(10))
 
 
 def test_order_is_by_decreasing_size():
