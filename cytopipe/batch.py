@@ -181,7 +181,8 @@ def process_sample(
             finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto-gate flags and sample_gates file
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
-        _check_memory(path)
+        if lean is None:  # a lean read passed this check before reading
+            _check_memory(path)
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
         # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
