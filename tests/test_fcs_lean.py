@@ -158,16 +158,19 @@ def test_lean_sample_has_raw_events_only(tmp_path):
         read_fcs_lean(path).get_events(source="xform")
 
 
-def test_corpus_files_read_lean_equal_flowkits_or_are_left_to_it():
-    """Every real file: the same values as read_fcs, or None (never a different answer)."""
+def _corpus_files() -> list:
+    """Every file of ../shared/fcs_corpus (the test skips with its reason when it is absent)."""
     import csv
 
     corpus = shared_dir("fcs_corpus")
     with open(corpus / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+        return [corpus / row["relpath"] for row in csv.DictReader(fh, delimiter="\t")]
+
+
+def test_corpus_files_read_lean_equal_flowkits_or_are_left_to_it():
+    """Every real file: the same values as read_fcs, or None (never a different answer)."""
     lean_read = 0
-    for row in rows:
-        path = corpus / row["relpath"]
+    for path in _corpus_files():
         try:
             full = read_fcs(path)
         except FCSReadError:
@@ -213,21 +216,16 @@ def test_hash_from_the_same_read_is_the_files_sha256(tmp_path, version, byteorde
 
 
 def test_corpus_hashes_from_the_lean_read_equal_file_sha256():
-    import csv
-
     from cytopipe.fcs_text import file_sha256
 
-    corpus = shared_dir("fcs_corpus")
-    with open(corpus / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
     hashed = 0
-    for row in rows:
+    for path in _corpus_files():
         try:
-            lean = read_fcs_lean(corpus / row["relpath"], hash_file=True)
+            lean = read_fcs_lean(path, hash_file=True)
         except FCSReadError:
             continue
         if lean is not None:
-            assert lean.file_sha256 == file_sha256(corpus / row["relpath"]), row["relpath"]
+            assert lean.file_sha256 == file_sha256(path), path.name
             hashed += 1
     assert hashed >= 3
 
