@@ -1,7 +1,10 @@
 """Sample sheet -> Dask tasks -> rows; a failing sample becomes a row, never a loss.
 
-One task per file. Tasks get paths, not parsed data: each worker reads its own
-file, so nothing large crosses the network. A Dask ``LocalCluster`` is started
+Files go to Dask in tasks of one or more files (:mod:`cytopipe.dispatch`:
+largest first, big tasks while much is left, single files at the end), and
+each file's result comes back on its own. Tasks get paths, not parsed data:
+each worker reads its own file, and hashes it for the resume key in the same
+read, so nothing large crosses the network. A Dask ``LocalCluster`` is started
 by default; an existing cluster is used when its scheduler address is given.
 
 Each finished sample is stored at once in ``DIR/cache/`` under a key made of
