@@ -107,18 +107,21 @@ def instrument_fields(sample) -> dict[str, Any]:
         them, so the record needs no second scan of the files it gated.
     """
     meta = sample.metadata  # TEXT keywords, lower case without "$", as FlowIO gives them
-    return {"cytometer": meta.get("cyt"), "serial": meta.get("cytsn"), "date": meta.get("date"),
-            "fcs_version": sample.version,
-            "spillover_keyword": "$SPILLOVER" if meta.get("spillover") else ("SPILL" if meta.get("spill") else None),
-            "header_error": None}
+    return _fields(meta.get("cyt"), meta.get("cytsn"), meta.get("date"), sample.version,
+                   meta.get("spillover"), meta.get("spill"), None)
 
 
 def _scanned_fields(paths: Sequence[str]) -> list[dict[str, Any]]:
     """:func:`instrument_fields` from a header scan, for files no worker read."""
     heads = scan_headers(paths, keywords=("$CYT", "$CYTSN", "$DATE", "$SPILLOVER", "SPILL"))
-    return [{"cytometer": h["$CYT"], "serial": h["$CYTSN"], "date": h["$DATE"], "fcs_version": h["fcs_version"],
-             "spillover_keyword": "$SPILLOVER" if h["$SPILLOVER"] else ("SPILL" if h["SPILL"] else None),
-             "header_error": h["error"] or None} for h in heads.to_dict("records")]
+    return [_fields(h["$CYT"], h["$CYTSN"], h["$DATE"], h["fcs_version"], h["$SPILLOVER"], h["SPILL"],
+                    h["error"] or None) for h in heads.to_dict("records")]
+
+
+def _fields(cytometer, serial, date, version, spillover, spill, error) -> dict[str, Any]:
+    return {"cytometer": cytometer, "serial": serial, "date": date, "fcs_version": version,
+            "spillover_keyword": "$SPILLOVER" if spillover else ("SPILL" if spill else None),
+            "header_error": error}
 
 
 def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.DataFrame, *,
