@@ -21,8 +21,8 @@ GatingML 2.0 reference cases):
     of the bound are transformed with FlowKit's transform to decide exactly as
     ``gate_sample`` would. Polygon and ellipse gates on transformed
     dimensions transform their parent's events only. The whole cascade runs
-    on blocks of 65,536 events, so each block's gates reuse data in the CPU
-    cache; membership is decided event by event, so blocks change nothing. Gate types the cascade
+    on blocks of 32,768 events, so each block's gates reuse data in the CPU
+    core's own cache; membership is decided event by event, so blocks change nothing. Gate types the cascade
     does not handle (boolean, quadrant, ratio dimensions, dimensions named by
     ``$PnS`` or fluorochrome) make the whole sample fall back to ``"flowkit"``.
 """
