@@ -134,8 +134,9 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
     if paths is not None:
         known = list(instruments) if instruments is not None else [None] * len(paths)
         missing = [i for i, k in enumerate(known) if k is None]
-        for i, fields in zip(missing, _scanned_fields([paths[i] for i in missing])):
-            known[i] = fields
+        if missing:  # files no worker read (they failed before or while reading)
+            for i, fields in zip(missing, _scanned_fields([paths[i] for i in missing])):
+                known[i] = fields
         for row, fields in zip(table.to_dict("records"), known):
             instruments_out.append({"file": row["file"], "patient_id": row["patient_id"], "visit": row["visit"],
                                     **fields})
