@@ -167,7 +167,7 @@ def _rss() -> int:
 
 def _warm(client, sheet: Path) -> None:
     """One sample on every worker first: imports, the strategy's checks and first-call costs."""
-    from cytopipe.batch import process_sample
+    from cytopipe.sample_task import process_sample
     from cytopipe.strategy import load_strategy
 
     first = sheet.parent / sheet.read_text().splitlines()[1].split(",")[0]
@@ -217,7 +217,7 @@ def _wall_parts(wall: float, records: list[dict]) -> dict[str, float]:
 
 _PLAIN_CHILD = r"""
 import sys, threading, time
-from cytopipe.batch import process_sample
+from cytopipe.sample_task import process_sample
 from cytopipe.strategy import load_strategy
 d = str(load_strategy("treg@1.0.0").directory)
 def work(paths):  # in a thread, as a Dask worker runs a task (glibc then gives it its own malloc arena)
@@ -276,7 +276,7 @@ def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float
     from cytopipe.gating import gate_sample, treg_percent
     from cytopipe.strategy import load_strategy
 
-    from cytopipe.batch import process_sample
+    from cytopipe.sample_task import process_sample
 
     auto, fixed = load_strategy("treg_auto@1.0.0"), load_strategy("treg@1.0.0")
     f = tmp / "auto_speed.fcs"

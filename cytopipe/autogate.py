@@ -216,7 +216,7 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None
 def finish_auto_gates(result: dict[str, Any], path: str, *, cache_dir: str | None = None) -> None:
     """Add a sample's auto-gate QC flags to ``result`` and write its sample gates file.
 
-    Used by :func:`cytopipe.batch.process_sample` on fresh and on cached
+    Used by :func:`cytopipe.sample_task.process_sample` on fresh and on cached
     results alike, so every run leaves ``DIR/sample_gates/<file stem>.xml``
     (DIR is the parent of ``cache_dir``); written atomically, and only when
     its content changed.

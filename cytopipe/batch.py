@@ -1,5 +1,6 @@
 """Sample sheet -> Dask tasks -> rows; a failing sample becomes a row, never a loss.
 
+Each file is processed in a worker by :func:`cytopipe.sample_task.process_sample`.
 Files go to Dask in tasks of one or more files (:mod:`cytopipe.dispatch`:
 largest first, big tasks while much is left, single files at the end), and
 each file's result comes back on its own. Tasks get paths, not parsed data:
@@ -17,38 +18,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
-import socket
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import __version__
-from .autogate import auto_gate_specs, finish_auto_gates, fit_auto_gates
-from .cluster import _check_memory, _make_client
+from .cluster import _make_client
 from .dispatch import run_each
 from .exceptions import CytopipeError
-from .fcs import default_sample_id, file_sha256, read_fcs, scan_header
-from .fcs_lean import gates_exactly, read_fcs_lean
-from .gating import gate_sample, treg_percent
-from .miflowcyt import instrument_fields, write_miflowcyt
-from .panel import resolve_panel
-from .qc import QCThresholds, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc
-from .review import adjusted_gating_strategy, adjustments_digest, gate_adjustments, read_decisions, review_fields
-from .results import POPULATION_COLUMNS, TREG_COLUMNS, atomic_write, write_json, write_table
+from .fcs import file_sha256, scan_header
+from .miflowcyt import write_miflowcyt
+from .qc import flag_visit_outliers, load_thresholds
+from .results import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
+from .review import read_decisions, review_fields
+from .sample_task import _one_line, process_sample
 from .samplesheet import read_sample_sheet
 from .strategy import DEFAULT_STRATEGY, Strategy, load_strategy
 
-__all__ = ["BatchResult", "process_sample", "run_batch"]
+__all__ = ["BatchResult", "run_batch"]
 
 logger = logging.getLogger("cytopipe")
 
@@ -89,139 +82,10 @@ class BatchResult:
         return 0 if self.n_failed == 0 else 1
 
 
-@lru_cache(maxsize=8)
-def _strategy_in_worker(directory: str, allow_draft: bool) -> Strategy:
-    # Loaded once per worker process; the sha256 check runs there too.
-    return load_strategy(directory, allow_draft=allow_draft)
-
-
 def _flowkit_version() -> str:
     import flowkit
 
     return flowkit.__version__
-
-
-def _read_hashed(path: str):
-    """``(LeanSample or None, file sha256)`` from one read of the file where it can.
-
-    A file the lean reader takes is hashed as it is read (one pass instead
-    of two); any other, or one too big for this worker's memory, is hashed
-    in chunks and left to :func:`~cytopipe.fcs.read_fcs` (which names what is
-    wrong) or to the memory check after the cache lookup.
-    """
-    try:
-        _check_memory(path)  # never read whole a file the worker cannot hold
-        lean = read_fcs_lean(path, hash_file=True)
-    except CytopipeError:  # the same error is raised again where the file is gated
-        lean = None
-    return lean, (lean.file_sha256 if lean is not None else file_sha256(path))
-
-
-def _cache_key(file_sha: str, strategy_sha: str, adjusted: str = "") -> str:
-    # adjusted: digest of the sample's reviewed gate adjustments ("" keeps older keys valid)
-    extra = f":{adjusted}" if adjusted else ""
-    return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}{extra}".encode()).hexdigest()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def process_sample(
-    path: str,
-    strategy_dir: str,
-    *,
-    allow_draft: bool = False,
-    cache_dir: str | None = None,
-    qc_thresholds: dict[str, Any] | None = None,
-    reviews: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Gate one FCS file; runs inside a Dask worker.
-
-    Parameters
-    ----------
-    path
-        The FCS file.
-    strategy_dir
-        The strategy version's folder (verified again in the worker).
-    allow_draft
-        Passed to :func:`~cytopipe.strategy.load_strategy`.
-    cache_dir
-        Where finished results are stored and looked up.
-    qc_thresholds
-        :class:`~cytopipe.qc.QCThresholds` fields (defaults when omitted).
-    reviews
-        This sample's review decisions; its gate adjustments are applied as
-        FlowKit custom sample gates while file and strategy are unchanged.
-
-    Returns
-    -------
-    dict
-        ``file_sha256, events_total, cd4_count, treg_count, treg_pct_cd4,
-        qc_flags, time_qc, error, gates`` (list of ``[path, count, parent_count]``),
-        ``instrument`` (:func:`~cytopipe.miflowcyt.instrument_fields`, once the file is read),
-        ``worker, started, duration_s, cached``. Never raises for a bad file:
-        the error is a one-line string in ``error``.
-    """
-    started = time.time()
-    out: dict[str, Any] = {"path": path, "worker": socket.gethostname() + f":{os.getpid()}"}
-    out.update(file_sha256=None, events_total=None, cd4_count=None, treg_count=None)
-    out.update(treg_pct_cd4=float("nan"), qc_flags=[], error="", gates=[], cached=False)
-    try:
-        strategy = _strategy_in_worker(strategy_dir, allow_draft)
-        lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
-        out["file_sha256"] = sha
-        thresholds = QCThresholds(**(qc_thresholds or {}))
-        adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
-        key = _cache_key(sha, strategy.sha256, adjustments_digest(adjustments))
-        cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
-        if cache_file is not None and cache_file.is_file():
-            stored = json.loads(cache_file.read_text(encoding="utf-8"))
-            stored.update(path=path, worker=out["worker"], cached=True)
-            stored["qc_flags"] = sample_flags(  # today's thresholds on the stored measures
-                stored["events_total"], stored["cd4_count"], stored["treg_count"],
-                thresholds=thresholds, time_metrics=stored.get("time_qc"))
-            finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto-gate flags and sample_gates file
-            stored["started"], stored["duration_s"] = started, time.time() - started
-            return stored
-        if lean is None:  # a lean read passed this check before reading
-            _check_memory(path)
-        gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
-              else strategy.gating_strategy())
-        # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
-        sample = lean if lean is not None and gates_exactly(lean, gs) else read_fcs(path)
-        out["instrument"] = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
-        resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        auto = None
-        if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
-            # the fit gates its own subsample of events, then one pass gates every event, the fitted
-            # gate included: measured faster than gating the upstream gates first and handing their
-            # rows to the fit and to a second pass (+24-35 ms vs +37-47 ms over treg@1.0.0 at 1M events)
-            auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
-            gs = auto.gating_strategy
-        counts = gate_sample(sample, strategy, gating_strategy=gs)
-        cd4, treg, pct = treg_percent(counts, strategy)
-        out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
-        out["time_qc"] = sample_time_qc(sample, thresholds=thresholds)
-        out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
-                                       time_metrics=out["time_qc"])
-        out["gates"] = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
-        if auto is not None:  # fit outcome, QC flag, DIR/sample_gates/<stem>.xml
-            out["auto_gates"] = auto.record()
-            finish_auto_gates(out, path, cache_dir=cache_dir)
-        if cache_file is not None:
-            record = {k: v for k, v in out.items() if k not in ("path", "worker")}
-            text = json.dumps(record)
-            atomic_write(cache_file, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    except CytopipeError as e:
-        out["error"] = _one_line(e)
-    except Exception as e:  # nothing lost: an unexpected failure is a row too
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        out["error"] = _one_line(
-            f"{path}: unexpected {type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
-        )
-    out["started"], out["duration_s"] = started, time.time() - started
-    return out
 
 
 def run_batch(

@@ -23,7 +23,7 @@ the Time QC, and a gate on it is evaluated on FlowKit's reader.
 
 The file is read in one pass, a megabyte at a time: each chunk is hashed
 (``hash_file=True`` gives the file's SHA-256 from the same read, as
-:func:`cytopipe.batch.process_sample` needs it), checked for non-finite
+:func:`cytopipe.sample_task.process_sample` needs it), checked for non-finite
 values, put in native byte order and its Time scaled while it is still in
 the CPU cache, so each byte crosses memory once. The buffer it lands in is
 kept per thread and reused by the next file once nothing holds a view of the

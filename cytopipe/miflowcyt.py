@@ -103,7 +103,7 @@ def instrument_fields(sample) -> dict[str, Any]:
     dict
         ``cytometer`` ($CYT), ``serial`` ($CYTSN), ``date`` ($DATE), ``fcs_version``,
         ``spillover_keyword`` (``"$SPILLOVER"``, ``"SPILL"`` or None), ``header_error``
-        (None: the file was read). :func:`cytopipe.batch.process_sample` returns
+        (None: the file was read). :func:`cytopipe.sample_task.process_sample` returns
         them, so the record needs no second scan of the files it gated.
     """
     meta = sample.metadata  # TEXT keywords, lower case without "$", as FlowIO gives them

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cytopipe.autogate import FALLBACK_FLAG, fit_auto_gates
-from cytopipe.batch import process_sample
+from cytopipe.sample_task import process_sample
 from cytopipe.fcs import read_fcs
 from cytopipe.gating import gate_sample, treg_percent
 from cytopipe.strategy import load_gatingml, load_strategy

@@ -69,7 +69,7 @@ def test_a_worker_gates_its_next_sample_in_pages_it_already_has(tmp_path, dask_c
     """
     import resource
 
-    from cytopipe.batch import process_sample
+    from cytopipe.sample_task import process_sample
     from cytopipe.strategy import load_strategy
 
     paths = []

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cytopipe import fcs_lean
-from cytopipe.batch import process_sample
 from cytopipe.exceptions import FCSReadError
 from cytopipe.fcs import read_fcs
 from cytopipe.fcs_lean import LeanSample, _gates_use, read_fcs_lean, read_for_gating
@@ -67,24 +66,6 @@ def test_counts_and_memberships_equal_flowkits_reader(tmp_path, ref):
         rows_lean, rows_full = gate_rows(lean, gs, strategy.gate_paths()), gate_rows(full, gs, strategy.gate_paths())
         for p in rows_full:
             np.testing.assert_array_equal(rows_lean[p], rows_full[p])
-
-
-def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monkeypatch):
-    """Counts, Time QC and the treg_auto fit are unchanged by reading float32."""
-    path = tmp_path / "a.fcs"
-    write_fcs(path, SampleSpec(n_events=30_000, seed=5, hard=True))
-    for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
-        d = str(load_strategy(ref).directory)
-        lean = process_sample(str(path), d)
-        calls = []
-        monkeypatch.setattr("cytopipe.batch.read_fcs_lean", lambda p, **k: calls.append(p))
-        full = process_sample(str(path), d)
-        monkeypatch.undo()
-        assert calls == [str(path)]  # the lean reader was asked, and declined
-        assert not lean["error"] and not full["error"]
-        for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc",
-                    "qc_flags", "gates", "auto_gates", "instrument"):
-            assert lean.get(key) == full.get(key), key
 
 
 def test_a_gate_on_time_is_decided_on_flowkits_reader(tmp_path, monkeypatch):

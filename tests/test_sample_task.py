@@ -1,0 +1,51 @@
+"""Tests for cytopipe.sample_task: one file's work in a worker, fresh or from the run's cache."""
+
+from __future__ import annotations
+
+import json
+
+from cytopipe.fcs import file_sha256
+from cytopipe.sample_task import process_sample
+from cytopipe.strategy import load_strategy
+from cytopipe.synth import SampleSpec, write_fcs
+
+
+def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monkeypatch):
+    """Counts, Time QC and the treg_auto fit are unchanged by reading float32."""
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=5, hard=True))
+    for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
+        d = str(load_strategy(ref).directory)
+        lean = process_sample(str(path), d)
+        calls = []
+        monkeypatch.setattr("cytopipe.sample_task.read_fcs_lean", lambda p, **k: calls.append(p))
+        full = process_sample(str(path), d)
+        monkeypatch.undo()
+        assert calls == [str(path)]  # the lean reader was asked, and declined
+        assert not lean["error"] and not full["error"]
+        for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc",
+                    "qc_flags", "gates", "auto_gates", "instrument"):
+            assert lean.get(key) == full.get(key), key
+
+
+def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
+    """The cache keeps the measures; QC flags come from the thresholds of the run that reads them."""
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=6))
+    d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
+    cache.mkdir()
+    first = process_sample(str(path), d, cache_dir=str(cache))
+    assert not first["error"] and not first["cached"] and "low_events" not in first["qc_flags"]
+    stored = list(cache.glob("*.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["file_sha256"] == file_sha256(path)
+
+    again = process_sample(str(path), d, cache_dir=str(cache), qc_thresholds={"min_events": 50_000})
+    assert again["cached"] and again["path"] == str(path)
+    for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "gates", "time_qc"):
+        assert again[key] == first[key], key
+    assert again["qc_flags"] == ["low_events", *first["qc_flags"]]  # 30,000 < 50,000 today
+
+    write_fcs(path, SampleSpec(n_events=30_000, seed=7))  # a changed file is a new key: gated afresh
+    changed = process_sample(str(path), d, cache_dir=str(cache))
+    assert not changed["cached"] and changed["file_sha256"] != first["file_sha256"]
+    assert len(list(cache.glob("*.json"))) == 2
