@@ -157,7 +157,7 @@ def synth(out_dir: Path, patients: int, events: int | None, seed: int, drift: fl
                                seed=seed, drift=drift, hard=hard)
         click.echo(f"wrote {sheet} and {sheet.parent / 'randomisation.csv'}")
         return
-    from .synth import generate_trial
+    from .trial_sim import generate_trial
 
     events = events or 15000
     sheet = generate_trial(out_dir, n_patients=patients, n_events=events, seed=seed, drift=drift, hard=hard)

@@ -1,6 +1,13 @@
-"""Simulate the paper's trial: 4 arms x 6 patients, Treg % of CD4 at day 1 and day 60.
+"""Whole trials of synthetic FCS files with known truth, for demos and for endpoint tests.
 
-Each arm's change from day 1 to day 60 is drawn so that its realised mean and
+:func:`generate_trial` writes the small demo trial behind ``sample_fcs/``:
+patients followed over visits, half of them with an IL-2-like rise and fall
+of Treg % of CD4. :func:`simulate_trial` simulates the paper's trial: 4 arms
+x 6 patients, Treg % of CD4 at day 1 and day 60. Both write one file per
+patient-visit with :func:`cytopipe.synth.write_fcs`, alternating FCS 3.1/3.0
+and byte order, a sample sheet and a ``truth.csv``.
+
+In :func:`simulate_trial`, each arm's change from day 1 to day 60 is drawn so that its realised mean and
 SD equal the abstract's (placebo 0.5 (0.4); 0.33 MIU 2.8 (1.2); 1 MIU 3.9
 (1.8); 3 MIU 4.8 (1.9) percentage points); the FCS files are then written by
 :func:`cytopipe.synth.write_fcs`, whose event sampling adds the measurement's
@@ -16,9 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .synth import SampleSpec, write_fcs
+from .synth import SampleSpec, _fcs_date, write_fcs
 
-__all__ = ["TRIAL_ARMS", "simulate_trial"]
+__all__ = ["TRIAL_ARMS", "generate_trial", "simulate_trial"]
 
 #: Arm, dose (MIU/day), mean and SD of the change in Treg % CD4 (percentage points), from the abstract.
 TRIAL_ARMS: tuple[tuple[str, float, float, float], ...] = (
@@ -124,4 +131,83 @@ def simulate_trial(
     pd.DataFrame(sheet).to_csv(sheet_path, index=False)
     pd.DataFrame(rand).to_csv(out / "randomisation.csv", index=False)
     pd.DataFrame(truth).to_csv(out / "truth.csv", index=False)
+    return sheet_path
+
+
+def _treg_course(rng: np.random.Generator, n_patients: int, days: Sequence[int]) -> np.ndarray:
+    """Treg % of CD4 per (patient, visit): flat for half the patients, an IL-2-like rise else."""
+    baseline = rng.uniform(4.0, 9.0, size=n_patients)
+    responders = rng.permutation(n_patients) < (n_patients + 1) // 2
+    peak = rng.uniform(15.0, 20.0, size=n_patients)
+    wobble = rng.uniform(0.9, 1.1, size=(n_patients, len(days)))
+    day = np.asarray(days, dtype=float)
+    # Peaks about day 8-10 after the first dose and decays back over weeks.
+    rise = np.minimum(day / 8.0, 1.0) * np.exp(-np.maximum(day - 10, 0) / 30)
+    shape = np.where(day <= 1, 0.0, rise)
+    pct = np.where(responders[:, None],
+                   baseline[:, None] + (peak - baseline)[:, None] * shape[None, :],
+                   baseline[:, None] * wobble)
+    pct[:, day <= 1] = baseline[:, None]
+    return pct
+
+
+def generate_trial(
+    out_dir: str | pathlib.Path,
+    *,
+    n_patients: int = 4,
+    visits: Sequence[tuple[str, int]] = (("D1", 1), ("D8", 8), ("D60", 60)),
+    n_events: int = 15000,
+    seed: int = 2026,
+    drift: float = 0.4,
+    hard: bool = False,
+) -> pathlib.Path:
+    """Write a small synthetic trial: one FCS file per patient-visit, a sample sheet and truth.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Directory to write into (created if missing).
+    n_patients : int
+        Patients ``P01``, ``P02``, ...
+    visits : sequence of (str, int)
+        Visit name and study day; the first is the baseline.
+    n_events : int
+        Events per file.
+    seed : int
+        Trial seed; every file gets its own seed spawned from it.
+    drift, hard : float, bool
+        Passed to each :class:`SampleSpec`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir/samples.csv`` (columns file, patient_id, visit, day; file relative to
+        out_dir). ``out_dir/truth.csv`` holds the same columns plus each file's truth row.
+        Files alternate FCS 3.1/3.0 and little/big byte order.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    visits = list(visits)
+    trial_seq, files_seq = np.random.SeedSequence(seed).spawn(2)
+    pct = _treg_course(np.random.default_rng(trial_seq), n_patients, [d for _, d in visits])
+    file_seeds = files_seq.spawn(n_patients * len(visits))
+    sheet, truth = [], []
+    for p in range(n_patients):
+        patient = f"P{p + 1:02d}"
+        for v, (visit, day) in enumerate(visits):
+            k = p * len(visits) + v
+            version, byteorder = _FORMATS[k % len(_FORMATS)]
+            spec = SampleSpec(
+                n_events=n_events, treg_pct_cd4=round(float(pct[p, v]), 3),
+                seed=int(file_seeds[k].generate_state(1)[0]), fcs_version=version,
+                byteorder=byteorder, drift=drift, hard=hard,
+                keywords={"$DATE": _fcs_date(day - 1), "$SRC": f"{patient} {visit}"},
+            )
+            name = f"{patient}_{visit}.fcs"
+            row = {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}
+            sheet.append(row)
+            truth.append({**row, **write_fcs(out_dir / name, spec)})
+    sheet_path = out_dir / "samples.csv"
+    pd.DataFrame(sheet).to_csv(sheet_path, index=False)
+    pd.DataFrame(truth).to_csv(out_dir / "truth.csv", index=False)
     return sheet_path

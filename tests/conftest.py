@@ -23,7 +23,7 @@ def shared_dir(name: str) -> Path:
 @pytest.fixture(scope="session")
 def trial(tmp_path_factory) -> Path:
     """A small generated trial (4 patients x 3 visits); returns its sample sheet."""
-    from cytopipe.synth import generate_trial
+    from cytopipe.trial_sim import generate_trial
 
     out = tmp_path_factory.mktemp("trial")
     return generate_trial(out, n_patients=4, n_events=20_000, seed=11)

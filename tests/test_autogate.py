@@ -141,7 +141,7 @@ def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
     from click.testing import CliRunner
 
     from cytopipe.cli import cli
-    from cytopipe.synth import generate_trial
+    from cytopipe.trial_sim import generate_trial
 
     sheet = generate_trial(tmp_path / "trial", n_patients=2, n_events=20_000, seed=5, hard=True)
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ from cytopipe.fcs import read_fcs
 from cytopipe.flowjo import export_wsp, gate_counts_from_wsp, import_wsp, xs_id
 from cytopipe.gating import gate_sample
 from cytopipe.strategy import load_gatingml, load_strategy
-from cytopipe.synth import generate_trial
+from cytopipe.trial_sim import generate_trial
 
 from .conftest import shared_dir
 

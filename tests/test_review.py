@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from cytopipe.batch import run_batch
 from cytopipe.cli import cli
-from cytopipe.synth import SampleSpec, generate_trial, write_fcs
+from cytopipe.synth import SampleSpec, write_fcs
+from cytopipe.trial_sim import generate_trial
 
 TREG = "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg"
 

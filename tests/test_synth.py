@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 import fcsparser
 import flowio
@@ -14,10 +13,8 @@ import pytest
 from cytopipe.synth import (
     CHANNELS,
     FLUORESCENCE,
-    PNS_SPELLINGS,
     POPULATIONS,
     SampleSpec,
-    generate_trial,
     simulate_events,
     spillover_matrix,
     write_fcs,
@@ -222,56 +219,3 @@ def test_invalid_spec_is_refused(tmp_path):
         SampleSpec(drop_detectors=("NOPE-A",))
     with pytest.raises(ValueError, match=r"\$TOT"):
         write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=10, keywords={"$TOT": "5"}))
-
-
-def test_generate_trial(trial):
-    out = trial.parent
-    sheet = pd.read_csv(trial)
-    truth = pd.read_csv(out / "truth.csv")
-    assert list(sheet.columns) == ["file", "patient_id", "visit", "day"]
-    assert list(truth.columns[:4]) == ["file", "patient_id", "visit", "day"]
-    assert {"n_events", "n_cd4", "n_treg", "treg_pct_cd4", "fcs_version", "byteorder",
-            "seed"} <= set(truth.columns)
-    assert len(sheet) == 12 and sheet["file"].is_unique
-    assert sorted(sheet["patient_id"].unique()) == ["P01", "P02", "P03", "P04"]
-    assert all((out / f).is_file() for f in sheet["file"])
-    assert set(zip(truth["fcs_version"].astype(str), truth["byteorder"])) == {
-        ("3.0", "little"), ("3.0", "big"), ("3.1", "little"), ("3.1", "big")}
-    assert truth["seed"].is_unique
-
-    base = truth[truth["visit"] == "D1"]["treg_pct_cd4"]
-    assert base.between(2.5, 10.5).all()
-    assert truth["treg_pct_cd4"].max() > 12  # some patients respond as under IL-2
-
-    # $PnS spellings vary across files, and every one is a known spelling
-    seen = {d: set() for d in FLUORESCENCE}
-    for f in sheet["file"]:
-        fd = flowio.FlowData(str(out / f), only_text=True)
-        for pnn, pns in zip(fd.pnn_labels, fd.pns_labels):
-            if pnn in seen:
-                seen[pnn].add(pns)
-    assert sum(len(v) > 1 for v in seen.values()) >= 4
-    for det, spellings in seen.items():
-        for s in spellings:
-            base_spelling = re.sub(r"[ -](FITC|PE|PE-Cy7|Alexa Fluor 647|APC-H7|V450|V500)$", "", s)
-            assert base_spelling.lower() in {x.lower() for x in PNS_SPELLINGS[det]}, (det, s)
-
-
-def test_generate_trial_is_deterministic(tmp_path):
-    kw = dict(n_patients=1, visits=(("D1", 1), ("D60", 60)), n_events=1000, seed=7)
-    generate_trial(tmp_path / "a", **kw)
-    generate_trial(tmp_path / "b", **kw)
-    for name in ("P01_D1.fcs", "P01_D60.fcs", "samples.csv", "truth.csv"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-
-
-def test_committed_sample_fcs_regenerates_byte_for_byte(tmp_path):
-    """`make sample-fcs` (3 patients, 20,000 events, seed 2026) rebuilds sample_fcs/ exactly."""
-    from pathlib import Path
-
-    committed = Path(__file__).resolve().parents[1] / "sample_fcs"
-    generate_trial(tmp_path, n_patients=3, n_events=20_000, seed=2026)
-    names = sorted(p.name for p in committed.iterdir())
-    assert names == sorted(p.name for p in tmp_path.iterdir())
-    for name in names:
-        assert (committed / name).read_bytes() == (tmp_path / name).read_bytes(), name
