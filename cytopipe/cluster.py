@@ -34,10 +34,6 @@ QUIET_WORKERS = {
 }
 
 
-#: Peak bytes per event value above the worker's baseline while gating, for the
-#: worst case, a file read with FlowKit's float64 ``Sample`` (~3.7x the float32
-#: matrix, ~15 bytes a value; float32 files read by fcs_lean peak at ~1.7x), and
-#: the worker's own footprint.
 #: glibc malloc settings of the local cluster's worker processes. Dask's workers set
 #: MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 kB: every
 #: temporary array is then returned to the kernel when freed and page-faulted afresh (~41,000
@@ -49,12 +45,24 @@ QUIET_WORKERS = {
 #: reading the file). Between samples a worker keeps its heap's high-water mark plus 64 MB.
 WORKER_MALLOC = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
+#: Peak bytes per event value above the worker's baseline while gating a file read
+#: with FlowKit's float64 ``Sample`` (~3.7x the float32 matrix, ~15 bytes a value).
 _PEAK_BYTES_PER_VALUE = 16
+#: The same for a float32 file read by :mod:`cytopipe.fcs_lean`: its float32 matrix
+#: (4 bytes a value) plus, per event, the gates' row indices, the float64 Time values
+#: and temporaries. Measured ~1.7x the matrix at 12 channels (``make bench``: 80 bytes
+#: an event), i.e. 32 bytes an event besides the matrix; 48 leaves a margin.
+_LEAN_BYTES_PER_EVENT = 48
+#: The worker's own footprint.
 _WORKER_BASELINE = 300e6
 
 
-def _check_memory(path: str) -> None:
-    """Refuse, before reading, a file too big for this Dask worker's memory limit."""
+def _check_memory(path: str, *, lean: bool = False) -> None:
+    """Refuse, before reading, a file too big for this Dask worker's memory limit.
+
+    ``lean``: the need of a read by :func:`~cytopipe.fcs_lean.read_fcs_lean`
+    (less than half of what FlowKit's reader needs); otherwise FlowKit's.
+    """
     try:
         from distributed import get_worker
 
@@ -65,7 +73,8 @@ def _check_memory(path: str) -> None:
         return
     head = scan_header(path)
     n, p = int(head.get("$TOT", 0) or 0), int(head.get("$PAR", 0) or 0)
-    need = n * p * _PEAK_BYTES_PER_VALUE + _WORKER_BASELINE
+    per_event = p * 4 + _LEAN_BYTES_PER_EVENT if lean else p * _PEAK_BYTES_PER_VALUE
+    need = n * per_event + _WORKER_BASELINE
     if need > limit:
         msg = (
             f"{path}: {n:,} events x {p} channels need about {need / 1e9:.1f} GB to gate, more than "

@@ -49,12 +49,12 @@ def _read_hashed(path: str):
     """``(LeanSample or None, file sha256)`` from one read of the file where it can.
 
     A file the lean reader takes is hashed as it is read (one pass instead
-    of two); any other, or one too big for this worker's memory, is hashed
-    in chunks and left to :func:`~cytopipe.fcs.read_fcs` (which names what is
-    wrong) or to the memory check after the cache lookup.
+    of two); any other, or one too big for this worker's memory even when
+    read lean, is hashed in chunks and left to :func:`~cytopipe.fcs.read_fcs`
+    (which names what is wrong) or to the memory check after the cache lookup.
     """
     try:
-        _check_memory(path)  # never read whole a file the worker cannot hold
+        _check_memory(path, lean=True)  # never read whole a file the worker cannot hold
         lean = read_fcs_lean(path, hash_file=True)
     except CytopipeError:  # the same error is raised again where the file is gated
         lean = None
@@ -128,12 +128,14 @@ def process_sample(
             finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto-gate flags and sample_gates file
             stored["started"], stored["duration_s"] = started, time.time() - started
             return stored
-        if lean is None:  # a lean read passed this check before reading
-            _check_memory(path)
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
         # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
-        sample = lean if lean is not None and gates_exactly(lean, gs) else read_fcs(path)
+        if lean is not None and not gates_exactly(lean, gs):
+            lean = None  # e.g. a gate on Time: FlowKit's reader decides (a big file's float32 copy is freed first)
+        if lean is None:  # FlowKit's reader needs about twice the memory of a lean read
+            _check_memory(path)
+        sample = lean if lean is not None else read_fcs(path)
         out["instrument"] = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = None

@@ -49,3 +49,46 @@ def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
     changed = process_sample(str(path), d, cache_dir=str(cache))
     assert not changed["cached"] and changed["file_sha256"] != first["file_sha256"]
     assert len(list(cache.glob("*.json"))) == 2
+
+
+def _under_limit(path: str, strategy_dir: str, limit: int, exact: bool) -> dict:
+    """process_sample in this Dask worker with its memory limit set to ``limit`` for the call.
+
+    ``exact=False`` makes the lean read not exact for the strategy (as a gate on Time does),
+    so the file must be read again with FlowKit's reader.
+    """
+    from distributed import get_worker
+
+    import cytopipe.sample_task as task
+
+    manager = get_worker().memory_manager
+    saved_limit, saved_exact = manager.memory_limit, task.gates_exactly
+    manager.memory_limit = limit
+    if not exact:
+        task.gates_exactly = lambda sample, gs: False
+    try:
+        return process_sample(path, strategy_dir)
+    finally:
+        manager.memory_limit, task.gates_exactly = saved_limit, saved_exact
+
+
+def test_the_memory_guard_asks_what_the_reader_taking_the_file_needs(tmp_path, dask_client):
+    """A float32 file read lean needs less than half of what FlowKit's reader does: a limit in
+    between gates it lean, and refuses it, naming the limit, when FlowKit's reader must read it."""
+    from cytopipe.cluster import _LEAN_BYTES_PER_EVENT, _PEAK_BYTES_PER_VALUE, _WORKER_BASELINE
+
+    path = tmp_path / "big.fcs"
+    n, p = 200_000, 12
+    write_fcs(path, SampleSpec(n_events=n, seed=3))
+    lean_need = n * (p * 4 + _LEAN_BYTES_PER_EVENT) + _WORKER_BASELINE
+    flowkit_need = n * p * _PEAK_BYTES_PER_VALUE + _WORKER_BASELINE
+    limit = (lean_need + flowkit_need) // 2
+    d = str(load_strategy("treg@1.0.0").directory)
+
+    lean = dask_client.submit(_under_limit, str(path), d, limit, True, pure=False).result()
+    assert not lean["error"] and lean["treg_count"] > 0
+    refused = dask_client.submit(_under_limit, str(path), d, limit, False, pure=False).result()
+    assert "big.fcs" in refused["error"] and f"limit of {limit / 1e9:.1f} GB" in refused["error"]
+    assert refused["treg_count"] is None and refused["file_sha256"] == lean["file_sha256"]
+    roomy = dask_client.submit(_under_limit, str(path), d, flowkit_need + 1, False, pure=False).result()
+    assert not roomy["error"] and roomy["treg_count"] == lean["treg_count"]  # FlowKit's reader, same count

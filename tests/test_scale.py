@@ -181,3 +181,13 @@ def test_a_file_over_the_worker_memory_limit_fails_with_the_limit_named(five_mil
     table = pd.read_csv(tmp_path / "o" / "treg_by_visit.csv")
     assert "more than the Dask worker memory limit of 0.6 GB" in table["error"].iloc[0]
     assert "--memory-limit" in table["error"].iloc[0]
+
+
+def test_a_float32_file_too_big_for_flowkits_reader_is_gated_lean_within_the_limit(five_million, tmp_path):
+    """5M x 12 float32 values: FlowKit's reader would need ~1.3 GB, a lean read ~0.8 GB; 1.2 GB gates it."""
+    res = _run(["run", str(five_million), "--out", str(tmp_path / "o"), "--workers", "1",
+                "--memory-limit", "1.2GB"])
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "o" / "treg_by_visit.csv", keep_default_na=False)
+    assert table["error"].iloc[0] == "" and table["events_total"].iloc[0] == 5_000_000
+    assert table["treg_count"].iloc[0] > 0
