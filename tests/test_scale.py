@@ -184,7 +184,7 @@ def test_a_file_over_the_worker_memory_limit_fails_with_the_limit_named(five_mil
 
 
 def test_a_float32_file_too_big_for_flowkits_reader_is_gated_lean_within_the_limit(five_million, tmp_path):
-    """5M x 12 float32 values: FlowKit's reader would need ~1.3 GB, a lean read ~0.8 GB; 1.2 GB gates it."""
+    """5M x 12 float32 values: FlowKit's reader would need ~1.3 GB, a lean read ~0.9 GB; 1.2 GB gates it."""
     res = _run(["run", str(five_million), "--out", str(tmp_path / "o"), "--workers", "1",
                 "--memory-limit", "1.2GB"])
     assert res.returncode == 0, res.stderr
