@@ -188,7 +188,7 @@ def strategy_show(ref: str, allow_draft: bool, image: Path | None, no_image: boo
     """Show a strategy's gate tree (each gate's type, dimensions, transform and parent),
     panel and endpoint gate paths; also draw the tree as an image."""
     from .strategy import load_strategy
-    from .strategy_tools import describe_gates, format_gate, write_gate_tree_image
+    from .strategy_describe import describe_gates, format_gate, write_gate_tree_image
 
     s = load_strategy(ref, allow_draft=allow_draft)
     click.echo(f"{s.ref} ({s.status}) sha256 {s.sha256}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .strategy import _MANIFEST, load_gatingml, strategies_root
-from .strategy_tools import GateInfo, describe_gates
+from .strategy_describe import GateInfo, describe_gates
 
 __all__ = ["Change", "diff_strategies", "gatingml_of"]
 
