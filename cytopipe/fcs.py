@@ -26,12 +26,12 @@ from flowio.exceptions import (
 )
 
 from cytopipe.exceptions import FCSReadError
+from cytopipe.fcs_layout import _precheck
 from cytopipe.fcs_text import (
     _HEADER_OFFSET_MAX,
     ChannelInfo,
     PathLike,
     _one_line,
-    _precheck,
     _scan,
     channels,
     file_sha256,

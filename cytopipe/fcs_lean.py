@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from .fcs import _fix_spillover, _read_flowdata, default_sample_id, read_fcs
-from .fcs_text import PathLike, _precheck, _scan
+from .fcs_layout import _precheck
+from .fcs_text import PathLike, _scan
 
 __all__ = ["LeanSample", "gates_exactly", "read_fcs_lean", "read_for_gating"]
 
