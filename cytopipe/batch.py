@@ -33,11 +33,12 @@ from .cluster import _make_client
 from .dispatch import run_each
 from .exceptions import CytopipeError
 from .fcs import file_sha256, scan_header
+from .fcs_text import _one_line
 from .miflowcyt import write_miflowcyt
 from .qc import flag_visit_outliers, load_thresholds
 from .results import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
 from .review import read_decisions, review_fields
-from .sample_task import _one_line, process_sample
+from .sample_task import process_sample
 from .samplesheet import read_sample_sheet
 from .strategy import DEFAULT_STRATEGY, Strategy, load_strategy
 

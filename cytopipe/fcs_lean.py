@@ -274,6 +274,7 @@ def read_for_gating(path: PathLike, gating_strategy, *, sample_id: str | None = 
     sample = read_fcs_lean(path, sample_id=sample_id)
     if sample is not None and gates_exactly(sample, gating_strategy):
         return sample
+    del sample  # a big file's float32 copy is freed before FlowKit's reader reads it again
     return read_fcs(path, sample_id=sample_id)
 
 

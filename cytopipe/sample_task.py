@@ -28,6 +28,7 @@ from .cluster import _check_memory
 from .exceptions import CytopipeError
 from .fcs import default_sample_id, file_sha256, read_fcs
 from .fcs_lean import gates_exactly, read_fcs_lean
+from .fcs_text import _one_line
 from .gating import gate_sample, treg_percent
 from .miflowcyt import instrument_fields
 from .panel import resolve_panel
@@ -65,10 +66,6 @@ def _cache_key(file_sha: str, strategy_sha: str, adjusted: str = "") -> str:
     # adjusted: digest of the sample's reviewed gate adjustments ("" keeps older keys valid)
     extra = f":{adjusted}" if adjusted else ""
     return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}{extra}".encode()).hexdigest()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def process_sample(

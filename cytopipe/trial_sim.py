@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,19 @@ TRIAL_ARMS: tuple[tuple[str, float, float, float], ...] = (
     ("3 MIU", 3.0, 4.8, 1.9),
 )
 _FORMATS = (("3.1", "little"), ("3.0", "big"), ("3.1", "big"), ("3.0", "little"))
+
+
+def _write_visit(folder: pathlib.Path, k: int, patient: str, visit: str, day: int,
+                 **spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the ``k``-th file of a trial, ``<patient>_<visit>.fcs``: its sample sheet row and truth row.
+
+    The files rotate through FCS 3.1/3.0 and both byte orders; ``spec`` holds
+    the other :class:`~cytopipe.synth.SampleSpec` fields.
+    """
+    version, byteorder = _FORMATS[k % len(_FORMATS)]
+    name = f"{patient}_{visit}.fcs"
+    truth = write_fcs(folder / name, SampleSpec(fcs_version=version, byteorder=byteorder, **spec))
+    return {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}, truth
 
 
 def _changes(rng: np.random.Generator, n: int, mean: float, sd: float, exact: bool) -> np.ndarray:
@@ -117,15 +131,11 @@ def simulate_trial(
             k = p * len(visits) + v
             frac = (day - d0) / (d1 - d0) if d1 != d0 else 1.0
             target = max(0.5, baseline[p] + change[p] * frac)
-            version, byteorder = _FORMATS[k % len(_FORMATS)]
-            spec = SampleSpec(n_events=n_events, treg_pct_cd4=round(float(target), 4),
-                              seed=int(file_seeds[k].generate_state(1)[0]), fcs_version=version,
-                              byteorder=byteorder, drift=drift, hard=hard,
-                              keywords={"$SRC": f"{patient} {visit}"})
-            name = f"{patient}_{visit}.fcs"
-            row = {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}
+            row, t = _write_visit(out, k, patient, visit, day, n_events=n_events,
+                                  treg_pct_cd4=round(float(target), 4),
+                                  seed=int(file_seeds[k].generate_state(1)[0]), drift=drift, hard=hard,
+                                  keywords={"$SRC": f"{patient} {visit}"})
             sheet.append(row)
-            t = write_fcs(out / name, spec)
             truth.append({**row, "arm": arm, "dose": dose, "change_target": float(change[p]), **t})
     sheet_path = out / "samples.csv"
     pd.DataFrame(sheet).to_csv(sheet_path, index=False)
@@ -196,17 +206,12 @@ def generate_trial(
         patient = f"P{p + 1:02d}"
         for v, (visit, day) in enumerate(visits):
             k = p * len(visits) + v
-            version, byteorder = _FORMATS[k % len(_FORMATS)]
-            spec = SampleSpec(
-                n_events=n_events, treg_pct_cd4=round(float(pct[p, v]), 3),
-                seed=int(file_seeds[k].generate_state(1)[0]), fcs_version=version,
-                byteorder=byteorder, drift=drift, hard=hard,
-                keywords={"$DATE": _fcs_date(day - 1), "$SRC": f"{patient} {visit}"},
-            )
-            name = f"{patient}_{visit}.fcs"
-            row = {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}
+            row, t = _write_visit(out_dir, k, patient, visit, day, n_events=n_events,
+                                  treg_pct_cd4=round(float(pct[p, v]), 3),
+                                  seed=int(file_seeds[k].generate_state(1)[0]), drift=drift, hard=hard,
+                                  keywords={"$DATE": _fcs_date(day - 1), "$SRC": f"{patient} {visit}"})
             sheet.append(row)
-            truth.append({**row, **write_fcs(out_dir / name, spec)})
+            truth.append({**row, **t})
     sheet_path = out_dir / "samples.csv"
     pd.DataFrame(sheet).to_csv(sheet_path, index=False)
     pd.DataFrame(truth).to_csv(out_dir / "truth.csv", index=False)
