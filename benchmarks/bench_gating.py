@@ -3,7 +3,7 @@
 Prints, on generated 12-channel files of the lab's panel:
 
 * events/s per core of cytopipe (read as ``process_sample`` reads: float32
-  events via :mod:`cytopipe.fcs_lean`, + panel check + cascade gating), of
+  events via :mod:`cytopipe.fcs.lean`, + panel check + cascade gating), of
   FlowKit (``Sample`` + ``GatingStrategy.gate_sample``) with the same
   strategy, and of a plain numpy cascade reference (DATA read with numpy,
   only needed channels compensated, logicle on each gate's parent events);
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cytopipe.synth import SampleSpec, write_fcs
+from cytopipe.sim.sample import SampleSpec, write_fcs
 
 TARGETS = {"vs_flowkit": 3.0, "vs_numpy": 1.0, "memory_x_raw": 4.0, "scaling_2_workers": 1.8}
 
@@ -40,7 +40,7 @@ def _numpy_cascade(path: Path, strategy) -> dict[tuple[str, ...], int]:
     from flowutils import gating as fu_gating
     from flowutils import transforms as fu_xf
 
-    from cytopipe.fcs import scan_header
+    from cytopipe.fcs.read import scan_header
 
     meta = scan_header(path)
     n, p = int(meta["$TOT"]), int(meta["$PAR"])
@@ -89,9 +89,9 @@ def _numpy_cascade(path: Path, strategy) -> dict[tuple[str, ...], int]:
 def _time_engines(files: list[Path], strategy) -> dict[str, float]:
     import flowkit as fk
 
-    from cytopipe.fcs_lean import read_for_gating
-    from cytopipe.gating import gate_sample
-    from cytopipe.panel import resolve_panel
+    from cytopipe.fcs.lean import read_for_gating
+    from cytopipe.gating.api import gate_sample
+    from cytopipe.strategy.panel import resolve_panel
 
     times = {"cytopipe": 0.0, "flowkit": 0.0, "numpy": 0.0}
     events = 0
@@ -129,9 +129,9 @@ def _time_engines(files: list[Path], strategy) -> dict[str, float]:
 _MEM_CHILD = r"""
 import os, sys, threading, time
 import flowkit, numpy, pandas
-from cytopipe.strategy import load_strategy
-from cytopipe.fcs_lean import read_for_gating
-from cytopipe.gating import gate_sample
+from cytopipe.strategy.registry import load_strategy
+from cytopipe.fcs.lean import read_for_gating
+from cytopipe.gating.api import gate_sample
 s = load_strategy(); gs = s.gating_strategy()
 page = os.sysconf('SC_PAGE_SIZE')
 def rss(): return int(open('/proc/self/statm').read().split()[1]) * page
@@ -167,8 +167,8 @@ def _rss() -> int:
 
 def _warm(client, sheet: Path) -> None:
     """One sample on every worker first: imports, the strategy's checks and first-call costs."""
-    from cytopipe.sample_task import process_sample
-    from cytopipe.strategy import load_strategy
+    from cytopipe.batch.task import process_sample
+    from cytopipe.strategy.registry import load_strategy
 
     first = sheet.parent / sheet.read_text().splitlines()[1].split(",")[0]
     d = str(load_strategy("treg@1.0.0").directory)
@@ -180,8 +180,8 @@ def _batch_wall(sheet: Path, out: Path, workers: int, *, rss: dict | None = None
                 parts: dict | None = None) -> float:
     from distributed import Client
 
-    from cytopipe.batch import run_batch
-    from cytopipe.cluster import make_local_cluster
+    from cytopipe.batch.driver import run_batch
+    from cytopipe.batch.cluster import make_local_cluster
 
     log = out.with_suffix(".jsonl")
     with make_local_cluster(workers) as cluster, Client(cluster) as client:
@@ -217,8 +217,8 @@ def _wall_parts(wall: float, records: list[dict]) -> dict[str, float]:
 
 _PLAIN_CHILD = r"""
 import sys, threading, time
-from cytopipe.sample_task import process_sample
-from cytopipe.strategy import load_strategy
+from cytopipe.batch.task import process_sample
+from cytopipe.strategy.registry import load_strategy
 d = str(load_strategy("treg@1.0.0").directory)
 def work(paths):  # in a thread, as a Dask worker runs a task (glibc then gives it its own malloc arena)
     t = threading.Thread(target=lambda: [process_sample(p, d) for p in paths]); t.start(); t.join()
@@ -237,7 +237,7 @@ def _plain_ceiling(files: list[Path]) -> float:
     Each process warms up, then all start together; the wall time is the
     slowest process's.
     """
-    from cytopipe.cluster import WORKER_MALLOC
+    from cytopipe.batch.cluster import WORKER_MALLOC
 
     env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **WORKER_MALLOC}
 
@@ -271,12 +271,12 @@ def _write_sheet(folder: Path, n_files: int, n_events: int, seed: int) -> Path:
 
 def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float]:
     """Overhead of the treg_auto fit on one file, and fixed vs auto accuracy on hard files (issue 8)."""
-    from cytopipe.autogate import fit_auto_gates
-    from cytopipe.fcs import read_fcs
-    from cytopipe.gating import gate_sample, treg_percent
-    from cytopipe.strategy import load_strategy
+    from cytopipe.gating.placement import fit_auto_gates
+    from cytopipe.fcs.read import read_fcs
+    from cytopipe.gating.api import gate_sample, treg_percent
+    from cytopipe.strategy.registry import load_strategy
 
-    from cytopipe.sample_task import process_sample
+    from cytopipe.batch.task import process_sample
 
     auto, fixed = load_strategy("treg_auto@1.0.0"), load_strategy("treg@1.0.0")
     f = tmp / "auto_speed.fcs"
@@ -323,8 +323,8 @@ def _sklearn_gmm_pct(sample, strategy) -> tuple[float, float]:
     """Treg % CD4 from scikit-learn's GaussianMixture on treg_auto's fit window (the rejected alternative)."""
     from sklearn.mixture import GaussianMixture
 
-    from cytopipe.autogate import auto_gate_specs
-    from cytopipe.gating import gate_rows, gate_values
+    from cytopipe.gating.placement import auto_gate_specs
+    from cytopipe.gating.api import gate_rows, gate_values
 
     spec = auto_gate_specs(strategy)[0]
     gs = strategy.gating_strategy()
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = ap.parse_args(argv)
 
-    from cytopipe.strategy import load_strategy
+    from cytopipe.strategy.registry import load_strategy
 
     strategy = load_strategy("treg@1.0.0")
     n_events = 100_000 if args.quick else 1_000_000

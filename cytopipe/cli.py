@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .exceptions import CytopipeError
 
 EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -141,7 +141,7 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
               help="Largest relative move of population positions.")
 @click.option("--hard", is_flag=True, help="Add staining-run variation (FOXP3 brightness, CD25 continuum).")
 @click.option("--trial", is_flag=True, help="Simulate the paper's 24-patient, 4-arm trial (D1, D8, D60; "
-              "--patients ignored) with randomisation.csv; see cytopipe.trial_sim.")
+              "--patients ignored) with randomisation.csv; see cytopipe.sim.trial.")
 def synth(out_dir: Path, patients: int, events: int | None, seed: int, drift: float, hard: bool,
           trial: bool) -> None:
     """Write a generated trial with known truth into OUT_DIR.
@@ -151,13 +151,13 @@ def synth(out_dir: Path, patients: int, events: int | None, seed: int, drift: fl
     randomisation.csv (patient_id, arm, dose); the sample sheet stays blinded.
     """
     if trial:
-        from .trial_sim import simulate_trial
+        from .sim import simulate_trial
 
         sheet = simulate_trial(out_dir, visits=(("D1", 1), ("D8", 8), ("D60", 60)), n_events=events or 30000,
                                seed=seed, drift=drift, hard=hard)
         click.echo(f"wrote {sheet} and {sheet.parent / 'randomisation.csv'}")
         return
-    from .trial_sim import generate_trial
+    from .sim import generate_trial
 
     events = events or 15000
     sheet = generate_trial(out_dir, n_patients=patients, n_events=events, seed=seed, drift=drift, hard=hard)
@@ -188,7 +188,7 @@ def strategy_show(ref: str, allow_draft: bool, image: Path | None, no_image: boo
     """Show a strategy's gate tree (each gate's type, dimensions, transform and parent),
     panel and endpoint gate paths; also draw the tree as an image."""
     from .strategy import load_strategy
-    from .strategy_describe import describe_gates, format_gate, write_gate_tree_image
+    from .strategy import describe_gates, format_gate, write_gate_tree_image
 
     s = load_strategy(ref, allow_draft=allow_draft)
     click.echo(f"{s.ref} ({s.status}) sha256 {s.sha256}")
@@ -214,7 +214,7 @@ def strategy_validate(path: str) -> None:
     folder the manifest is checked too (markers cover every gated detector,
     endpoint gate paths exist, sha256, CHANGELOG entry). Exit 2 on any error.
     """
-    from .strategy_tools import validate_strategy
+    from .strategy import validate_strategy
 
     report = validate_strategy(path)
     for note in report.notes:
@@ -235,7 +235,7 @@ def strategy_diff(a: str, b: str) -> None:
     Lists added and removed gates, moved gates, moved vertices, changed
     thresholds (with linear values), transforms and compensation.
     """
-    from .strategy_diff import diff_strategies
+    from .strategy import diff_strategies
 
     changes = diff_strategies(a, b)
     for c in changes:
@@ -250,7 +250,7 @@ def strategy_diff(a: str, b: str) -> None:
 @click.option("--version", "version", default=None, help="New version [default: next minor].")
 def strategy_new_version(name: str, from_version: str, version: str | None) -> None:
     """Copy NAME@FROM into a new draft version with a CHANGELOG stub to fill in."""
-    from .strategy_tools import new_version
+    from .strategy import new_version
 
     dst = new_version(name, from_version, version=version)
     click.echo(f"draft {name}@{dst.name} in {dst}; edit the GatingML, fill CHANGELOG.md "
@@ -264,7 +264,7 @@ def strategy_release(ref: str) -> None:
 
     Records the GatingML sha256; from then on the version never changes.
     """
-    from .strategy_tools import release_version
+    from .strategy import release_version
 
     click.echo(f"released {ref}: {release_version(ref)}")
 
@@ -284,7 +284,7 @@ def strategy_import_wsp(workspace: Path, group: str, ref: str, numerator: str | 
     gates that differ between the group's samples) is listed as an error;
     nothing is dropped silently.
     """
-    from .flowjo import import_wsp
+    from .strategy import import_wsp
 
     res = import_wsp(workspace, group, ref, numerator=numerator, denominator=denominator, author=author)
     for note in res.notes:
@@ -306,9 +306,11 @@ def strategy_export_wsp(ref: str, sample_sheet: Path, out: Path, group: str, all
     Only rectangle and polygon gates can be written (FlowKit's limit); any
     other gate is named in the error.
     """
-    from .flowjo import export_wsp
+    from .batch import read_sample_sheet
+    from .strategy import export_wsp
 
-    click.echo(f"wrote {export_wsp(ref, sample_sheet, out, group=group, allow_draft=allow_draft)}")
+    files = list(read_sample_sheet(sample_sheet)["path"])
+    click.echo(f"wrote {export_wsp(ref, files, out, group=group, allow_draft=allow_draft)}")
 
 
 def _parse_bound(text: str) -> tuple[str, tuple[float | None, float | None]]:
@@ -367,7 +369,7 @@ def review(run_dir: Path, sample: str, action: str | None, gate_path: str | None
                           vertices=[_parse_vertex(v) for v in vertices] or None)
     update_review_columns(run_dir)
     if not no_report:
-        from .report import write_report
+        from .review import write_report
 
         write_report(run_dir)
     click.echo(f"{rec['action']} {rec['file']} by {rec['reviewer']} recorded in {run_dir / 'review.jsonl'}")
@@ -379,7 +381,7 @@ def review(run_dir: Path, sample: str, action: str | None, gate_path: str | None
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-render RUN_DIR/report/ from the run's outputs and review.jsonl."""
-    from .report import write_report
+    from .review import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
 

@@ -20,6 +20,7 @@ __all__ = [
     "OutputSchemaError",
     "QCConfigError",
     "ReviewError",
+    "one_line",
 ]
 
 
@@ -60,7 +61,7 @@ class EndpointError(CytopipeError, ValueError):
 
 
 class OutputSchemaError(CytopipeError, ValueError):
-    """An output table does not match its data dictionary (``cytopipe.schema``)."""
+    """An output table does not match its data dictionary (``cytopipe.outputs.schema``)."""
 
 
 class QCConfigError(CytopipeError, ValueError):
@@ -73,3 +74,8 @@ class ReviewError(CytopipeError, ValueError):
 
 class InterchangeError(StrategyError):
     """A FlowJo workspace or GatingML file cannot be carried into or out of a strategy."""
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception or any object) as one line: error columns and logs hold one line a sample."""
+    return " ".join(str(text).split())

@@ -23,7 +23,7 @@ def shared_dir(name: str) -> Path:
 @pytest.fixture(scope="session")
 def trial(tmp_path_factory) -> Path:
     """A small generated trial (4 patients x 3 visits); returns its sample sheet."""
-    from cytopipe.trial_sim import generate_trial
+    from cytopipe.sim.trial import generate_trial
 
     out = tmp_path_factory.mktemp("trial")
     return generate_trial(out, n_patients=4, n_events=20_000, seed=11)
@@ -34,7 +34,7 @@ def dask_client():
     """One local Dask cluster (2 single-threaded worker processes) for the session."""
     from distributed import Client
 
-    from cytopipe.cluster import make_local_cluster
+    from cytopipe.batch.cluster import make_local_cluster
 
     cluster = make_local_cluster(2)
     client = Client(cluster)

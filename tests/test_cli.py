@@ -6,7 +6,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from cytopipe.cli import cli
-from cytopipe.synth import SampleSpec, write_fcs
+from cytopipe.sim.sample import SampleSpec, write_fcs
 
 
 def test_run_with_scheduler_address(trial, tmp_path, dask_client):

@@ -3,7 +3,7 @@
 WARNING: the golden files are the record of what each released strategy gives
 on the committed sample files. Regenerate them ONLY together with a deliberate
 change (a new strategy version, new sample_fcs/ files, or a reviewed FlowKit
-upgrade), and say so in the commit. If tests/test_golden.py fails and you did
+upgrade), and say so in the commit. If tests/gating/test_golden.py fails and you did
 not mean to change a gate, a transform or FlowKit, do not regenerate: find out
 what changed.
 
@@ -23,9 +23,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cytopipe.fcs import file_sha256, read_fcs  # noqa: E402
-from cytopipe.gating import gate_sample  # noqa: E402
-from cytopipe.strategy import list_strategies, load_strategy  # noqa: E402
+from cytopipe.fcs.read import file_sha256, read_fcs  # noqa: E402
+from cytopipe.gating.api import gate_sample  # noqa: E402
+from cytopipe.strategy.registry import list_strategies, load_strategy  # noqa: E402
 
 
 def golden_counts(ref: str, sample_dir: Path) -> pd.DataFrame:

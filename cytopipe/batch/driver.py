@@ -1,0 +1,329 @@
+"""Sample sheet -> Dask tasks -> rows; a failing sample becomes a row, never a loss.
+
+Each file is processed in a worker by :func:`cytopipe.batch.task.process_sample`.
+Files go to Dask in tasks of one or more files (:mod:`cytopipe.batch.dispatch`:
+largest first, big tasks while much is left, single files at the end), and
+each file's result comes back on its own. Tasks get paths, not parsed data:
+each worker reads its own file, and hashes it for the resume key in the same
+read, so nothing large crosses the network. A Dask ``LocalCluster`` is started
+by default; an existing cluster is used when its scheduler address is given.
+
+Each finished sample is stored at once in ``DIR/cache/`` under a key made of
+the file's sha256, the strategy's sha256 and the cytopipe version, so a re-run
+(after a crash, a killed worker, or with more files) computes only what is
+missing or changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._version import __version__
+from .cluster import _make_client
+from .dispatch import run_each
+from ..exceptions import CytopipeError, one_line
+from ..fcs.read import file_sha256, scan_header
+from ..outputs.miflowcyt import write_miflowcyt
+from ..gating.qc import flag_visit_outliers, load_thresholds
+from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
+from ..review.decisions import read_decisions, review_fields
+from .task import process_sample
+from .samplesheet import read_sample_sheet
+from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
+
+__all__ = ["BatchResult", "run_batch"]
+
+logger = logging.getLogger("cytopipe")
+
+ProgressCallback = Callable[[int, int, int], None]
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` produced.
+
+    Attributes
+    ----------
+    out_dir
+        The output folder.
+    table
+        ``treg_by_visit``, one row per sample sheet row.
+    populations
+        One row per sample and gate.
+    n_ok, n_failed
+        Samples gated, samples that ended in an error row.
+    n_cached
+        Samples taken from an earlier run's stored results.
+    files
+        Every file written.
+    """
+
+    out_dir: Path
+    table: pd.DataFrame
+    populations: pd.DataFrame
+    n_ok: int
+    n_failed: int
+    n_cached: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every sample succeeded, 1 when any failed."""
+        return 0 if self.n_failed == 0 else 1
+
+
+def _flowkit_version() -> str:
+    import flowkit
+
+    return flowkit.__version__
+
+
+def run_batch(
+    sample_sheet: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    strategy: str | os.PathLike = DEFAULT_STRATEGY,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    client=None,
+    allow_draft: bool = False,
+    allow_outside: bool = False,
+    progress: ProgressCallback | None = None,
+    log_file: str | os.PathLike | None = None,
+    memory_limit: str | int | None = "auto",
+    report: bool = True,
+    include_keywords: Sequence[str] = (),
+) -> BatchResult:
+    """Gate every file of a sample sheet and write the run's outputs.
+
+    Parameters
+    ----------
+    sample_sheet
+        CSV with ``file, patient_id, visit`` and optional ``day`` (see
+        :func:`~cytopipe.batch.samplesheet.read_sample_sheet`).
+    out_dir
+        Output folder; created if needed. Results of earlier runs into the
+        same folder are reused where file and strategy are unchanged.
+    strategy
+        ``"name@version"`` or a strategy folder.
+    scheduler
+        Address of an existing Dask scheduler (``tcp://host:8786``). When
+        omitted, a ``LocalCluster`` is started for the run.
+    n_workers
+        Workers of the local cluster (default: one per core, at most one per
+        sample).
+    client : distributed.Client, optional
+        An existing client to use (takes precedence over ``scheduler``).
+    allow_draft, allow_outside
+        Accept a draft strategy; accept sheet paths outside its folder.
+    progress
+        Called as ``progress(done, failed, total)`` after each sample.
+    log_file
+        Append one JSON line per sample (start, end, duration, worker, outcome).
+    memory_limit
+        Memory limit of each local worker (``"4GB"``, bytes, or ``"auto"``:
+        the machine's memory shared among the workers). A file that would
+        need more is refused with an error naming the limit.
+    report
+        Write the HTML review report ``out_dir/report/index.html``.
+    include_keywords
+        FCS TEXT keywords (e.g. ``["$CYT", "$SRC"]``) to add to
+        ``treg_by_visit`` as columns ``fcs_<KEY>``. Off by default: free-text
+        keywords (``$FIL``, ``$SRC``, ``$COM``, operator names) may hold
+        patient names, so outputs carry patient and visit from the sample
+        sheet only unless asked.
+
+    Returns
+    -------
+    BatchResult
+
+    Raises
+    ------
+    SampleSheetError, StrategyError
+        Before any gating starts.
+    """
+    started = _dt.datetime.now(_dt.timezone.utc)
+    sheet_path = Path(sample_sheet)
+    sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
+    strat = load_strategy(strategy, allow_draft=allow_draft)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    qc = load_thresholds()  # read here, not in workers, whose environment may differ
+    decisions = read_decisions(out)
+
+    own_client = own_cluster = None
+    if client is None:
+        own_client, own_cluster = _make_client(scheduler, n_workers, len(sheet), memory_limit)
+        client = own_client
+    if getattr(client, "dashboard_link", None):
+        logger.info("Dask dashboard: %s", client.dashboard_link)
+    try:
+        by_file: dict[str, list[dict[str, Any]]] = {}
+        for d in decisions:
+            by_file.setdefault(d.get("file"), []).append(d)
+        common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
+                      qc_thresholds=dataclasses.asdict(qc))
+        tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
+        results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
+        table, pops = _tables(sheet, results, strat, decisions)
+        table = flag_visit_outliers(table, thresholds=qc)
+        if include_keywords:
+            table = _with_keywords(table, sheet, include_keywords)
+        files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
+        files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
+        n_failed = int((table["qc_status"] == "error").sum())
+        n_cached = sum(bool(r.get("cached")) for r in results.values())
+        run = {
+            "sample_sheet": str(sheet_path.resolve()),
+            "sample_sheet_sha256": file_sha256(sheet_path),
+            "strategy": strat.name,
+            "strategy_version": strat.version,
+            "strategy_sha256": strat.sha256,
+            "strategy_status": strat.status,
+            "cytopipe_version": __version__,
+            "flowkit_version": _flowkit_version(),
+            "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
+            "started": started.isoformat(),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "n_samples": len(table),
+            "n_ok": len(table) - n_failed,
+            "n_failed": n_failed,
+            "n_cached": n_cached,
+        }
+        files.append(write_json(run, out / "run.json"))
+        files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
+                                     instruments=[results.get(i, {}).get("instrument") for i in range(len(sheet))]))
+        if report:
+            from ..review.report import write_report  # imported here: matplotlib only where a report is made
+
+            files.append(write_report(out, strategy=strat, client=client))
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+
+
+def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[str]) -> pd.DataFrame:
+    """Add ``fcs_<KEY>`` columns read from each file's TEXT segment ("" when unreadable)."""
+    table = table.copy()
+    heads = []
+    for path in sheet["path"]:
+        try:
+            heads.append(scan_header(path))
+        except CytopipeError:
+            heads.append({})
+    for key in keywords:
+        k = key.strip().upper()
+        if not k:
+            continue
+        table[f"fcs_{k.lstrip('$')}"] = [h.get(k, "") for h in heads]
+    return table
+
+
+def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],
+            progress: ProgressCallback | None, log_file) -> dict[int, dict[str, Any]]:
+    """Gate every file on the cluster (see :mod:`.dispatch`); results as they finish, failures included."""
+    results: dict[int, dict[str, Any]] = {}
+    paths = list(sheet["path"])
+    rows = sheet.to_dict("records")
+    calls = [((path, strategy_dir), tasks[i]) for i, path in enumerate(paths)]
+    log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
+    try:
+        failed = 0
+        for i, res in run_each(client, process_sample, calls, paths):
+            if isinstance(res, BaseException):  # e.g. the file killed its worker each time
+                res = {"error": one_line(f"{paths[i]}: task failed: {type(res).__name__}: {res}")}
+            results[i] = res
+            if res.get("error"):
+                failed += 1
+            if log is not None:
+                log.write(json.dumps(_log_record(rows[i], res)) + "\n")
+                log.flush()
+            if progress is not None:
+                progress(len(results), failed, len(paths))
+    finally:
+        if log is not None:
+            log.close()
+    return results
+
+
+def _log_record(row: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+    start = res.get("started")
+    dur = res.get("duration_s")
+    return {
+        "file": row["file"],
+        "patient_id": row["patient_id"],
+        "visit": row["visit"],
+        "start": start,
+        "end": start + dur if start is not None and dur is not None else None,
+        "duration_s": dur,
+        "worker": res.get("worker"),
+        "outcome": "error" if res.get("error") else ("cached" if res.get("cached") else "ok"),
+        "error": res.get("error", ""),
+    }
+
+
+def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Strategy, decisions=()):
+    fk_version = _flowkit_version()
+    rows, pops = [], []
+    extra = [c for c in sheet.columns if c not in TREG_COLUMNS and c not in ("path", "line")]
+    for i, rec in enumerate(sheet.to_dict("records")):
+        res = results.get(i, {"error": f"{rec['path']}: no result (the batch was interrupted)"})
+        flags = res.get("qc_flags") or []
+        status = "error" if res.get("error") else ("flag" if flags else "ok")
+        row = {
+            "patient_id": rec["patient_id"],
+            "visit": rec["visit"],
+            "day": rec["day"],
+            "file": rec["file"],
+            "file_sha256": res.get("file_sha256"),
+            "events_total": res.get("events_total"),
+            "cd4_count": res.get("cd4_count"),
+            "treg_count": res.get("treg_count"),
+            "treg_pct_cd4": float("nan") if status == "error" else res.get("treg_pct_cd4"),
+            "qc_status": status,
+            "qc_flags": ";".join(flags),
+            "error": res.get("error", ""),
+            "strategy": strat.name,
+            "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
+            "strategy_sha256": strat.sha256,
+            "cytopipe_version": __version__,
+            "flowkit_version": fk_version,
+            **review_fields(list(decisions), rec["file"], res.get("file_sha256"), strat.sha256),
+        }
+        row.update({c: rec[c] for c in extra})
+        rows.append(row)
+        for gate_path, count, parent in res.get("gates", []) if status != "error" else []:
+            total = res.get("events_total") or 0
+            pops.append(
+                {
+                    "patient_id": rec["patient_id"],
+                    "visit": rec["visit"],
+                    "file": rec["file"],
+                    "gate_path": gate_path,
+                    "gate": gate_path.rsplit("/", 1)[-1],
+                    "count": count,
+                    "parent_count": parent,
+                    "pct_parent": 100.0 * count / parent if parent else float("nan"),
+                    "pct_total": 100.0 * count / total if total else float("nan"),
+                    "strategy": strat.name,
+                    "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
+                }
+            )
+    table = pd.DataFrame(rows, columns=list(TREG_COLUMNS) + extra)
+    populations = pd.DataFrame(pops, columns=list(POPULATION_COLUMNS))
+    return table, populations

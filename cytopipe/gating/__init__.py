@@ -1,0 +1,34 @@
+"""Stage 3: gate one sample: the public gating API, the cascade engine, data-driven gate
+placement, and the per-sample QC flags.
+"""
+
+from __future__ import annotations
+
+from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_values, treg_percent
+from .engine import Context, Unsupported, cascade_rows
+from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates
+from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
+
+__all__ = [
+    "ENGINES",
+    "GateCount",
+    "gate_cascade",
+    "gate_rows",
+    "gate_sample",
+    "gate_values",
+    "treg_percent",
+    "Context",
+    "Unsupported",
+    "cascade_rows",
+    "AutoGateResult",
+    "FALLBACK_FLAG",
+    "auto_gate_specs",
+    "fit_auto_gates",
+    "QCThresholds",
+    "binomial_ci",
+    "flag_visit_outliers",
+    "load_thresholds",
+    "sample_flags",
+    "sample_time_qc",
+    "time_qc",
+]

@@ -1,0 +1,45 @@
+"""Stage 4: the run's tables (atomic writes, their schema), the MIFlowCyt record, and the
+self-contained HTML page the report and the endpoint page are built on.
+"""
+
+from __future__ import annotations
+
+from .tables import (
+    TREG_COLUMNS,
+    POPULATION_COLUMNS,
+    atomic_write,
+    atomic_write_many,
+    write_table,
+    write_json,
+    read_treg_table,
+)
+from .schema import TABLES, dtypes_for, read_output, validate_table, write_docs, render_markdown, render_json
+from .miflowcyt import gatingml_definitions, build_miflowcyt, instrument_fields, write_miflowcyt
+from .html import escape, html_page, img_tag
+from .schema_tables import EXCLUSION_REASONS, PATIENT_STATUSES
+
+__all__ = [
+    "EXCLUSION_REASONS",
+    "PATIENT_STATUSES",
+    "TREG_COLUMNS",
+    "POPULATION_COLUMNS",
+    "atomic_write",
+    "atomic_write_many",
+    "write_table",
+    "write_json",
+    "read_treg_table",
+    "TABLES",
+    "dtypes_for",
+    "read_output",
+    "validate_table",
+    "write_docs",
+    "render_markdown",
+    "render_json",
+    "gatingml_definitions",
+    "build_miflowcyt",
+    "instrument_fields",
+    "write_miflowcyt",
+    "escape",
+    "html_page",
+    "img_tag",
+]

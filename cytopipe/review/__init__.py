@@ -1,0 +1,50 @@
+"""Stage 5: reviewers' decisions and their audit trail, and the HTML review report.
+
+The report's names load on first use: they bring in matplotlib.
+"""
+
+from __future__ import annotations
+
+from .decisions import (
+    REVIEW_FILE,
+    adjusted_gating_strategy,
+    adjustments_digest,
+    build_gate_spec,
+    find_sample,
+    gate_adjustments,
+    read_decisions,
+    record_decision,
+    review_fields,
+    update_review_columns,
+)
+from .events import GateView, gate_views
+
+__all__ = [
+    "REVIEW_FILE",
+    "adjusted_gating_strategy",
+    "adjustments_digest",
+    "build_gate_spec",
+    "find_sample",
+    "gate_adjustments",
+    "read_decisions",
+    "record_decision",
+    "review_fields",
+    "update_review_columns",
+    "GateView",
+    "gate_views",
+    "write_report",
+    "gate_png",
+    "patient_png",
+    "batch_png",
+]
+
+_LAZY = {"write_report": "report", "gate_png": "plots", "patient_png": "plots", "batch_png": "plots"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

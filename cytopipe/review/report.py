@@ -1,0 +1,211 @@
+"""Assemble the report's HTML pages. Every text from a file or the sheet is escaped."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..exceptions import CytopipeError
+from ..gating.qc import QCThresholds, binomial_ci, load_thresholds, sample_time_qc
+from ..outputs.html import escape as _e
+from ..outputs.html import html_page, img_tag
+from ..outputs.tables import atomic_write, read_treg_table
+from .decisions import gate_adjustments, read_decisions, review_fields
+from .events import gate_views
+from .plots import batch_png, gate_png, patient_png
+
+__all__ = ["write_report"]
+
+def _slug(i: int, file: str) -> str:
+    return f"s{i:03d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(file)).stem)[:60] + ".html"
+
+
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return fmt.format(value)
+
+
+def _ci(row: pd.Series) -> tuple[float, float]:
+    if pd.isna(row["cd4_count"]) or pd.isna(row["treg_count"]):
+        return (math.nan, math.nan)
+    return binomial_ci(int(row["treg_count"]), int(row["cd4_count"]))
+
+
+def _changelog(strategy) -> str:
+    path = Path(strategy.directory) / "CHANGELOG.md"
+    if not path.is_file():
+        return "(no CHANGELOG.md)"
+    text = path.read_text(encoding="utf-8")
+    m = re.search(rf"^## {re.escape(strategy.version)}\b.*?(?=^## |\Z)", text, flags=re.M | re.S)
+    return (m.group(0) if m else text[:1500]).strip()
+
+
+def _load_strategy(run: dict[str, Any]):
+    from ..strategy.registry import load_strategy
+
+    return load_strategy(f"{run['strategy']}@{run['strategy_version']}", allow_draft=True)
+
+
+def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int = 20_000,
+                 thresholds: QCThresholds | None = None, client=None) -> Path:
+    """Write ``run_dir/report/index.html`` and one page per sample.
+
+    Parameters
+    ----------
+    run_dir
+        The output folder of ``cytopipe run`` (``treg_by_visit.parquet``,
+        ``populations.parquet``, ``run.json``; ``review.jsonl`` if any).
+    strategy : cytopipe.strategy.registry.Strategy, optional
+        The run's strategy; looked up from ``run.json`` when omitted.
+    max_events
+        Parent events drawn per gate plot (a fixed-seed subsample beyond).
+    thresholds
+        QC thresholds shown in the report (for the Time-channel measures).
+    client : distributed.Client, optional
+        Render the sample pages (re-reading, re-gating and plotting each
+        file: ~1 s a sample) on this Dask cluster instead of one by one.
+
+    Returns
+    -------
+    pathlib.Path
+        ``run_dir/report/index.html``.
+    """
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    strategy = strategy or _load_strategy(run)
+    thresholds = thresholds or load_thresholds()
+    table = read_treg_table(run_dir)
+    decisions = read_decisions(run_dir)
+    sheet_dir = Path(run["sample_sheet"]).parent
+    out = run_dir / "report"
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    written = set()
+    rows_html = []
+    rows = [row for _, row in table.reset_index(drop=True).iterrows()]
+    paths = [sheet_dir / str(row["file"]) for row in rows]
+    common = dict(strategy=strategy, decisions=decisions, t=thresholds, max_events=max_events)
+    if client is not None:
+        pages = client.gather(client.map(_sample_page, rows, paths, pure=False, **common))
+    else:
+        pages = [_sample_page(row, path, **common) for row, path in zip(rows, paths)]
+    for i, (row, page) in enumerate(zip(rows, pages)):
+        slug = _slug(i, row["file"])
+        written.add(slug)
+        atomic_write(out / "samples" / slug, lambda p, t=page: Path(p).write_text(t, encoding="utf-8"))
+        rows_html.append(_overview_row(row, slug))
+    for old in (out / "samples").glob("*.html"):
+        if old.name not in written:
+            old.unlink()
+    index = _index(table, run, strategy, rows_html, thresholds)
+    return atomic_write(out / "index.html", lambda p: Path(p).write_text(index, encoding="utf-8"))
+
+
+def _overview_row(row: pd.Series, slug: str) -> str:
+    lo, hi = _ci(row)
+    pct = row["treg_pct_cd4"]
+    ci = "" if pd.isna(pct) else f"{pct:.2f} [{lo:.2f}, {hi:.2f}]"
+    cells = [
+        (row["patient_id"], f'<a href="samples/{_e(slug)}">{_e(row["patient_id"])}</a>'),
+        (row["visit"], _e(row["visit"])), (row["day"], _e(row["day"])),
+        (row["events_total"], _num(row["events_total"])), (row["cd4_count"], _num(row["cd4_count"])),
+        (row["treg_count"], _num(row["treg_count"])), (pct, _e(ci)),
+        (row["qc_status"], _e(row["qc_status"])), (row["qc_flags"], _e(row["qc_flags"]) or _e(row["error"])),
+        (row["review_status"], f'<span class="{_e(row["review_status"])}">{_e(row["review_status"])}</span>'
+         + (f" ({_e(row['reviewer'])})" if _e(row["reviewer"]) else "")),
+        (row["file"], f'<a href="samples/{_e(slug)}">{_e(row["file"])}</a>'),
+    ]
+    tds = "".join(f'<td data-v="{_e(v)}">{h}</td>' for v, h in cells)
+    return f'<tr class="{_e(row["qc_status"])}">{tds}</tr>'
+
+
+def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds) -> str:
+    head = ["patient", "visit", "day", "events", "CD4 count", "Treg count", "Treg % CD4 [95 % CI]",
+            "QC", "flags / error", "review", "file"]
+    parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.get('finished'))}: "
+             f"{_e(run.get('n_samples'))} samples, {_e(run.get('n_failed'))} failed. Sample sheet "
+             f"<code>{_e(run.get('sample_sheet'))}</code>. Click a column to sort, a patient to see the gates.</p>",
+             '<h2>Samples</h2><table class="sortable" id="overview"><thead><tr>'
+             + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(rows_html) + "</tbody></table>"]
+    gated = table[table["qc_status"] != "error"]
+    parts.append("<h2>Treg % CD4 per patient</h2><div class=\"plots\">")
+    for patient, rows in gated.groupby("patient_id", sort=False):
+        cis = [_ci(r) for _, r in rows.iterrows()]
+        png = patient_png(str(patient), [str(v) for v in rows["visit"]], rows["treg_pct_cd4"].astype(float),
+                          [c[0] for c in cis], [c[1] for c in cis])
+        parts.append(img_tag(png, f"Treg % CD4 across visits, patient {patient}", "trend"))
+    parts.append("</div>")
+    if len(gated):
+        labels = [f"{p}:{v}" for p, v in zip(gated["patient_id"], gated["visit"])]
+        png, outliers = batch_png(labels, {
+            "Treg % CD4": gated["treg_pct_cd4"].astype(float),
+            "CD4 count": gated["cd4_count"].astype(float), "events": gated["events_total"].astype(float)})
+        parts.append("<h2>Across the batch</h2>" + img_tag(png, "Treg % CD4, CD4 count and events across samples",
+                                                        "batch"))
+        listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in outliers.items() if v) or "none"
+        parts.append(f"<p>Outliers (&gt; 3.5 robust SD from the batch median): {_e(listed)}</p>")
+    parts.append(f"<h2>Strategy</h2><p><b>{_e(strategy.name)}</b> version {_e(strategy.version)} "
+                 f"({_e(strategy.status)}), GatingML sha256 <code>{_e(strategy.sha256)}</code></p>"
+                 f"<pre>{_e(_changelog(strategy))}</pre>")
+    parts.append("<h2>QC thresholds</h2><pre>" + _e("\n".join(f"{k} = {v}" for k, v in vars(t).items()))
+                 + "</pre>")
+    return html_page("cytopipe review report", "\n".join(parts))
+
+
+def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThresholds, max_events: int) -> str:
+    title = f"{row['patient_id']} {row['visit']}"
+    lo, hi = _ci(row)
+    info = [("patient", row["patient_id"]), ("visit", row["visit"]), ("day", row["day"]),
+            ("file", row["file"]), ("file sha256", row["file_sha256"]),
+            ("events", _num(row["events_total"])), ("CD4 count", _num(row["cd4_count"])),
+            ("Treg count", _num(row["treg_count"])),
+            ("Treg % CD4 [95 % CI]", "" if pd.isna(row["treg_pct_cd4"])
+             else f"{row['treg_pct_cd4']:.2f} [{lo:.2f}, {hi:.2f}]"),
+            ("QC status", row["qc_status"]), ("QC flags", row["qc_flags"]), ("error", row["error"]),
+            ("review", f"{row['review_status']} {row['reviewer'] or ''} {row['reviewed_at'] or ''}")]
+    extra = [c for c in row.index if c not in _KNOWN]
+    info += [(c, row[c]) for c in extra]
+    parts = ['<p><a href="../index.html">&larr; all samples</a></p>', f"<h1>{_e(title)}</h1>",
+             "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in info) + "</table>"]
+    sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+    if row["qc_status"] == "error":
+        parts.append(f'<p class="error">Not gated: {_e(row["error"])}</p>')
+    else:
+        adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
+        try:
+            views, sample = gate_views(str(path), strategy, adjustments, max_events=max_events)
+        except (CytopipeError, OSError) as e:
+            parts.append(f'<p class="error">Cannot re-read the file for plots: {_e(e)}</p>')
+        else:
+            tq = sample_time_qc(sample, thresholds=t)
+            if tq:
+                parts.append(f"<p>Time channel: flow-rate anomalies in {tq['flow_rate_events_pct']:.1f} % of "
+                             f"events ({tq['flow_rate_time_pct']:.1f} % of acquisition time); signal drift in "
+                             f"{tq['drift_events_pct']:.1f} % of events.</p>")
+            parts.append('<h2>Gates</h2><div class="plots">')
+            parts += [img_tag(gate_png(v), "gate " + "/".join(v.path), "gate") for v in views]
+            parts.append("</div>")
+    mine = [d for d in decisions if d.get("file") == str(row["file"])]
+    if mine:
+        valid = {id(d) for d in mine if review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))
+                 ["review_status"] != "pending"}
+        trs = "".join(
+            f'<tr class="{"" if id(d) in valid else "void"}"><td>{_e(d.get("time"))}</td><td>{_e(d.get("reviewer"))}'
+            f'</td><td>{_e(d.get("action"))}</td><td>{_e(d.get("gate_path", ""))}</td><td>{_e(d.get("reason"))}'
+            f'</td></tr>' for d in mine)
+        parts.append("<h2>Review history</h2><table><tr><th>time</th><th>reviewer</th><th>action</th>"
+                     f"<th>gate</th><th>reason</th></tr>{trs}</table><p>Struck-through decisions were made on "
+                     "another version of the file or strategy and no longer count.</p>")
+    return html_page(title, "\n".join(parts))
+
+
+_KNOWN = {"patient_id", "visit", "day", "file", "file_sha256", "events_total", "cd4_count", "treg_count",
+          "treg_pct_cd4", "qc_status", "qc_flags", "error", "strategy", "strategy_version", "strategy_sha256",
+          "cytopipe_version", "flowkit_version", "review_status", "reviewer", "reviewed_at"}

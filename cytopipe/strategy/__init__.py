@@ -1,0 +1,40 @@
+"""Stage 2: versioned gating strategies: the registry, release workflow, descriptions, diffs,
+FlowJo interchange, and panel resolution ($PnN/$PnS to the strategy's markers).
+"""
+
+from __future__ import annotations
+
+from .registry import Marker, Strategy, load_strategy, list_strategies, load_gatingml, strategies_root, DEFAULT_STRATEGY
+from .panel import normalise_label, resolve_panel
+from .release import ValidationReport, changelog_entry, new_version, release_version, validate_strategy
+from .describe import DimensionInfo, GateInfo, describe_gates, format_gate, write_gate_tree_image
+from .diff import Change, diff_strategies, gatingml_of
+from .flowjo import ImportResult, export_wsp, import_wsp
+
+__all__ = [
+    "Marker",
+    "Strategy",
+    "load_strategy",
+    "list_strategies",
+    "load_gatingml",
+    "strategies_root",
+    "DEFAULT_STRATEGY",
+    "normalise_label",
+    "resolve_panel",
+    "ValidationReport",
+    "changelog_entry",
+    "new_version",
+    "release_version",
+    "validate_strategy",
+    "DimensionInfo",
+    "GateInfo",
+    "describe_gates",
+    "format_gate",
+    "write_gate_tree_image",
+    "Change",
+    "diff_strategies",
+    "gatingml_of",
+    "ImportResult",
+    "export_wsp",
+    "import_wsp",
+]

@@ -1,0 +1,94 @@
+"""Tests for cytopipe.batch.task: one file's work in a worker, fresh or from the run's cache."""
+
+from __future__ import annotations
+
+import json
+
+from cytopipe.fcs.read import file_sha256
+from cytopipe.batch.task import process_sample
+from cytopipe.strategy.registry import load_strategy
+from cytopipe.sim.sample import SampleSpec, write_fcs
+
+
+def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monkeypatch):
+    """Counts, Time QC and the treg_auto fit are unchanged by reading float32."""
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=5, hard=True))
+    for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
+        d = str(load_strategy(ref).directory)
+        lean = process_sample(str(path), d)
+        calls = []
+        monkeypatch.setattr("cytopipe.batch.task.read_fcs_lean", lambda p, **k: calls.append(p))
+        full = process_sample(str(path), d)
+        monkeypatch.undo()
+        assert calls == [str(path)]  # the lean reader was asked, and declined
+        assert not lean["error"] and not full["error"]
+        for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc",
+                    "qc_flags", "gates", "auto_gates", "instrument"):
+            assert lean.get(key) == full.get(key), key
+
+
+def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
+    """The cache keeps the measures; QC flags come from the thresholds of the run that reads them."""
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=6))
+    d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
+    cache.mkdir()
+    first = process_sample(str(path), d, cache_dir=str(cache))
+    assert not first["error"] and not first["cached"] and "low_events" not in first["qc_flags"]
+    stored = list(cache.glob("*.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text())["file_sha256"] == file_sha256(path)
+
+    again = process_sample(str(path), d, cache_dir=str(cache), qc_thresholds={"min_events": 50_000})
+    assert again["cached"] and again["path"] == str(path)
+    for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "gates", "time_qc"):
+        assert again[key] == first[key], key
+    assert again["qc_flags"] == ["low_events", *first["qc_flags"]]  # 30,000 < 50,000 today
+
+    write_fcs(path, SampleSpec(n_events=30_000, seed=7))  # a changed file is a new key: gated afresh
+    changed = process_sample(str(path), d, cache_dir=str(cache))
+    assert not changed["cached"] and changed["file_sha256"] != first["file_sha256"]
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+def _under_limit(path: str, strategy_dir: str, limit: int, exact: bool) -> dict:
+    """process_sample in this Dask worker with its memory limit set to ``limit`` for the call.
+
+    ``exact=False`` makes the lean read not exact for the strategy (as a gate on Time does),
+    so the file must be read again with FlowKit's reader.
+    """
+    from distributed import get_worker
+
+    import cytopipe.batch.task as task
+
+    manager = get_worker().memory_manager
+    saved_limit, saved_exact = manager.memory_limit, task.gates_exactly
+    manager.memory_limit = limit
+    if not exact:
+        task.gates_exactly = lambda sample, gs: False
+    try:
+        return process_sample(path, strategy_dir)
+    finally:
+        manager.memory_limit, task.gates_exactly = saved_limit, saved_exact
+
+
+def test_the_memory_guard_asks_what_the_reader_taking_the_file_needs(tmp_path, dask_client):
+    """A float32 file read lean needs less than half of what FlowKit's reader does: a limit in
+    between gates it lean, and refuses it, naming the limit, when FlowKit's reader must read it."""
+    from cytopipe.batch.cluster import _LEAN_BYTES_PER_EVENT, _PEAK_BYTES_PER_VALUE, _WORKER_BASELINE
+
+    path = tmp_path / "big.fcs"
+    n, p = 200_000, 12
+    write_fcs(path, SampleSpec(n_events=n, seed=3))
+    lean_need = n * (p * 4 + _LEAN_BYTES_PER_EVENT) + _WORKER_BASELINE
+    flowkit_need = n * p * _PEAK_BYTES_PER_VALUE + _WORKER_BASELINE
+    limit = (lean_need + flowkit_need) // 2
+    d = str(load_strategy("treg@1.0.0").directory)
+
+    lean = dask_client.submit(_under_limit, str(path), d, limit, True, pure=False).result()
+    assert not lean["error"] and lean["treg_count"] > 0
+    refused = dask_client.submit(_under_limit, str(path), d, limit, False, pure=False).result()
+    assert "big.fcs" in refused["error"] and f"limit of {limit / 1e9:.1f} GB" in refused["error"]
+    assert refused["treg_count"] is None and refused["file_sha256"] == lean["file_sha256"]
+    roomy = dask_client.submit(_under_limit, str(path), d, flowkit_need + 1, False, pure=False).result()
+    assert not roomy["error"] and roomy["treg_count"] == lean["treg_count"]  # FlowKit's reader, same count

@@ -1,0 +1,158 @@
+"""The review report: flags on files made to trigger them, escaping, and a real browser."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytopipe.batch.driver import run_batch
+from cytopipe.sim.sample import SampleSpec, simulate_events, write_fcs
+
+XSS = "<img src=x onerror=alert(1)>"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rewrite_events(path: Path, edit) -> None:
+    """Change the DATA of a generated FCS file in place: ``edit(events_by_pnn)`` mutates columns."""
+    import fcsparser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta = fcsparser.parse(str(path), meta_data_only=True, reformat_meta=True)
+    start, end = meta["__header__"]["data start"], meta["__header__"]["data end"]
+    dtype = "<f4" if meta["$BYTEORD"] == "1,2,3,4" else ">f4"
+    raw = bytearray(path.read_bytes())
+    data = np.frombuffer(bytes(raw[start:end + 1]), dtype=dtype).reshape(-1, int(meta["$PAR"])).copy()
+    cols = {name: data[:, i] for i, name in enumerate(meta["_channel_names_"])}
+    edit(cols)
+    for i, name in enumerate(meta["_channel_names_"]):
+        data[:, i] = cols[name]
+    raw[start:end + 1] = data.astype(dtype).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def _clog(cols) -> None:
+    # 4 % of the events trickle through over 10x their time: a partial clog
+    t = cols["Time"].astype(float)
+    a, b = t.min() + 0.4 * np.ptp(t), t.min() + 0.44 * np.ptp(t)
+    out = t.copy()
+    out[(t >= a) & (t < b)] = a + (t[(t >= a) & (t < b)] - a) * 10
+    out[t >= b] = t[t >= b] + 9 * (b - a)
+    cols["Time"][:] = out
+
+
+@pytest.fixture(scope="module")
+def flagged_run(tmp_path_factory, dask_client):
+    """A batch with one file made to trigger each flag, hostile text, and a mislabelled tube."""
+    d = tmp_path_factory.mktemp("flagged")
+    specs = {"normal.fcs": SampleSpec(n_events=30_000, seed=21), "low_events.fcs": SampleSpec(n_events=8_000, seed=22),
+             "low_cd4.fcs": SampleSpec(n_events=30_000, seed=23), "clog.fcs": SampleSpec(n_events=30_000, seed=24),
+             "mislabelled.fcs": SampleSpec(n_events=5_000, seed=25, pns_overrides={"PE-Cy7-A": XSS})}
+    for name, spec in specs.items():
+        write_fcs(d / name, spec)
+    labels = simulate_events(specs["low_cd4.fcs"])[1]
+    drop = np.isin(labels, ["treg", "cd4_activated", "cd4_conv"]) & (np.random.default_rng(0).random(labels.size) < 0.8)
+    _rewrite_events(d / "low_cd4.fcs", lambda c: c["V450-A"].__setitem__(drop, 0.0))
+    _rewrite_events(d / "clog.fcs", _clog)
+    sheet = pd.DataFrame({
+        "file": list(specs), "patient_id": [XSS, "P2", "P3", "P4", "P5"], "visit": ["D1"] * 5,
+        "note": ["ok", XSS, "", "", ""],
+    })
+    sheet.to_csv(d / "samples.csv", index=False)
+    out = d / "out"
+    result = run_batch(d / "samples.csv", out, client=dask_client)
+    return result, out
+
+
+def test_each_flag_fires_on_the_file_made_for_it(flagged_run):
+    result, out = flagged_run
+    table = pd.read_csv(out / "treg_by_visit.csv", keep_default_na=False).set_index("file")
+    flags = {f: set(re.sub(r":[0-9.]+%", "", v).split(";")) - {""} for f, v in table["qc_flags"].items()}
+    assert flags["normal.fcs"] == set()
+    assert flags["low_events.fcs"] >= {"low_events"} and not {"flow_rate", "signal_drift"} & flags["low_events.fcs"]
+    assert flags["low_cd4.fcs"] == {"low_cd4"}
+    assert flags["clog.fcs"] == {"flow_rate"}
+    share = float(re.search(r"flow_rate:([0-9.]+)%", table.loc["clog.fcs", "qc_flags"]).group(1))
+    assert 2.0 < share < 6.0  # ~4 % of the events were acquired during the clog
+    assert table.loc["mislabelled.fcs", "qc_status"] == "error"
+    assert list(table.columns[-4:]) == ["review_status", "reviewer", "reviewed_at", "note"]
+    assert (table["review_status"] == "pending").all()
+    index = (out / "report" / "index.html").read_text()
+    assert "low_cd4" in index and "flow_rate:" in index
+
+
+def test_everything_from_files_and_sheet_is_escaped(flagged_run):
+    _, out = flagged_run
+    pages = [out / "report" / "index.html", *sorted((out / "report" / "samples").glob("*.html"))]
+    assert len(pages) == 6
+    texts = [p.read_text() for p in pages]
+    for text in texts:
+        assert XSS not in text and "<img src=x" not in text
+    escaped = html.escape(XSS, quote=True)
+    assert escaped in texts[0]  # the patient id
+    assert any(escaped in t and "note" in t for t in texts[1:])  # the carried-through sheet column
+    mislabelled = next(t for t in texts[1:] if "mislabelled.fcs" in t)
+    assert "Not gated:" in mislabelled and escaped in mislabelled  # the $PnS inside the error message
+    # every img of every page is an embedded PNG: nothing loads from anywhere
+    for text in texts:
+        assert set(re.findall(r'<img[^>]* src="([a-z]+):', text)) <= {"data"}
+        assert "http://" not in text and "https://" not in text
+
+
+def _chromium() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium/chromedriver not installed: run scripts/ensure_chromium.sh (make test does)")
+    pytest.importorskip("selenium", reason="selenium is not installed in the venv")
+    return browser, driver
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(flagged_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = _chromium()
+    _, out = flagged_run
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1600"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    artefacts = REPO / "test-artifacts"
+    artefacts.mkdir(exist_ok=True)
+    try:
+        drv.get((out / "report" / "index.html").as_uri())
+        links = drv.execute_script("return Array.from(document.querySelectorAll('#overview tbody tr td:first-child a'))"
+                                   ".map(a => a.href)")
+        assert len(links) == 5
+        drv.find_element("css selector", "#overview th:nth-child(7)").click()  # sort by Treg %
+        drv.save_screenshot(str(artefacts / "report_index.png"))
+        assert drv.execute_script("return document.images.length") >= 3
+        n_gates = 0
+        for url in links:
+            drv.get(url)
+            gates = drv.execute_script(
+                "return Array.from(document.querySelectorAll('img.gate')).map(i => [i.complete, i.naturalWidth])")
+            if "mislabelled" in drv.page_source:
+                assert gates == []
+                continue
+            assert len(gates) == 6 and all(ok and w > 0 for ok, w in gates), (url, gates)
+            n_gates += len(gates)
+            if "clog" in url:
+                drv.save_screenshot(str(artefacts / "report_sample_clog.png"))
+        assert n_gates == 4 * 6
+        errors = [e for e in drv.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        drv.quit()

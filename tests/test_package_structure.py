@@ -1,0 +1,124 @@
+"""The shape of the house: one subpackage per stage, imports that flow one way, no private name crossing.
+
+Every ``import`` statement of the package is read, those inside functions
+included (a lazy import is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import cytopipe
+
+PKG = Path(cytopipe.__file__).resolve().parent
+REPO = PKG.parent
+
+# The order imports may go: a stage imports only from the stages before it.
+# outputs and review come before batch because the batch driver writes the
+# tables and applies the decisions reviewers recorded on an earlier run.
+LAYERS = ["fcs", "strategy", "gating", "outputs", "review", "batch", "endpoint"]
+# The generator stands apart: it writes FCS files with its own code, so a
+# reader bug cannot hide in a generator that shares it.
+INDEPENDENT = ["sim"]
+TOP_LEVEL = {"__init__.py", "__main__.py", "_version.py", "cli.py", "exceptions.py"}
+
+
+def _modules():
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG)
+        yield ("cytopipe." + ".".join(rel.with_suffix("").parts)).removesuffix(".__init__"), path
+
+
+def _imports(module: str, path: Path):
+    """``(imported module, [names])`` for every import statement, resolved to absolute names."""
+    is_pkg = path.name == "__init__.py"
+    package = module if is_pkg else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield target, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS + INDEPENDENT) else None
+
+
+def test_top_level_keeps_only_the_cli_exceptions_and_version():
+    files = {p.name for p in PKG.iterdir() if p.suffix == ".py"}
+    dirs = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert files == TOP_LEVEL
+    assert dirs == set(LAYERS + INDEPENDENT)
+
+
+def test_imports_flow_one_way_between_stages():
+    wrong = []
+    for module, path in _modules():
+        here = _stage(module)
+        if here is None:
+            continue
+        for target, _ in _imports(module, path):
+            there = _stage(target) if target.startswith("cytopipe.") else None
+            if there is None or there == here:
+                continue
+            if here in INDEPENDENT or there in INDEPENDENT:
+                wrong.append(f"{module} imports {target} (sim/ stands apart)")
+            elif LAYERS.index(there) > LAYERS.index(here):
+                wrong.append(f"{module} imports {target}, a later stage")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_private_name_crosses_a_subpackage():
+    wrong = []
+    for module, path in _modules():
+        here = _stage(module)
+        for target, names in _imports(module, path):
+            if not target.startswith("cytopipe"):
+                continue
+            there = _stage(target)
+            if there == here:
+                continue
+            private_module = any(p.startswith("_") and p != "_version" for p in target.split(".")[1:])
+            private = [n for n in names if n.startswith("_") and n != "__version__"]
+            if private or private_module:
+                wrong.append(f"{module} imports {private or ''} from {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("stage", LAYERS + INDEPENDENT)
+def test_each_stage_exports_its_public_names(stage):
+    """Every name a stage's modules declare public is importable from the stage itself."""
+    package = importlib.import_module(f"cytopipe.{stage}")
+    missing = []
+    for path in sorted((PKG / stage).glob("[!_]*.py")):
+        module = importlib.import_module(f"cytopipe.{stage}.{path.stem}")
+        for name in getattr(module, "__all__", []):
+            if name not in package.__all__ or getattr(package, name) is not getattr(module, name):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing
+
+
+def test_the_version_has_one_source():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"]
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cytopipe._version.__version__"}
+    from cytopipe._version import __version__
+
+    assert cytopipe.__version__ is __version__
+    hits = [str(p) for p in PKG.rglob("*.py") if p.name != "_version.py"
+            and f'"{__version__}"' in p.read_text(encoding="utf-8")]
+    assert not hits, f"the version is spelled out again in {hits}"
