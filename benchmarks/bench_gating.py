@@ -288,7 +288,7 @@ def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float
             t = time.perf_counter()
             res = process_sample(str(f), str(strat.directory))
             timings[name].append(time.perf_counter() - t)
-            assert not res["error"], res["error"]
+            assert not res.error, res.error
     base, with_fit = min(timings["fixed"]), min(timings["auto"])
     overhead = (with_fit - base) / base
     print(f"== treg_auto fit on {n_events:,} events: a sample takes {1000 * with_fit:.0f} ms with the fit, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .samplesheet import REQUIRED_COLUMNS, read_sample_sheet
 from .dispatch import plan_groups, run_each, task_slots
 from .cluster import QUIET_WORKERS, WORKER_MALLOC, make_local_cluster
-from .task import process_sample
+from .task import SampleResult, process_sample
 from .driver import BatchResult, run_batch
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "QUIET_WORKERS",
     "WORKER_MALLOC",
     "make_local_cluster",
+    "SampleResult",
     "process_sample",
     "BatchResult",
     "run_batch",

@@ -37,7 +37,7 @@ from ..outputs.miflowcyt import write_miflowcyt
 from ..gating.qc import flag_visit_outliers, load_thresholds
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
 from ..review.decisions import read_decisions, review_fields
-from .task import process_sample
+from .task import SampleResult, process_sample
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
 
@@ -184,7 +184,7 @@ def run_batch(
         files = write_table(table, out / "treg_by_visit", TREG_COLUMNS)
         files += write_table(pops, out / "populations", POPULATION_COLUMNS, csv=False)
         n_failed = int((table["qc_status"] == "error").sum())
-        n_cached = sum(bool(r.get("cached")) for r in results.values())
+        n_cached = sum(r.cached for r in results.values())
         run = {
             "sample_sheet": str(sheet_path.resolve()),
             "sample_sheet_sha256": file_sha256(sheet_path),
@@ -204,7 +204,8 @@ def run_batch(
         }
         files.append(write_json(run, out / "run.json"))
         files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
-                                     instruments=[results.get(i, {}).get("instrument") for i in range(len(sheet))]))
+                                     instruments=[results[i].instrument if i in results else None
+                                                  for i in range(len(sheet))]))
         if report:
             from ..review.report import write_report  # imported here: matplotlib only where a report is made
 
@@ -235,9 +236,9 @@ def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[
 
 
 def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],
-            progress: ProgressCallback | None, log_file) -> dict[int, dict[str, Any]]:
+            progress: ProgressCallback | None, log_file) -> dict[int, SampleResult]:
     """Gate every file on the cluster (see :mod:`.dispatch`); results as they finish, failures included."""
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, SampleResult] = {}
     paths = list(sheet["path"])
     rows = sheet.to_dict("records")
     calls = [((path, strategy_dir), tasks[i]) for i, path in enumerate(paths)]
@@ -246,9 +247,9 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
         failed = 0
         for i, res in run_each(client, process_sample, calls, paths):
             if isinstance(res, BaseException):  # e.g. the file killed its worker each time
-                res = {"error": one_line(f"{paths[i]}: task failed: {type(res).__name__}: {res}")}
+                res = SampleResult(paths[i], error=one_line(f"{paths[i]}: task failed: {type(res).__name__}: {res}"))
             results[i] = res
-            if res.get("error"):
+            if res.error:
                 failed += 1
             if log is not None:
                 log.write(json.dumps(_log_record(rows[i], res)) + "\n")
@@ -261,9 +262,8 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
     return results
 
 
-def _log_record(row: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
-    start = res.get("started")
-    dur = res.get("duration_s")
+def _log_record(row: dict[str, Any], res: SampleResult) -> dict[str, Any]:
+    start, dur = res.started, res.duration_s
     return {
         "file": row["file"],
         "patient_id": row["patient_id"],
@@ -271,44 +271,44 @@ def _log_record(row: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
         "start": start,
         "end": start + dur if start is not None and dur is not None else None,
         "duration_s": dur,
-        "worker": res.get("worker"),
-        "outcome": "error" if res.get("error") else ("cached" if res.get("cached") else "ok"),
-        "error": res.get("error", ""),
+        "worker": res.worker or None,
+        "outcome": "error" if res.error else ("cached" if res.cached else "ok"),
+        "error": res.error,
     }
 
 
-def _tables(sheet: pd.DataFrame, results: dict[int, dict[str, Any]], strat: Strategy, decisions=()):
+def _tables(sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy, decisions=()):
     fk_version = _flowkit_version()
     rows, pops = [], []
     extra = [c for c in sheet.columns if c not in TREG_COLUMNS and c not in ("path", "line")]
     for i, rec in enumerate(sheet.to_dict("records")):
-        res = results.get(i, {"error": f"{rec['path']}: no result (the batch was interrupted)"})
-        flags = res.get("qc_flags") or []
-        status = "error" if res.get("error") else ("flag" if flags else "ok")
+        res = results.get(i) or SampleResult(rec["path"], error=f"{rec['path']}: no result (the batch was interrupted)")
+        flags = res.qc_flags
+        status = "error" if res.error else ("flag" if flags else "ok")
         row = {
             "patient_id": rec["patient_id"],
             "visit": rec["visit"],
             "day": rec["day"],
             "file": rec["file"],
-            "file_sha256": res.get("file_sha256"),
-            "events_total": res.get("events_total"),
-            "cd4_count": res.get("cd4_count"),
-            "treg_count": res.get("treg_count"),
-            "treg_pct_cd4": float("nan") if status == "error" else res.get("treg_pct_cd4"),
+            "file_sha256": res.file_sha256,
+            "events_total": res.events_total,
+            "cd4_count": res.cd4_count,
+            "treg_count": res.treg_count,
+            "treg_pct_cd4": float("nan") if status == "error" else res.treg_pct_cd4,
             "qc_status": status,
             "qc_flags": ";".join(flags),
-            "error": res.get("error", ""),
+            "error": res.error,
             "strategy": strat.name,
             "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
             "strategy_sha256": strat.sha256,
             "cytopipe_version": __version__,
             "flowkit_version": fk_version,
-            **review_fields(list(decisions), rec["file"], res.get("file_sha256"), strat.sha256),
+            **review_fields(list(decisions), rec["file"], res.file_sha256, strat.sha256),
         }
         row.update({c: rec[c] for c in extra})
         rows.append(row)
-        for gate_path, count, parent in res.get("gates", []) if status != "error" else []:
-            total = res.get("events_total") or 0
+        for gate_path, count, parent in res.gates if status != "error" else []:
+            total = res.events_total or 0
             pops.append(
                 {
                     "patient_id": rec["patient_id"],

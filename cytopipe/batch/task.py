@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,25 +37,87 @@ from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
 from ..strategy.registry import Strategy, load_strategy
 
-__all__ = ["process_sample"]
+__all__ = ["SampleResult", "process_sample"]
+
+
+@dataclass
+class SampleResult:
+    """What one worker task hands back to the driver for one file.
+
+    Attributes
+    ----------
+    path
+        The FCS file.
+    worker
+        ``host:pid`` of the worker that processed it.
+    file_sha256
+        sha256 of the file (None when it could not be read).
+    events_total, cd4_count, treg_count
+        Events in the file and in the strategy's denominator and numerator gates.
+    treg_pct_cd4
+        100 x treg_count / cd4_count (NaN when not gated).
+    qc_flags
+        The sample's QC flags.
+    error
+        One line naming the file and the cause; empty when gated.
+    gates
+        ``[gate path, count, parent count]`` of every gate, parents first.
+    cached
+        Taken from an earlier run's stored result.
+    time_qc
+        Time-channel QC measures (:func:`~cytopipe.gating.qc.sample_time_qc`).
+    instrument
+        The file's instrument fields for the MIFlowCyt record.
+    auto_gates
+        The data-driven gates' fit record, for strategies that place gates.
+    started, duration_s
+        When the task started (epoch seconds) and how long it took.
+    """
+
+    path: str
+    worker: str = ""
+    file_sha256: str | None = None
+    events_total: int | None = None
+    cd4_count: int | None = None
+    treg_count: int | None = None
+    treg_pct_cd4: float = float("nan")
+    qc_flags: list[str] = field(default_factory=list)
+    error: str = ""
+    gates: list[list[Any]] = field(default_factory=list)
+    cached: bool = False
+    time_qc: dict[str, Any] | None = None
+    instrument: dict[str, Any] | None = None
+    auto_gates: dict[str, Any] | None = None
+    started: float | None = None
+    duration_s: float | None = None
+
+    def cache_record(self) -> dict[str, Any]:
+        """The fields stored in ``cache/``: what the file and strategy determine, not where or when it ran."""
+        skip = {"path", "worker", "started", "duration_s"}
+        return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+
+    @classmethod
+    def from_cache(cls, record: dict[str, Any], path: str, worker: str) -> SampleResult:
+        """A result from a stored :meth:`cache_record` (unknown keys of other versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(path=path, worker=worker, **{k: v for k, v in record.items() if k in known})
 
 SAMPLE_GATES_DIR = "sample_gates"
 
 
-def finish_auto_gates(result: dict[str, Any], path: str, *, cache_dir: str | None = None) -> None:
+def finish_auto_gates(result: SampleResult, cache_dir: str | None = None) -> None:
     """Add a sample's auto-gate QC flags to ``result`` and write its sample gates file.
 
     Run on fresh and on cached results alike, so every run leaves
     ``DIR/sample_gates/<file stem>.xml`` (DIR is the parent of ``cache_dir``);
     written atomically, and only when its content changed.
     """
-    auto = result.get("auto_gates")
+    auto = result.auto_gates
     if not auto:
         return
-    flags = result.setdefault("qc_flags", [])
-    flags.extend(f for f in auto.get("qc_flags", []) if f not in flags)
+    result.qc_flags.extend(f for f in auto.get("qc_flags", []) if f not in result.qc_flags)
     if cache_dir and auto.get("gatingml"):
-        target = Path(cache_dir).parent / SAMPLE_GATES_DIR / f"{Path(path).stem}.xml"
+        target = Path(cache_dir).parent / SAMPLE_GATES_DIR / f"{Path(result.path).stem}.xml"
         target.parent.mkdir(parents=True, exist_ok=True)
         text = auto["gatingml"]
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
@@ -97,7 +160,7 @@ def process_sample(
     cache_dir: str | None = None,
     qc_thresholds: dict[str, Any] | None = None,
     reviews: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> SampleResult:
     """Gate one FCS file; runs inside a Dask worker.
 
     Parameters
@@ -118,33 +181,27 @@ def process_sample(
 
     Returns
     -------
-    dict
-        ``file_sha256, events_total, cd4_count, treg_count, treg_pct_cd4,
-        qc_flags, time_qc, error, gates`` (list of ``[path, count, parent_count]``),
-        ``instrument`` (:func:`~cytopipe.outputs.miflowcyt.instrument_fields`, once the file is read),
-        ``worker, started, duration_s, cached``. Never raises for a bad file:
-        the error is a one-line string in ``error``.
+    SampleResult
+        Never raises for a bad file: the error is a one-line string in ``error``.
     """
     started = time.time()
-    out: dict[str, Any] = {"path": path, "worker": socket.gethostname() + f":{os.getpid()}"}
-    out.update(file_sha256=None, events_total=None, cd4_count=None, treg_count=None)
-    out.update(treg_pct_cd4=float("nan"), qc_flags=[], error="", gates=[], cached=False)
+    out = SampleResult(path=path, worker=socket.gethostname() + f":{os.getpid()}")
     try:
         strategy = _strategy_in_worker(strategy_dir, allow_draft)
         lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
-        out["file_sha256"] = sha
+        out.file_sha256 = sha
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
         key = _cache_key(sha, strategy.sha256, adjustments_digest(adjustments))
         cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
-            stored = json.loads(cache_file.read_text(encoding="utf-8"))
-            stored.update(path=path, worker=out["worker"], cached=True)
-            stored["qc_flags"] = sample_flags(  # today's thresholds on the stored measures
-                stored["events_total"], stored["cd4_count"], stored["treg_count"],
-                thresholds=thresholds, time_metrics=stored.get("time_qc"))
-            finish_auto_gates(stored, path, cache_dir=cache_dir)  # auto-gate flags and sample_gates file
-            stored["started"], stored["duration_s"] = started, time.time() - started
+            stored = SampleResult.from_cache(json.loads(cache_file.read_text(encoding="utf-8")), path, out.worker)
+            stored.cached = True
+            stored.qc_flags = sample_flags(  # today's thresholds on the stored measures
+                stored.events_total, stored.cd4_count, stored.treg_count,
+                thresholds=thresholds, time_metrics=stored.time_qc)
+            finish_auto_gates(stored, cache_dir)  # auto-gate flags and sample_gates file
+            stored.started, stored.duration_s = started, time.time() - started
             return stored
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
@@ -154,7 +211,7 @@ def process_sample(
         if lean is None:  # FlowKit's reader needs about twice the memory of a lean read
             _check_memory(path)
         sample = lean if lean is not None else read_fcs(path)
-        out["instrument"] = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
+        out.instrument = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
         resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
         auto = None
         if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
@@ -165,24 +222,23 @@ def process_sample(
             gs = auto.gating_strategy
         counts = gate_sample(sample, strategy, gating_strategy=gs)
         cd4, treg, pct = treg_percent(counts, strategy)
-        out.update(events_total=int(sample.event_count), cd4_count=cd4, treg_count=treg, treg_pct_cd4=pct)
-        out["time_qc"] = sample_time_qc(sample, thresholds=thresholds)
-        out["qc_flags"] = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
-                                       time_metrics=out["time_qc"])
-        out["gates"] = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
+        out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
+        out.time_qc = sample_time_qc(sample, thresholds=thresholds)
+        out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
+                                    time_metrics=out.time_qc)
+        out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
         if auto is not None:  # fit outcome, QC flag, DIR/sample_gates/<stem>.xml
-            out["auto_gates"] = auto.record()
-            finish_auto_gates(out, path, cache_dir=cache_dir)
+            out.auto_gates = auto.record()
+            finish_auto_gates(out, cache_dir)
         if cache_file is not None:
-            record = {k: v for k, v in out.items() if k not in ("path", "worker")}
-            text = json.dumps(record)
+            text = json.dumps(out.cache_record())
             atomic_write(cache_file, lambda p: Path(p).write_text(text, encoding="utf-8"))
     except CytopipeError as e:
-        out["error"] = one_line(e)
+        out.error = one_line(e)
     except Exception as e:  # nothing lost: an unexpected failure is a row too
         where = traceback.extract_tb(e.__traceback__)[-1]
-        out["error"] = one_line(
+        out.error = one_line(
             f"{path}: unexpected {type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
         )
-    out["started"], out["duration_s"] = started, time.time() - started
+    out.started, out.duration_s = started, time.time() - started
     return out

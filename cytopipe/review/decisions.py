@@ -337,12 +337,12 @@ def record_decision(
 
 
 def _strategy_dir(run_dir: Path, row: pd.Series) -> Path:
-    from ..strategy.registry import strategies_root
+    from ..strategy.registry import strategy_dir
 
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if run.get("strategy_dir"):
         return Path(run["strategy_dir"])
-    return strategies_root() / str(row["strategy"]) / str(run["strategy_version"])
+    return strategy_dir(f"{row['strategy']}@{run['strategy_version']}", existing=False)
 
 
 def update_review_columns(run_dir: str | os.PathLike) -> pd.DataFrame:

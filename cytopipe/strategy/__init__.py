@@ -4,7 +4,17 @@ FlowJo interchange, and panel resolution ($PnN/$PnS to the strategy's markers).
 
 from __future__ import annotations
 
-from .registry import Marker, Strategy, load_strategy, list_strategies, load_gatingml, strategies_root, DEFAULT_STRATEGY
+from .registry import (
+    Marker,
+    Strategy,
+    load_strategy,
+    list_strategies,
+    load_gatingml,
+    strategies_root,
+    strategy_dir,
+    parse_ref,
+    DEFAULT_STRATEGY,
+)
 from .panel import normalise_label, resolve_panel
 from .release import ValidationReport, changelog_entry, new_version, release_version, validate_strategy
 from .describe import DimensionInfo, GateInfo, describe_gates, format_gate, write_gate_tree_image
@@ -18,6 +28,8 @@ __all__ = [
     "list_strategies",
     "load_gatingml",
     "strategies_root",
+    "strategy_dir",
+    "parse_ref",
     "DEFAULT_STRATEGY",
     "normalise_label",
     "resolve_panel",

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from lxml import etree
 
 from ..exceptions import InterchangeError, StrategyError
-from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, load_strategy, strategies_root
+from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, load_strategy, parse_ref, strategy_dir
 from .release import _add_changelog_stub
 
 __all__ = ["ImportResult", "export_wsp", "import_wsp"]
@@ -133,12 +133,13 @@ def import_wsp(
     import flowkit as fk
 
     wsp = Path(workspace)
-    name, _, version = ref.partition("@")
-    base = Path(root) if root is not None else strategies_root()
-    dst = base / name / version
-    if not name or not version:
+    try:
+        name, version = parse_ref(ref)
+    except StrategyError as e:
         msg = f"--as must be name@version, got {ref!r}"
-        raise InterchangeError(msg)
+        raise InterchangeError(msg) from e
+    dst = strategy_dir(ref, root=root, existing=False)
+    base = dst.parent.parent
     if dst.exists():
         msg = f"{dst} already exists; pick another version."
         raise InterchangeError(msg)

@@ -31,6 +31,8 @@ __all__ = [
     "list_strategies",
     "load_gatingml",
     "strategies_root",
+    "strategy_dir",
+    "parse_ref",
     "DEFAULT_STRATEGY",
 ]
 
@@ -233,24 +235,67 @@ def _gate_paths(gatingml_path: str, sha256: str) -> tuple[tuple[str, ...], ...]:
     return tuple(sorted(paths, key=len))
 
 
-def _resolve_dir(ref: str | os.PathLike) -> Path:
-    """Turn ``name@version`` or a folder path into the version's folder."""
+def parse_ref(ref: str) -> tuple[str, str]:
+    """Split ``"name@version"`` into its name and version.
+
+    Raises
+    ------
+    StrategyError
+        ``ref`` is not of the form ``name@version``.
+
+    Examples
+    --------
+    >>> parse_ref("treg@1.0.0")
+    ('treg', '1.0.0')
+    """
+    name, sep, version = str(ref).partition("@")
+    if not (name and sep and version) or "/" in name or "/" in version:
+        msg = f"A strategy is named name@version (e.g. {DEFAULT_STRATEGY!r}), got {ref!r}."
+        raise StrategyError(msg)
+    return name, version
+
+
+def strategy_dir(
+    ref: str | os.PathLike, *, root: str | os.PathLike | None = None, existing: bool = True
+) -> Path:
+    """The version folder ``ref`` names: ``name@version`` under the strategies folder, or a folder path.
+
+    This is the one place a strategy reference becomes a folder.
+
+    Parameters
+    ----------
+    ref
+        ``"name@version"`` or the path of a version folder.
+    root
+        Strategies folder for ``name@version`` (default :func:`strategies_root`).
+    existing
+        Require the folder to hold a manifest. With ``existing=False`` a
+        ``name@version`` gives the folder it would be (to create it), and a
+        path that is not a version folder comes back unchanged.
+
+    Raises
+    ------
+    StrategyError
+        ``existing`` and no such version, naming the ones there are.
+    """
     text = os.fspath(ref)
     candidate = Path(text)
     if candidate.is_dir() and (candidate / _MANIFEST).is_file():
         return candidate
-    if "@" not in text:
+    if "@" not in text or candidate.exists():
+        if not existing:
+            return candidate
         msg = (
             f"Strategy {text!r} is neither 'name@version' nor a folder with a {_MANIFEST}. "
             f"Use e.g. {DEFAULT_STRATEGY!r}; 'cytopipe strategy list' shows what exists."
         )
         raise StrategyError(msg)
-    name, version = text.split("@", 1)
-    root = strategies_root()
-    directory = root / name / version
-    if not (directory / _MANIFEST).is_file():
-        available = [s["ref"] for s in list_strategies(root)]
-        msg = f"Strategy {text!r} not found in {root}. Available strategies: {available}"
+    name, version = parse_ref(text)
+    base = Path(root) if root is not None else strategies_root()
+    directory = base / name / version
+    if existing and not (directory / _MANIFEST).is_file():
+        available = [s["ref"] for s in list_strategies(base)]
+        msg = f"Strategy {text!r} not found in {base}. Available strategies: {available}"
         raise StrategyError(msg)
     return directory
 
@@ -294,7 +339,7 @@ def load_strategy(ref: str | os.PathLike = DEFAULT_STRATEGY, *, allow_draft: boo
     >>> s.numerator[-1]
     'Treg'
     """
-    directory = _resolve_dir(ref)
+    directory = strategy_dir(ref)
     man = _read_manifest(directory)
     where = directory / _MANIFEST
     for key in ("name", "version", "status", "gatingml", "gatingml_sha256", "markers", "endpoint"):

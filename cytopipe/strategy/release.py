@@ -23,7 +23,7 @@ from typing import Any
 from lxml import etree
 
 from ..exceptions import StrategyError
-from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, strategies_root
+from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, parse_ref, strategy_dir
 from .describe import describe_gates
 
 __all__ = [
@@ -136,10 +136,7 @@ def validate_strategy(path: str | os.PathLike) -> ValidationReport:
     ValidationReport
     """
     text = os.fspath(path)
-    p = Path(text)
-    if not p.exists() and "@" in text:
-        name, version = text.split("@", 1)
-        p = strategies_root() / name / version
+    p = strategy_dir(text, existing=False)
     report = ValidationReport(p)
     man: dict[str, Any] | None = None
     if p.is_dir():
@@ -214,18 +211,14 @@ def new_version(name: str, from_version: str, *, version: str | None = None,
     StrategyError
         The source does not exist or the new version already exists.
     """
-    base = Path(root) if root is not None else strategies_root()
-    src = base / name / from_version
-    if not (src / _MANIFEST).is_file():
-        msg = f"Strategy {name}@{from_version} not found in {base}; 'cytopipe strategy list' shows what exists."
-        raise StrategyError(msg)
+    src = strategy_dir(f"{name}@{from_version}", root=root)
     if version is None:
         parts = from_version.split(".")
         if len(parts) != 3 or not all(x.isdigit() for x in parts):
             msg = f"Cannot guess the version after {from_version!r}; pass --version X.Y.Z."
             raise StrategyError(msg)
         version = f"{parts[0]}.{int(parts[1]) + 1}.0"
-    dst = base / name / version
+    dst = strategy_dir(f"{name}@{version}", root=root, existing=False)
     if dst.exists():
         msg = f"{dst} already exists; pick another version (--version)."
         raise StrategyError(msg)
@@ -267,12 +260,8 @@ def release_version(ref: str, *, today: str | None = None, root: str | os.PathLi
     StrategyError
         Already released, invalid, or the CHANGELOG entry lacks author, date or reason.
     """
-    name, _, version = ref.partition("@")
-    base = Path(root) if root is not None else strategies_root()
-    directory = base / name / version
-    if not (directory / _MANIFEST).is_file():
-        msg = f"Strategy {ref!r} not found in {base}."
-        raise StrategyError(msg)
+    _, version = parse_ref(ref)
+    directory = strategy_dir(ref, root=root)
     man = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
     if man.get("status") == "released":
         msg = f"{ref} is already released and never changes; make a new version with 'strategy new-version'."

@@ -82,7 +82,7 @@ def test_a_worker_gates_its_next_sample_in_pages_it_already_has(tmp_path, dask_c
         for p in paths[:-1]:  # the first samples set the worker's heap up
             process_sample(p, d)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        assert not process_sample(paths[-1], d)["error"]
+        assert not process_sample(paths[-1], d).error
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     worker = next(iter(dask_client.scheduler_info()["workers"]))

@@ -22,10 +22,10 @@ def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monke
         full = process_sample(str(path), d)
         monkeypatch.undo()
         assert calls == [str(path)]  # the lean reader was asked, and declined
-        assert not lean["error"] and not full["error"]
+        assert not lean.error and not full.error
         for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "time_qc",
                     "qc_flags", "gates", "auto_gates", "instrument"):
-            assert lean.get(key) == full.get(key), key
+            assert getattr(lean, key) == getattr(full, key), key
 
 
 def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
@@ -35,23 +35,23 @@ def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
     d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
     cache.mkdir()
     first = process_sample(str(path), d, cache_dir=str(cache))
-    assert not first["error"] and not first["cached"] and "low_events" not in first["qc_flags"]
+    assert not first.error and not first.cached and "low_events" not in first.qc_flags
     stored = list(cache.glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["file_sha256"] == file_sha256(path)
 
     again = process_sample(str(path), d, cache_dir=str(cache), qc_thresholds={"min_events": 50_000})
-    assert again["cached"] and again["path"] == str(path)
+    assert again.cached and again.path == str(path)
     for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "gates", "time_qc"):
-        assert again[key] == first[key], key
-    assert again["qc_flags"] == ["low_events", *first["qc_flags"]]  # 30,000 < 50,000 today
+        assert getattr(again, key) == getattr(first, key), key
+    assert again.qc_flags == ["low_events", *first.qc_flags]  # 30,000 < 50,000 today
 
     write_fcs(path, SampleSpec(n_events=30_000, seed=7))  # a changed file is a new key: gated afresh
     changed = process_sample(str(path), d, cache_dir=str(cache))
-    assert not changed["cached"] and changed["file_sha256"] != first["file_sha256"]
+    assert not changed.cached and changed.file_sha256 != first.file_sha256
     assert len(list(cache.glob("*.json"))) == 2
 
 
-def _under_limit(path: str, strategy_dir: str, limit: int, exact: bool) -> dict:
+def _under_limit(path: str, strategy_dir: str, limit: int, exact: bool):
     """process_sample in this Dask worker with its memory limit set to ``limit`` for the call.
 
     ``exact=False`` makes the lean read not exact for the strategy (as a gate on Time does),
@@ -86,9 +86,24 @@ def test_the_memory_guard_asks_what_the_reader_taking_the_file_needs(tmp_path, d
     d = str(load_strategy("treg@1.0.0").directory)
 
     lean = dask_client.submit(_under_limit, str(path), d, limit, True, pure=False).result()
-    assert not lean["error"] and lean["treg_count"] > 0
+    assert not lean.error and lean.treg_count > 0
     refused = dask_client.submit(_under_limit, str(path), d, limit, False, pure=False).result()
-    assert "big.fcs" in refused["error"] and f"limit of {limit / 1e9:.1f} GB" in refused["error"]
-    assert refused["treg_count"] is None and refused["file_sha256"] == lean["file_sha256"]
+    assert "big.fcs" in refused.error and f"limit of {limit / 1e9:.1f} GB" in refused.error
+    assert refused.treg_count is None and refused.file_sha256 == lean.file_sha256
     roomy = dask_client.submit(_under_limit, str(path), d, flowkit_need + 1, False, pure=False).result()
-    assert not roomy["error"] and roomy["treg_count"] == lean["treg_count"]  # FlowKit's reader, same count
+    assert not roomy.error and roomy.treg_count == lean.treg_count  # FlowKit's reader, same count
+
+
+def test_a_result_travels_as_a_typed_object_and_its_cache_record_round_trips(tmp_path):
+    """The driver reads attributes, not dict keys; the stored record leaves out where and when it ran."""
+    from cytopipe.batch.task import SampleResult
+
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=20_000, seed=8))
+    res = process_sample(str(path), str(load_strategy("treg@1.0.0").directory))
+    assert isinstance(res, SampleResult) and not res.error and res.treg_count > 0
+    record = res.cache_record()
+    assert {"path", "worker", "started", "duration_s"}.isdisjoint(record)
+    assert json.loads(json.dumps(record))["gates"] == res.gates
+    back = SampleResult.from_cache({**record, "from_a_newer_version": 1}, str(path), "w:1")
+    assert (back.path, back.worker, back.treg_count, back.gates) == (str(path), "w:1", res.treg_count, res.gates)

@@ -108,16 +108,16 @@ def test_process_sample_writes_sample_gates_also_when_cached(hard_files, auto, t
     cache = tmp_path / "out" / "cache"
     cache.mkdir(parents=True)
     first = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
-    assert first["error"] == "" and first["auto_gates"]["gates"][0]["status"] == "fitted"
-    assert abs(first["treg_pct_cd4"] - truth) <= 0.3
+    assert first.error == "" and first.auto_gates["gates"][0]["status"] == "fitted"
+    assert abs(first.treg_pct_cd4 - truth) <= 0.3
     xml = tmp_path / "out" / "sample_gates" / f"{path.stem}.xml"
     text = xml.read_text(encoding="utf-8")
     gate = load_gatingml(xml).get_gate("Treg", gate_path=auto.numerator[:-1])  # the fitted gate, not the template
-    assert {d.id: d.min for d in gate.dimensions} == pytest.approx(first["auto_gates"]["gates"][0]["bounds"])
+    assert {d.id: d.min for d in gate.dimensions} == pytest.approx(first.auto_gates["gates"][0]["bounds"])
     xml.unlink()
     again = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
-    assert again["cached"] and xml.read_text(encoding="utf-8") == text
-    assert again["treg_pct_cd4"] == first["treg_pct_cd4"]
+    assert again.cached and xml.read_text(encoding="utf-8") == text
+    assert again.treg_pct_cd4 == first.treg_pct_cd4
 
 
 def test_reviewer_adjustment_wins_over_the_fitted_gate(hard_files, auto, tmp_path):
@@ -129,12 +129,12 @@ def test_reviewer_adjustment_wins_over_the_fitted_gate(hard_files, auto, tmp_pat
     review = {"action": "adjust", "gate_path": TREG, "gate": spec, "file": path.name,
               "file_sha256": file_sha256(path), "strategy_sha256": auto.sha256}
     res = process_sample(str(path), str(auto.directory), reviews=[review])
-    assert res["auto_gates"]["gates"][0]["status"] == "reviewer"
-    assert FALLBACK_FLAG not in res["qc_flags"]
+    assert res.auto_gates["gates"][0]["status"] == "reviewer"
+    assert FALLBACK_FLAG not in res.qc_flags
     sample = read_fcs(path)
     counts = gate_sample(sample, auto, gating_strategy=adjusted_gating_strategy(auto, sample.id, {TREG: spec}))
-    assert res["treg_count"] == counts[auto.numerator].count
-    assert res["treg_count"] != process_sample(str(path), str(auto.directory))["treg_count"]
+    assert res.treg_count == counts[auto.numerator].count
+    assert res.treg_count != process_sample(str(path), str(auto.directory)).treg_count
 
 
 def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
