@@ -122,3 +122,38 @@ def test_the_version_has_one_source():
     hits = [str(p) for p in PKG.rglob("*.py") if p.name != "_version.py"
             and f'"{__version__}"' in p.read_text(encoding="utf-8")]
     assert not hits, f"the version is spelled out again in {hits}"
+
+
+def test_the_architecture_page_maps_every_module():
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {}
+    stage = "top"
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) == 3:
+            if cells[0].startswith("**"):
+                stage = cells[0].strip("*").rstrip("/")
+            elif cells[0] == "top":
+                stage = "top"
+            for name in cells[1].replace("`", "").split(","):
+                rows.setdefault(stage, set()).add(name.strip())
+    missing = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        stage = rel.parts[0] if len(rel.parts) > 1 else "top"
+        if path.name not in rows.get(stage, set()):
+            missing.append(str(rel))
+    assert not missing, f"docs/architecture.md does not map {sorted(missing)}"
+
+
+def test_the_readme_reads_for_the_people_who_run_it():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    first = text.split("\n## ", 1)[0]
+    assert "make demo\nmake test\n" in first
+    heads = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert heads[:6] == ["Install", "Running your own files", "Reviewing", "The endpoint", "Troubleshooting", "More"]
+    for link in ("architecture", "strategies", "cluster", "performance", "endpoint", "outputs"):
+        assert (REPO / "docs" / f"{link}.md").is_file() and f"docs/{link}.md" in text

@@ -17,15 +17,10 @@ from ..fcs.header import scan_header
 
 __all__ = ["QUIET_WORKERS", "WORKER_MALLOC", "make_local_cluster"]
 
-#: Dask settings that keep Dask's own timers from preempting the gating when every
-#: core runs a worker. Dask's statistical profiler samples each task's stack 100
-#: times a second (the dashboard's Profile tab); the event-loop tick (20 ms), the
-#: memory monitor (100 ms) and the system monitor (500 ms) wake each process too.
-#: Measured on 2 workers x 2 vCPUs, 1M-event samples: a task spent 4.8 % of its
-#: wall time off the CPU (~40 involuntary context switches) with Dask's defaults,
-#: 1.4-2.9 % (~12) with these. The task stream, progress and memory panels still
-#: work; worker memory is still checked twice a second, and too-big files are
-#: refused before reading (:func:`_check_memory`).
+#: Dask settings that keep Dask's own timers (the statistical profiler, the event-loop
+#: tick, the memory and system monitors) from preempting the gating when every core
+#: runs a worker. The task stream, progress and memory panels still work; too-big files
+#: are refused before reading (:func:`_check_memory`). docs/performance.md has the measurements.
 QUIET_WORKERS = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
@@ -34,15 +29,11 @@ QUIET_WORKERS = {
 }
 
 
-#: glibc malloc settings of the local cluster's worker processes. Dask's workers set
-#: MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 kB: every
-#: temporary array is then returned to the kernel when freed and page-faulted afresh (~41,000
-#: page faults a 1M-event sample, 1.6x slower gating). glibc's adaptive thresholds still give
-#: a sample's larger temporaries back (800-2,300 faults a sample, ~10 ms of kernel time
-#: zeroing pages). Here arrays under 32 MB come from the heap, which keeps 64 MB free at its
-#: top, so the next sample reuses pages the worker already has: measured 2 page faults a
-#: sample at 300k and at 1M events, kernel time 17 -> 9 ms a 1M-event sample (the rest is
-#: reading the file). Between samples a worker keeps its heap's high-water mark plus 64 MB.
+#: glibc malloc settings of the local cluster's worker processes. Dask's own
+#: MALLOC_TRIM_THRESHOLD_ hands every freed temporary back to the kernel, to be page-faulted
+#: afresh by the next sample; here arrays under 32 MB come from the heap, which keeps 64 MB
+#: free at its top, so the next sample reuses pages the worker already has. A worker then
+#: keeps its heap's high-water mark plus 64 MB between samples. docs/performance.md.
 WORKER_MALLOC = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
 #: Peak bytes per event value above the worker's baseline while gating a file read
@@ -50,9 +41,8 @@ WORKER_MALLOC = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str
 _PEAK_BYTES_PER_VALUE = 16
 #: The same for a float32 file read by :mod:`cytopipe.fcs.lean`: its float32 matrix
 #: (4 bytes a value) plus, per event, the gates' row indices, the float64 Time values
-#: and temporaries. Measured in a worker on 5M events x 12 channels: gating peaks 32
-#: bytes an event above the matrix (1.68x the matrix, as ``make bench`` finds at 1M),
-#: the review report's re-gating for its plots 50; 64 leaves a margin.
+#: and temporaries; 64 bytes an event leaves a margin over the peaks measured
+#: (docs/performance.md, "Memory").
 _LEAN_BYTES_PER_EVENT = 64
 #: The worker's own footprint.
 _WORKER_BASELINE = 300e6

@@ -15,7 +15,7 @@ GatingML 2.0 reference cases):
     The same FlowKit gate objects, transforms and compensation matrices, but
     each gate is evaluated only on its parent's events and only the channels it
     uses are compensated. ``gate_sample`` spends ~60 % of its time in logicle
-    on every event of every gated channel (FLOWKIT_NOTES.md); here a rectangle
+    on every event of every gated channel; here a rectangle
     bound on a transformed dimension is compared in linear space against the
     inverse-transformed bound, and only events within 1e-6 (transformed units)
     of the bound are transformed with FlowKit's transform to decide exactly as

@@ -18,12 +18,9 @@ __all__ = ["Context", "Unsupported", "cascade_rows"]
 
 _BAND = 1e-6  # transformed units around a bound where FlowKit's transform decides
 _CHUNK = 1 << 16  # rows compensated at a time: 4 MB float64 temporaries
-# rows are gathered with np.take(..., axis=0): numpy's 2-D fancy indexing (m[rows]) is 2-8x slower
-# events gated together: a 12-channel float32 block is 1.5 MB and its float64 temporaries fit the
-# core's own 2 MB L2 with it. Measured on 24 files of 1M events, 1 vs 2 processes: 2 processes took
-# 1.1 % more CPU than 1 at 32,768 events a block, 3.0 % more at 65,536 (whose 3 MB block spills into
-# the L3 cache that both cores share), so 2 processes ran 1.97-2.01x as fast as one instead of
-# 1.90-1.93x; one process alone is ~1 % slower (twice the blocks)
+# rows are gathered with np.take(..., axis=0), several times faster than 2-D fancy indexing (m[rows])
+# events gated together: a 12-channel float32 block and its float64 temporaries stay in one core's
+# own L2 cache, so two workers do not slow each other through the shared L3 (docs/performance.md)
 _EVENT_BLOCK = 1 << 15
 _BUILD_CHUNK = 1 << 15  # rows copied at a time into the compact matrix
 

@@ -2,7 +2,7 @@
 
 FOXP3 staining brightness changes from one staining run to the next (0.5x to
 1.5x), CD25 is a continuum and activated conventional CD4 cells are CD25+
-FOXP3-dim (PANEL.md, "Staining variation"), so a fixed rectangle lands
+FOXP3-dim, so a fixed rectangle lands
 percentage points off. Here the Treg gate of each sample is re-placed from its
 own data and added to FlowKit as a *custom sample gate*: an ordinary
 ``RectangleGate`` with the template's dimensions, transforms and compensation,

@@ -54,7 +54,7 @@ class QCThresholds:
     Attributes
     ----------
     min_events
-        Flag ``low_events`` below this many events in the file (PANEL.md:
+        Flag ``low_events`` below this many events in the file (the lab's
         tubes under 20,000 events are clogs or short acquisitions).
     max_ci_halfwidth_pp
         Flag ``low_cd4`` when the 95 % Wilson interval of Treg % CD4 is wider

@@ -1,7 +1,7 @@
 """Synthetic FCS files with known truth, shaped like the trial lab's Treg panel.
 
 Every event belongs to one labelled population (:data:`POPULATIONS`), so the
-true Treg % of CD4 of a file is known exactly. Files follow ``PANEL.md``:
+true Treg % of CD4 of a file is known exactly. Files follow the trial lab's panel:
 float32 list mode, FCS 3.0 or 3.1, either byte order, a spillover matrix under
 ``SPILL`` (3.0) or ``$SPILLOVER`` (3.1), shuffled channel order and drifting
 ``$PnS`` spellings. Everything is drawn from ``numpy.random.default_rng``
@@ -267,7 +267,7 @@ def _parameter_tables(spec: SampleSpec, drift_rng, stain_rng):
 
     foxp3_scale = stain_rng.uniform(0.5, 1.5)
     if spec.hard:
-        # Staining variation (PANEL.md): CD25 a continuum, activated cells CD25+ FOXP3-dim,
+        # Staining variation between staining runs: CD25 a continuum, activated cells CD25+ FOXP3-dim,
         # and the whole FOXP3 axis brighter or dimmer.
         j_cd25, j_foxp3 = chans.index("PE-Cy7-A"), chans.index("APC-A")
         for c, (name, _, _, _) in enumerate(_COMPONENTS):
