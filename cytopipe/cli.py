@@ -398,8 +398,11 @@ def report(run_dir: Path) -> None:
 @click.option("--control", default="placebo", show_default=True, help="Control arm.")
 @click.option("--supersede", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A run folder whose patient-visits found in another run are replaced (repeatable).")
+@click.option("--include-unreviewed", is_flag=True,
+              help="Use samples flagged for review (needs_review, auto_gate_fallback) that are not approved; "
+                   "every output is marked PRELIMINARY.")
 def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, baseline: str, visit: str,
-             study_id: str | None, control: str, supersede: tuple[Path, ...]) -> None:
+             study_id: str | None, control: str, supersede: tuple[Path, ...], include_unreviewed: bool) -> None:
     """Change in Treg % of CD4 from BASELINE to VISIT per patient and per arm, and SDTM CP.
 
     RUN_DIRS are folders written by 'cytopipe run' (visits gated in different
@@ -408,14 +411,24 @@ def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, bas
     or --supersede RUN_DIR. Writes OUT/change_by_patient.csv/.parquet,
     arm_summary.csv, trend_test.csv, exclusions.csv, sdtm_cp.csv, two PNG
     figures and endpoint.json.
+
+    A sample flagged for review (needs_review, auto_gate_fallback) must be
+    approved with 'cytopipe review' first; --include-unreviewed goes on and
+    marks every output PRELIMINARY.
     """
     from .endpoint import run_endpoint
 
     res = run_endpoint(list(run_dirs), randomisation, out_dir, baseline=baseline, visit=visit,
-                       study_id=study_id, control=control, supersede=list(supersede))
+                       study_id=study_id, control=control, supersede=list(supersede),
+                       include_unreviewed=include_unreviewed)
     n_ok = int((res.by_patient["status"] == "complete").sum())
-    click.echo(f"{n_ok} of {len(res.by_patient)} patients with a {baseline}-to-{visit} change; "
+    mark = (f"PRELIMINARY ({len(res.unreviewed)} sample(s) flagged for review and not approved included, "
+            "listed in endpoint.json): " if res.preliminary else "")
+    click.echo(f"{mark}{n_ok} of {len(res.by_patient)} patients with a {baseline}-to-{visit} change; "
                f"{len(res.exclusions)} sample(s) excluded (see exclusions.csv); outputs in {out_dir}")
+    for _, r in res.unreviewed.iterrows():
+        click.echo(f"  unreviewed: {r['run_dir']} {r['patient_id']}:{r['visit']} ({r['file']}; {r['flags']})",
+                   err=True)
     for _, r in res.by_patient[res.by_patient["status"] != "complete"].iterrows():
         click.echo(f"  {r['patient_id']}: {r['status']}: {r['reason']}", err=True)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..gating.placement import auto_gate_specs, fit_auto_gates
+from ..gating.adaptive import data_driven_gates
 from .cluster import _check_memory
 from ..exceptions import CytopipeError, one_line
 from ..fcs.read import default_sample_id, file_sha256, read_fcs
@@ -58,6 +58,9 @@ class SampleResult:
         100 x treg_count / cd4_count (NaN when not gated).
     qc_flags
         The sample's QC flags.
+    panel_flags
+        The panel's QC flags (``unlabelled:<$PnN>``), kept so a cached result
+        carries them into ``qc_flags`` too.
     error
         One line naming the file and the cause; empty when gated.
     gates
@@ -82,6 +85,7 @@ class SampleResult:
     treg_count: int | None = None
     treg_pct_cd4: float = float("nan")
     qc_flags: list[str] = field(default_factory=list)
+    panel_flags: list[str] = field(default_factory=list)
     error: str = ""
     gates: list[list[Any]] = field(default_factory=list)
     cached: bool = False
@@ -199,7 +203,7 @@ def process_sample(
             stored.cached = True
             stored.qc_flags = sample_flags(  # today's thresholds on the stored measures
                 stored.events_total, stored.cd4_count, stored.treg_count,
-                thresholds=thresholds, time_metrics=stored.time_qc)
+                thresholds=thresholds, time_metrics=stored.time_qc) + stored.panel_flags
             finish_auto_gates(stored, cache_dir)  # auto-gate flags and sample_gates file
             stored.started, stored.duration_s = started, time.time() - started
             return stored
@@ -212,20 +216,19 @@ def process_sample(
             _check_memory(path)
         sample = lean if lean is not None else read_fcs(path)
         out.instrument = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
-        resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path)
-        auto = None
-        if auto_gate_specs(strategy):  # data-driven gates fitted on this sample; a reviewer's adjustment wins
-            # the fit gates its own subsample of events, then one pass gates every event, the fitted
-            # gate included: cheaper than gating the upstream gates first and handing their rows to
-            # the fit and to a second pass (docs/performance.md)
-            auto = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+        out.panel_flags = list(resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path).qc_flags)
+        # data-driven gates placed on this sample (a reviewer's adjustment wins); the placement gates
+        # its own subsample of events, then one pass gates every event with the placed gates in
+        # place: cheaper than handing upstream rows around (docs/performance.md)
+        auto = data_driven_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+        if auto is not None:
             gs = auto.gating_strategy
         counts = gate_sample(sample, strategy, gating_strategy=gs)
         cd4, treg, pct = treg_percent(counts, strategy)
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
         out.time_qc = sample_time_qc(sample, thresholds=thresholds)
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
-                                    time_metrics=out.time_qc)
+                                    time_metrics=out.time_qc) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
         if auto is not None:  # fit outcome, QC flag, DIR/sample_gates/<stem>.xml
             out.auto_gates = auto.record()

@@ -16,6 +16,16 @@ The same patient-visit in two runs is an error unless one is *superseded*:
 Samples that failed (``qc_status == "error"``), were rejected in review
 (``review_status == "rejected"``, when that column exists) or were superseded
 are listed in ``OUT/exclusions.csv`` with the reason, never dropped silently.
+
+No doubtful number reaches the endpoint unreviewed. A sample is *flagged for
+review* when a ``;``-token of its ``qc_flags`` is ``needs_review`` or
+``auto_gate_fallback``, alone or with a detail after a colon
+(``needs_review:Treg:one_mode``). Every sample whose number the endpoint writes
+anywhere (not superseded, not failed, not rejected: every visit of every
+patient, randomised or not, goes into ``change_by_patient``, the by-visit
+figure and ``sdtm_cp``) must then have ``review_status == "approved"``, else
+:func:`run_endpoint` refuses, naming them. With ``include_unreviewed=True`` it
+goes on and marks every output preliminary.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ __all__ = ["EndpointResult", "load_runs", "read_randomisation", "change_from_bas
 
 _TRUE = {"yes", "y", "true", "1"}
 _FALSE = {"", "no", "n", "false", "0"}
+# qc_flags tokens that hold a number back until a reviewer approves it
+_REVIEW_FLAGS = ("needs_review", "auto_gate_fallback")
 
 
 @dataclass
@@ -57,6 +69,11 @@ class EndpointResult:
         ``exclusions``, ``sdtm_cp``).
     files
         Every file written (tables, figures, ``endpoint.json``).
+    preliminary
+        True when samples flagged for review and not approved were used
+        (``include_unreviewed=True``); every table then has ``preliminary``.
+    unreviewed
+        Those samples: ``run_dir, patient_id, visit, file, flags, review_status``.
     """
 
     out_dir: Path
@@ -66,6 +83,8 @@ class EndpointResult:
     exclusions: pd.DataFrame
     sdtm: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    preliminary: bool = False
+    unreviewed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_UNREVIEWED_COLUMNS))
 
 
 def _truthy(value: Any, where: str) -> bool:
@@ -152,6 +171,7 @@ def load_runs(run_dirs: list[str | os.PathLike], *, supersede: list[str | os.Pat
 
 
 _EXCL_COLUMNS = ["patient_id", "visit", "run_dir", "file", "reason", "detail"]
+_UNREVIEWED_COLUMNS = ["run_dir", "patient_id", "visit", "file", "flags", "review_status"]
 
 
 def _excl(r: pd.Series, reason: str, detail: str) -> dict[str, Any]:
@@ -323,6 +343,38 @@ def trend_test(by_patient: pd.DataFrame, randomisation: pd.DataFrame, *, control
     return pd.DataFrame([row]).astype(dtypes_for("trend_test", list(row)))
 
 
+def _review_flags(qc_flags: Any) -> list[str]:
+    """The tokens of ``qc_flags`` that hold the sample back until it is approved."""
+    if qc_flags is None or qc_flags is pd.NA or (isinstance(qc_flags, float) and np.isnan(qc_flags)):
+        return []
+    tokens = (t.strip() for t in str(qc_flags).split(";"))
+    return [t for t in tokens if t.split(":", 1)[0] in _REVIEW_FLAGS]
+
+
+def _unreviewed(used: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``used`` flagged for review whose review_status is not ``approved``."""
+    flags = used["qc_flags"].map(_review_flags).map(";".join)
+    status = used["review_status"].astype("string").str.strip()
+    hit = (flags != "") & (status.fillna("").str.lower() != "approved")
+    out = used.loc[hit, ["run_dir", "patient_id", "visit", "file"]].assign(flags=flags[hit], review_status=status[hit])
+    return out[_UNREVIEWED_COLUMNS].reset_index(drop=True)
+
+
+def _unreviewed_message(unreviewed: pd.DataFrame) -> str:
+    items = [f"{r['run_dir']} {r['patient_id']}:{r['visit']} (file {r['file']!r}; {r['flags']}; "
+             + (f"review_status {r['review_status']!r})" if pd.notna(r["review_status"]) and r["review_status"]
+                else "no review decision)")
+             for _, r in unreviewed.iterrows()]
+    return (f"{len(items)} sample(s) the endpoint would use are flagged for review and not approved: "
+            + "; ".join(items) + ". Review each with 'cytopipe review RUN_DIR PATIENT:VISIT "
+            "--approve|--reject|--adjust-gate GATE_PATH ... --reviewer NAME' (an adjusted gate needs a re-run, "
+            "then approval), or pass --include-unreviewed (include_unreviewed=True) for a preliminary analysis.")
+
+
+def _mark_preliminary(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(preliminary=pd.array([True] * len(df), dtype="boolean"))
+
+
 def _study_id(study_id: str | None) -> str:
     sid = study_id or os.environ.get("CYTOPIPE_STUDY_ID", "")
     if not sid.strip():
@@ -335,7 +387,7 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
                  out_dir: str | os.PathLike, *, baseline: str = "D1", visit: str = "D60",
                  study_id: str | None = None, control: str = "placebo",
                  supersede: list[str | os.PathLike] = (), specimen: str = "BLOOD",
-                 figures: bool = True) -> EndpointResult:
+                 figures: bool = True, include_unreviewed: bool = False) -> EndpointResult:
     """Run the endpoint analysis and write its tables, figures and SDTM CP file.
 
     Parameters
@@ -358,6 +410,11 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
         SDTM ``CPSPEC``.
     figures
         Write the PNG figures.
+    include_unreviewed
+        Go on although samples it uses are flagged for review and not approved
+        (see module doc); every table then has a ``preliminary`` column (true),
+        ``endpoint.json`` has ``"preliminary": true`` and lists them, and the
+        report and figures say PRELIMINARY. Changes nothing when there are none.
 
     Returns
     -------
@@ -366,7 +423,8 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     Raises
     ------
     EndpointError
-        Bad runs, randomisation list, options, or duplicated patient-visits.
+        Bad runs, randomisation list, options, duplicated patient-visits, or
+        samples flagged for review and not approved (without ``include_unreviewed``).
     """
     from .plots import plot_change_at_endpoint, plot_treg_by_visit
     from .sdtm import build_sdtm_cp
@@ -396,12 +454,19 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     if len(strategies) > 1:
         msg = f"The runs were gated with different strategies {strategies}; re-run them with one strategy."
         raise EndpointError(msg)
+    unreviewed = _unreviewed(usable)
+    if len(unreviewed) and not include_unreviewed:
+        msg = _unreviewed_message(unreviewed)
+        raise EndpointError(msg)
+    preliminary = bool(len(unreviewed))
 
     by_patient = change_from_baseline(usable, rand, baseline=baseline, visit=visit, exclusions=excl)
     summary = arm_summary(by_patient, rand, control=control)
     trend = trend_test(by_patient, rand, control=control)
     sdtm = build_sdtm_cp(live, study_id=sid, baseline=baseline, visit_order=_visit_order(live),
                          rejected=rejected, specimen=specimen)
+    if preliminary:
+        by_patient, summary, trend, excl, sdtm = map(_mark_preliminary, (by_patient, summary, trend, excl, sdtm))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -411,9 +476,9 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     if figures:
         long = usable[usable["patient_id"].isin(rand["patient_id"])].merge(rand, on="patient_id")
         files.append(plot_treg_by_visit(long, out / "treg_by_visit_per_arm.png", arm_order=order,
-                                        visit_order=_visit_order(usable)))
+                                        visit_order=_visit_order(usable), preliminary=preliminary))
         files.append(plot_change_at_endpoint(by_patient, out / "change_at_endpoint.png", arm_order=order,
-                                             baseline=baseline, visit=visit))
+                                             baseline=baseline, visit=visit, preliminary=preliminary))
     prov = {"run_dirs": [str(Path(d).resolve()) for d in run_dirs],
             "supersede": [str(Path(d).resolve()) for d in supersede],
             "randomisation": str(Path(randomisation).resolve()),
@@ -421,11 +486,15 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
             "visit": visit, "control": control, "strategy": strategies[0] if strategies else None,
             "cytopipe_version": __version__, "started": started.isoformat(),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_patients": len(by_patient),
-            "n_complete": int((by_patient["status"] == "complete").sum()), "n_excluded_samples": len(excl)}
+            "n_complete": int((by_patient["status"] == "complete").sum()), "n_excluded_samples": len(excl),
+            "include_unreviewed": include_unreviewed, "preliminary": preliminary,
+            "unreviewed_samples": [{k: (None if pd.isna(v) else str(v)) for k, v in r.items()}
+                                   for r in unreviewed.to_dict("records")]}
     files.append(write_json(prov, out / "endpoint.json"))
     if figures:
         from .page import write_endpoint_report
 
         files.append(write_endpoint_report(out, summary=summary, trend=trend, exclusions=excl,
                                            figures=[f for f in files if f.suffix == ".png"], provenance=prov))
-    return EndpointResult(out, by_patient, summary, trend, excl, sdtm, files)
+    return EndpointResult(out, by_patient, summary, trend, excl, sdtm, files, preliminary=preliminary,
+                          unreviewed=unreviewed)

@@ -2,6 +2,9 @@
 
 * Treg % of CD4 by visit per arm: mean +- SD, each patient a faint line.
 * Change from baseline at the endpoint visit per arm, every patient shown.
+
+A preliminary analysis (samples flagged for review and not approved were used)
+puts PRELIMINARY in each figure's title and in the PNG's ``Title`` text chunk.
 """
 
 from __future__ import annotations
@@ -26,15 +29,19 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+_PRELIMINARY = "PRELIMINARY: includes samples not yet reviewed"
+
+
+def _save(fig, path: str | os.PathLike, *, title: str | None = None) -> Path:
     # no Software/date metadata: the same data give the same bytes
-    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, metadata={"Software": None}))
+    meta = {"Software": None, **({"Title": " ".join(title.split())} if title else {})}
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, metadata=meta))
     _pyplot().close(fig)
     return out
 
 
 def plot_treg_by_visit(long: pd.DataFrame, path: str | os.PathLike, *, arm_order: list[str],
-                       visit_order: list[str]) -> Path:
+                       visit_order: list[str], preliminary: bool = False) -> Path:
     """Treg % of CD4 by visit, one panel per arm: mean +- SD and each patient faintly.
 
     Parameters
@@ -45,6 +52,8 @@ def plot_treg_by_visit(long: pd.DataFrame, path: str | os.PathLike, *, arm_order
         PNG to write.
     arm_order, visit_order
         Panel and x-axis order.
+    preliminary
+        Title the figure PRELIMINARY.
 
     Returns
     -------
@@ -67,12 +76,16 @@ def plot_treg_by_visit(long: pd.DataFrame, path: str | os.PathLike, *, arm_order
         ax.set_xlabel("visit")
     axes[0][0].set_ylabel("Treg % of CD4+ T cells")
     axes[0][0].legend(fontsize=8, loc="upper left")
+    title = None
+    if preliminary:
+        title = _PRELIMINARY
+        fig.suptitle(title, color="C3", fontsize=11, fontweight="bold")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title=title)
 
 
 def plot_change_at_endpoint(by_patient: pd.DataFrame, path: str | os.PathLike, *, arm_order: list[str],
-                            baseline: str, visit: str) -> Path:
+                            baseline: str, visit: str, preliminary: bool = False) -> Path:
     """Change from baseline at the endpoint visit per arm: every patient, mean +- SD.
 
     Parameters
@@ -85,6 +98,8 @@ def plot_change_at_endpoint(by_patient: pd.DataFrame, path: str | os.PathLike, *
         x-axis order (control first).
     baseline, visit
         For the axis label.
+    preliminary
+        Title the figure PRELIMINARY.
 
     Returns
     -------
@@ -103,6 +118,11 @@ def plot_change_at_endpoint(by_patient: pd.DataFrame, path: str | os.PathLike, *
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_xticks(range(len(arm_order)), [f"{a}\n(n={int((ok['arm'] == a).sum())})" for a in arm_order])
     ax.set_ylabel(f"change in Treg % CD4, {baseline} to {visit}\n(percentage points)")
-    ax.set_title("Change at the endpoint: each patient (grey), mean +- SD (red)", fontsize=10)
+    title = "Change at the endpoint: each patient (grey), mean +- SD (red)"
+    if preliminary:
+        title = f"{_PRELIMINARY}\n" + title.replace("(grey), ", "(grey),\n")  # wrapped to fit
+        ax.set_title(title, fontsize=10, color="C3")
+    else:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title=title if preliminary else None)

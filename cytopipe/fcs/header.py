@@ -149,6 +149,9 @@ class _TextParser(fcsparser.api.FCSParser):
             pass
         self.injected_nextdata = "$NEXTDATA" not in text
         text.setdefault("$NEXTDATA", "0")
+        # fcsparser makes every $PnB an int, but delimited ASCII writes '*'; _scan puts it back
+        self.star_widths = {k: v for k, v in text.items() if re.fullmatch(r"\$P\d+B", k) and v.strip() == "*"}
+        text.update(dict.fromkeys(self.star_widths, "0"))
         return text
 
 
@@ -178,6 +181,7 @@ def _scan(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
         text[_fix_encoding(str(key))] = _fix_encoding(str(value))
     if getattr(parser, "declared_par", None) is not None:
         text["$PAR"] = _fix_encoding(str(parser.declared_par))
+    text.update(getattr(parser, "star_widths", {}))
     return header, text
 
 

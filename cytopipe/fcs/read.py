@@ -5,7 +5,11 @@ when a file has one of the known quirks of real instruments (offset
 discrepancies, an off-by-one ``$ENDDATA``, several data sets, a bad
 ``$TIMESTEP``, blank HEADER offsets). Before any event is read, the HEADER
 and TEXT are checked (:mod:`cytopipe.fcs.header`), so a header that lies
-cannot make us allocate. The header scans are re-exported here.
+cannot make us allocate. A DATA layout FlowIO cannot decode (24-bit and
+other integer widths, ASCII, 3-byte ``$BYTEORD``) is decoded by
+:func:`cytopipe.fcs.layout._read_data` and handed to FlowKit inside FlowIO's
+own parse of the TEXT, so the Sample is built as for any file. The header
+scans are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from flowio.exceptions import (
 )
 
 from cytopipe.exceptions import FCSReadError, one_line
-from cytopipe.fcs.layout import _precheck
+from cytopipe.fcs.layout import _flowio_cannot_read, _precheck, _read_data
 from cytopipe.fcs.header import (
     _HEADER_OFFSET_MAX,
     ChannelInfo,
@@ -110,6 +114,13 @@ def _fail(path: Path, what: str, e: BaseException) -> FCSReadError:
 def _read_flowdata(
     path: Path, header: dict[str, Any], info: dict[str, Any], notes: list[str], *, only_text: bool = False
 ) -> flowio.FlowData:
+    return _open_flowdata(path, header, info, notes, only_text=only_text)[0]
+
+
+def _open_flowdata(
+    path: Path, header: dict[str, Any], info: dict[str, Any], notes: list[str], *, only_text: bool = False
+) -> tuple[flowio.FlowData, dict[str, Any]]:
+    """FlowIO's parse of the file, and the options its quirks needed."""
     patched = _patched_header(header, info)
     if patched is not None:
         notes.append("blank HEADER DATA offsets: used $BEGINDATA/$ENDDATA from TEXT")
@@ -158,9 +169,30 @@ def _read_flowdata(
             )
             raise FCSReadError(msg)
         flow_data.name = path.name
-        return flow_data
+        return flow_data, opts
     assert last_error is not None
     raise _fail(path, "too many read problems", last_error) from last_error
+
+
+def _read_own(
+    path: Path, header: dict[str, Any], text: Mapping[str, str], info: dict[str, Any], notes: list[str]
+) -> flowio.FlowData:
+    """FlowIO's parse of TEXT with the DATA decoded by our reader, for the layouts FlowIO cannot read.
+
+    FlowKit builds its Sample from the FlowData as from any other (channels,
+    metadata, ``$PnE``/``$PnG`` and ``$TIMESTEP`` scaling in ``as_array``),
+    so only the decoding of the bytes differs.
+    """
+    flow_data, opts = _open_flowdata(path, header, info, notes, only_text=True)
+    # the offsets FlowIO settled on: HEADER's when its quirks needed them, else TEXT's (HEADER's for FCS 2.0)
+    if opts.get("use_header_offsets") and header["data_start"] and header["data_stop"]:
+        start, stop = header["data_start"], header["data_stop"]
+    else:
+        start, stop = info["data_start"], info["data_stop"]
+    events, more = _read_data(path, text, info["n_events"], info["n_par"], start, stop)
+    notes.extend(more)
+    flow_data.events = events.ravel()  # as_array reshapes it to (events, channels) in float64
+    return flow_data
 
 
 def _opt_str(opts: Mapping[str, Any]) -> str:
@@ -296,6 +328,15 @@ def read_fcs(path: PathLike, *, sample_id: str | None = None) -> fk.Sample:
 
     Every quirk accepted is recorded in ``sample.cytopipe_notes``.
 
+    The DATA layouts FlowIO decodes (float32, float64, integers of 8, 16 or
+    32 bits in little or big endian order) are read by FlowIO, as always.
+    The others FCS permits are decoded exactly by cytopipe: integers of any
+    whole-byte width up to 64 bits (24-bit Cytek xP3/xP5 files), per channel
+    widths, 3-byte orders like ``$BYTEORD=1,2,3`` or ``3,2,1``, and fixed
+    width or delimited ASCII. Integers are masked by ``$PnR`` as the FCS
+    standard says, keeping the low ``ceil(log2(PnR))`` bits (``$PnR=1024``
+    in 16 bits keeps 10), as FlowIO does for the files it reads.
+
     Parameters
     ----------
     path
@@ -317,7 +358,9 @@ def read_fcs(path: PathLike, *, sample_id: str | None = None) -> fk.Sample:
     FCSReadError
         If the file is missing, not FCS, truncated, declares more data than
         it holds, has zero events, duplicate or missing $PnN, non-finite
-        event values, or cannot be read by FlowIO/FlowKit for another reason.
+        event values, an integer ``$PnB`` that is not a whole number of bytes
+        from 8 to 64, a DATA size other than ``$TOT`` x the bytes per event,
+        or cannot be read by FlowIO/FlowKit for another reason.
         The message names the file and the cause, on one line.
 
     Examples
@@ -330,7 +373,10 @@ def read_fcs(path: PathLike, *, sample_id: str | None = None) -> fk.Sample:
     header, text = _scan(p)
     info = _precheck(p, header, text)
     notes: list[str] = []
-    flow_data = _read_flowdata(p, header, info, notes)
+    if _flowio_cannot_read(text, info["n_par"]) is None:
+        flow_data = _read_flowdata(p, header, info, notes)
+    else:
+        flow_data = _read_own(p, header, text, info, notes)
     sample = _build_sample(p, flow_data, default_sample_id(p) if sample_id is None else sample_id, notes)
     _check_events(p, sample, info)
     _fix_spillover(sample, notes)

@@ -45,7 +45,9 @@ _TREG_DESCR = {
                 "half-width of Treg % CD4 > 1 percentage point), `flow_rate:<p>%` and `signal_drift:<p>%` "
                 "(Time-channel anomalies, with the share of events affected), `treg_outlier` (out of line "
                 "with the patient's other visits), `auto_gate_fallback` (a data-driven gate fell back to the "
-                "template). Thresholds: `cytopipe/qc_defaults.toml`.",
+                "template), `needs_review:<gate>:<reason>` (a gate could not be placed from the data with "
+                "confidence: the number waits for a reviewer), `unlabelled:<detector>` (the detector's $PnS "
+                "names no marker; gated by its $PnN). Thresholds: `cytopipe/gating/qc_defaults.toml`.",
     "error": "One line naming the file and the cause; empty when gated.",
     "strategy": "Gating strategy name.",
     "strategy_version": "Strategy version; `1.1.0 (draft)` for a draft.",
@@ -62,7 +64,8 @@ _TREG_EXTRA = {
     "file_sha256": {"pattern": _SHA},
     "qc_status": {"nullable": False, "allowed": ["ok", "flag", "error"]},
     "qc_flags": {"allowed": ["low_events", "low_cd4", "flow_rate", "signal_drift", "treg_outlier",
-                             "auto_gate_fallback"], "list_separator": ";", "item_detail_separator": ":"},
+                             "auto_gate_fallback", "needs_review", "unlabelled"],
+                 "list_separator": ";", "item_detail_separator": ":"},
     "strategy": {"nullable": False}, "strategy_sha256": {"pattern": _SHA},
     "review_status": {"allowed": ["approved", "rejected", "adjusted", "pending"]},
 }
@@ -73,6 +76,13 @@ _POP_DESCR = {
     "pct_parent": "100 x count / parent_count.", "pct_total": "100 x count / events in the file.",
     "strategy": "Gating strategy name.", "strategy_version": "Strategy version.",
 }
+
+# endpoint tables: present only in a preliminary analysis (`endpoint --include-unreviewed`)
+_PRELIMINARY = [{"name": "preliminary", "dtype": "boolean", "nullable": False,
+                 "description": "Written, true on every row, only when the analysis used samples flagged for "
+                                "review (`needs_review`, `auto_gate_fallback`) and not approved "
+                                "(`endpoint --include-unreviewed`; listed in `OUT/endpoint.json`). "
+                                "Absent from a final analysis."}]
 
 _VISIT_PATTERNS = [
     {"name": "treg_pct_cd4_{VISIT}", "regex": r"treg_pct_cd4_.+", "dtype": "float64",
@@ -129,6 +139,7 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "change_rel_pct", "dtype": "float64",
              "description": "100 x change_pp / baseline_value, relative %."},
         ],
+        "optional_columns": _PRELIMINARY,
         "column_patterns": _VISIT_PATTERNS,
     },
     "arm_summary": {
@@ -158,6 +169,7 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "mean_baseline", "dtype": "float64", "description": "Mean baseline Treg % CD4."},
             {"name": "mean_endpoint", "dtype": "float64", "description": "Mean endpoint Treg % CD4."},
         ],
+        "optional_columns": _PRELIMINARY,
     },
     "trend_test": {
         "written_by": "endpoint", "files": ["OUT/trend_test.csv", "OUT/trend_test.parquet"],
@@ -175,6 +187,7 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "n_permutations", "dtype": "Int64", "description": "Permutations used."},
             {"name": "p_method", "dtype": "string", "nullable": False, "description": "Methods, in words."},
         ],
+        "optional_columns": _PRELIMINARY,
     },
     "exclusions": {
         "written_by": "endpoint", "files": ["OUT/exclusions.csv", "OUT/exclusions.parquet"],
@@ -189,6 +202,7 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "detail", "dtype": "string", "description": "The error, reviewer decision or "
              "replacing run."},
         ],
+        "optional_columns": _PRELIMINARY,
     },
     "sdtm_cp": {
         "written_by": "endpoint", "files": ["OUT/sdtm_cp.csv", "OUT/sdtm_cp.parquet"],
@@ -228,5 +242,6 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "CPDTC", "dtype": "string", "description": "Collection date (ISO 8601) when the sample "
              "sheet has a `collection_date` column; else empty."},
         ],
+        "optional_columns": _PRELIMINARY,
     },
 }

@@ -72,7 +72,7 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     cytopipe.exceptions.CytopipeError
         The file cannot be read.
     """
-    from ..gating.placement import auto_gate_specs, fit_auto_gates
+    from ..gating.adaptive import data_driven_gates
     from ..fcs.read import default_sample_id
     from ..fcs.lean import read_for_gating
     from ..gating.api import gate_rows, gate_values
@@ -80,9 +80,9 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
 
     gs = adjusted_gating_strategy(strategy, default_sample_id(path), adjustments)
     sample = read_for_gating(path, gs)
-    if auto_gate_specs(strategy):
-        # the fit is deterministic: refitting draws exactly the gate the run used
-        gs = fit_auto_gates(sample, strategy, gating_strategy=gs, skip=adjustments).gating_strategy
+    placed = data_driven_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+    if placed is not None:  # deterministic: placing again draws exactly the gates the run used
+        gs = placed.gating_strategy
     rows = gate_rows(sample, gs, strategy.gate_paths())
     rng = np.random.default_rng(seed)
     views = []

@@ -16,6 +16,7 @@ from .sample import (
     write_fcs,
 )
 from .trial import TRIAL_ARMS, generate_trial, simulate_trial
+from .world import LABEL_STYLES, World
 
 __all__ = [
     "CHANNELS",
@@ -30,4 +31,6 @@ __all__ = [
     "TRIAL_ARMS",
     "generate_trial",
     "simulate_trial",
+    "LABEL_STYLES",
+    "World",
 ]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .world import World
+
 __all__ = [
     "CHANNELS",
     "FLUORESCENCE",
@@ -160,6 +162,10 @@ class SampleSpec:
         Detectors ($PnN) left out of the file.
     keywords : Mapping[str, str] or None
         Extra TEXT keywords, written last (may replace ``$DATE``, ``$CYT``, ...).
+    world : World or None
+        The lab's geometry (:class:`~cytopipe.sim.world.World`): population
+        positions, widths and shares and ``$PnS`` conventions. None gives this
+        project's own defaults.
     """
 
     n_events: int = 20000
@@ -173,12 +179,13 @@ class SampleSpec:
     pns_overrides: Mapping[str, str] | None = None
     drop_detectors: tuple[str, ...] = ()
     keywords: Mapping[str, str] | None = None
+    world: World | None = None
 
     def __post_init__(self) -> None:
         problems = []
         if int(self.n_events) < 1:
             problems.append(f"n_events must be >= 1, got {self.n_events!r}")
-        top = 100 * (1 - (_ACTIVATED_OF_CD4_HARD if self.hard else _ACTIVATED_OF_CD4))
+        top = 100 * (1 - _activated_share(self))
         if not 0 <= self.treg_pct_cd4 <= top:
             problems.append(f"treg_pct_cd4 must be in [0, {top:g}], got {self.treg_pct_cd4!r}")
         if self.fcs_version not in ("3.0", "3.1"):
@@ -225,11 +232,17 @@ def _rngs(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
 
 
-def _component_probs(treg_pct: float, activated: float) -> np.ndarray:
-    lymph = 1.0 - sum(_SHARES.values())
+def _activated_share(spec: SampleSpec) -> float:
+    if spec.world is not None:
+        return spec.world.activated * (1.5 if spec.hard else 1.0)
+    return _ACTIVATED_OF_CD4_HARD if spec.hard else _ACTIVATED_OF_CD4
+
+
+def _component_probs(treg_pct: float, activated: float, shares: Mapping[str, float] = _SHARES) -> np.ndarray:
+    lymph = 1.0 - sum(shares.values())
     cd4 = lymph * _LYMPH_SHARES["cd4"]
     t = treg_pct / 100.0
-    label_p = {**_SHARES, "cd3neg_lymph": lymph * _LYMPH_SHARES["cd3neg_lymph"],
+    label_p = {**shares, "cd3neg_lymph": lymph * _LYMPH_SHARES["cd3neg_lymph"],
                "cd8": lymph * _LYMPH_SHARES["cd8"], "treg": cd4 * t,
                "cd4_activated": cd4 * activated, "cd4_conv": cd4 * (1.0 - t - activated)}
     p = np.array([label_p[label] * share for _, label, share, _ in _COMPONENTS])
@@ -256,6 +269,8 @@ def _parameter_tables(spec: SampleSpec, drift_rng, stain_rng):
             else:
                 mean[c, j], sd[c, j] = v
 
+    if spec.world is not None:
+        _apply_world(spec.world, centre, sigma, mean, sd, ratio, chans)
     d = spec.drift
     gain = drift_rng.uniform(1 - 0.75 * d, 1 + 0.75 * d, size=len(chans))
     gain[chans.index("FSC-H")] = gain[chans.index("FSC-A")]  # one detector, two parameters
@@ -286,12 +301,35 @@ def _parameter_tables(spec: SampleSpec, drift_rng, stain_rng):
     return p_pos, centre, sigma, mean, sd, ratio, gain
 
 
+def _apply_world(world: World, centre, sigma, mean, sd, ratio, chans) -> None:
+    """Move the default tables to the world's geometry, in place (before the sample's drift)."""
+    names = [name for name, _, _, _ in _COMPONENTS]
+    for j, ch in enumerate(chans):
+        centre[:, j] *= world.gain[ch]
+        mean[:, j] *= world.gain[ch]
+        if ch in FLUORESCENCE:
+            sigma[:, j] *= world.width[ch]
+            sd[:, j] = np.where(sd[:, j] == _NEG_SD, world.neg_sd, sd[:, j])
+        else:
+            sd[:, j] *= world.gain[ch]
+    j25, jfox = chans.index("PE-Cy7-A"), chans.index("APC-A")
+    treg25, tregfox = centre[names.index("treg"), j25], centre[names.index("treg"), jfox]
+    act25 = treg25 * world.cd25_activated
+    for c, name in enumerate(names):
+        if name == "cd4_activated":
+            centre[c, j25], centre[c, jfox] = act25, tregfox * world.foxp3_dim
+        elif name in ("cd4_conv", "doublet_t", "dead_t"):
+            centre[c, j25] = act25 * world.cd25_conv
+        ratio[c, 0] = world.doublet_ratio if name.startswith("doublet") else (
+            world.singlet_ratio if ratio[c, 0] == _LYMPH["ratio"][0] else ratio[c, 0])
+
+
 def _simulate(spec: SampleSpec):
     """Return (true signal by component block, detector noise, event shuffle, label codes)."""
     ev_rng, drift_rng, stain_rng, _ = _rngs(spec.seed)
     n = int(spec.n_events)
-    activated = _ACTIVATED_OF_CD4_HARD if spec.hard else _ACTIVATED_OF_CD4
-    counts = ev_rng.multinomial(n, _component_probs(spec.treg_pct_cd4, activated))
+    shares = spec.world.shares if spec.world is not None else _SHARES
+    counts = ev_rng.multinomial(n, _component_probs(spec.treg_pct_cd4, _activated_share(spec), shares))
     p_pos, centre, sigma, mean, sd, ratio, gain = _parameter_tables(spec, drift_rng, stain_rng)
 
     # Channel-major, one contiguous block of events per component (no per-event
@@ -447,7 +485,11 @@ def write_fcs(path: str | pathlib.Path, spec: SampleSpec) -> dict:
         columns = [columns[i] for i in order]
     fluor = [d for d in FLUORESCENCE if d in columns]
     spill_order = [fluor[i] for i in layout_rng.permutation(len(fluor))]
-    pns = {d: _spell(d, layout_rng) for d in FLUORESCENCE}
+    if spec.world is None:
+        pns = {d: _spell(d, layout_rng) for d in FLUORESCENCE}
+    else:  # the lab's own conventions, varying between its tubes
+        k = int(layout_rng.integers(1 << 16))
+        pns = {d: spec.world.label(d, k) for d in FLUORESCENCE}
     pns.update(spec.pns_overrides or {})
 
     dtype = "<f4" if spec.byteorder == "little" else ">f4"

@@ -178,3 +178,139 @@ def test_cli_endpoint_and_its_errors(tmp_path, rand, monkeypatch):
     res = CliRunner().invoke(cli, ["endpoint", str(w1), "--randomisation", str(rand), "--out", str(out),
                                    "--visit", "D90", "--study-id", "S"])
     assert res.exit_code == 2 and "Visit 'D90' is in none of the runs" in res.output
+
+
+# --- samples flagged for review (needs_review, auto_gate_fallback) must be approved first ---
+
+def _flag_p3_d60(tmp_path, flag="needs_review:Treg:one_mode", status="pending"):
+    """week9 with P3's D60 sample (9.5 %) flagged for review; the other rows unflagged and pending."""
+    return _week9(tmp_path, qc_flags=["", "", flag, "", ""],
+                  review_status=["pending", "pending", status, "pending", "pending"])
+
+
+def test_flagged_pending_sample_at_the_endpoint_visit_blocks(tmp_path, rand):
+    w1, w9 = _week1(tmp_path), _flag_p3_d60(tmp_path)
+    with pytest.raises(EndpointError) as e:
+        run_endpoint([w1, w9], rand, tmp_path / "out", study_id="S", figures=False)
+    msg = str(e.value)
+    assert msg.startswith("1 sample(s) the endpoint would use are flagged for review and not approved: ")
+    assert f"{w9.resolve()} P3:D60 (file 'P3_D60.fcs'; needs_review:Treg:one_mode; review_status 'pending')" in msg
+    assert "cytopipe review RUN_DIR PATIENT:VISIT --approve|--reject|--adjust-gate GATE_PATH" in msg
+    assert "--include-unreviewed" in msg and "\n" not in msg
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_auto_gate_fallback_blocks_too_and_adjusted_is_not_approved(tmp_path, rand):
+    w1, w9 = _week1(tmp_path), _flag_p3_d60(tmp_path, flag="low_cd4;auto_gate_fallback", status="adjusted")
+    with pytest.raises(EndpointError, match=r"P3:D60 \(file 'P3_D60.fcs'; auto_gate_fallback; "
+                                            r"review_status 'adjusted'\)"):
+        run_endpoint([w1, w9], rand, tmp_path / "out", study_id="S", figures=False)
+
+
+def test_flagged_sample_without_any_review_decision_blocks(tmp_path, rand):
+    w9 = _week9(tmp_path, qc_flags=["", "", "needs_review", "", ""])  # review_status empty: review not run
+    with pytest.raises(EndpointError, match=r"P3:D60 \(file 'P3_D60.fcs'; needs_review; no review decision\)"):
+        run_endpoint([_week1(tmp_path), w9], rand, tmp_path / "out", study_id="S", figures=False)
+
+
+@pytest.mark.parametrize("flag", ["needs_review:Treg:one_mode", "auto_gate_fallback"])
+def test_approved_flagged_sample_is_used(tmp_path, rand, flag):
+    w1, w9 = _week1(tmp_path), _flag_p3_d60(tmp_path, flag=flag, status="approved")
+    res = run_endpoint([w1, w9], rand, tmp_path / "out", study_id="S", figures=False)
+    bp = res.by_patient.set_index("patient_id")
+    assert bp.loc["P3", "endpoint_value"] == 9.5 and bp.loc["P3", "change_pp"] == pytest.approx(4.0)
+    assert res.arm_summary.set_index("arm").loc["1 MIU", "n"] == 1
+    assert not res.preliminary and len(res.unreviewed) == 0
+    for name in ("change_by_patient", "arm_summary", "trend_test", "exclusions", "sdtm_cp"):
+        assert "preliminary" not in pd.read_csv(tmp_path / "out" / f"{name}.csv").columns
+    prov = json.loads((tmp_path / "out" / "endpoint.json").read_text())
+    assert prov["preliminary"] is False and prov["unreviewed_samples"] == []
+
+
+def test_other_flags_and_lookalike_tokens_do_not_block(tmp_path, rand):
+    w9 = _week9(tmp_path, qc_flags=["low_cd4;treg_outlier", "needs_reviewed", "flow_rate:3.1%", "", ""])
+    res = run_endpoint([_week1(tmp_path), w9], rand, tmp_path / "out", study_id="S", figures=False)
+    assert not res.preliminary and res.by_patient.set_index("patient_id").loc["P1", "endpoint_value"] == 5.5
+
+
+def test_include_unreviewed_marks_every_output_preliminary(tmp_path, rand):
+    w1, w9 = _week1(tmp_path), _flag_p3_d60(tmp_path)
+    out = tmp_path / "out"
+    res = run_endpoint([w1, w9], rand, out, study_id="S", include_unreviewed=True)
+    assert res.preliminary
+    bp = res.by_patient.set_index("patient_id")
+    assert bp.loc["P3", "endpoint_value"] == 9.5 and bp.loc["P3", "change_pp"] == pytest.approx(4.0)
+    for name in ("change_by_patient", "arm_summary", "trend_test", "exclusions", "sdtm_cp"):
+        for ext in ("csv", "parquet"):
+            df = read_output(out / f"{name}.{ext}", name)
+            validate_table(df, name)
+            assert df["preliminary"].tolist() == [True] * len(df), (name, ext)
+    assert len(pd.read_csv(out / "sdtm_cp.csv")) == 20  # 10 samples, two tests each
+    prov = json.loads((out / "endpoint.json").read_text())
+    assert prov["preliminary"] is True and prov["include_unreviewed"] is True
+    assert prov["unreviewed_samples"] == [{"run_dir": str(w9.resolve()), "patient_id": "P3", "visit": "D60",
+                                           "file": "P3_D60.fcs", "flags": "needs_review:Treg:one_mode",
+                                           "review_status": "pending"}]
+    html = (out / "report.html").read_text()
+    assert "<title>PRELIMINARY: cytopipe endpoint report</title>" in html
+    assert "<h1>PRELIMINARY: Endpoint: change in Treg % CD4 from D1 to D60</h1>" in html
+    assert "Included without review (PRELIMINARY)" in html and "needs_review:Treg:one_mode" in html
+    for png in ("treg_by_visit_per_arm.png", "change_at_endpoint.png"):  # the title, also as PNG text
+        assert b"tEXtTitle\x00PRELIMINARY: includes samples not yet reviewed" in (out / png).read_bytes(), png
+
+
+def test_include_unreviewed_without_unreviewed_samples_is_final(tmp_path, rand):
+    res = run_endpoint([_week1(tmp_path), _week9(tmp_path)], rand, tmp_path / "out", study_id="S",
+                       include_unreviewed=True)
+    assert not res.preliminary and "preliminary" not in res.arm_summary.columns
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "PRELIMINARY" not in html
+    assert b"PRELIMINARY" not in (tmp_path / "out" / "change_at_endpoint.png").read_bytes()
+
+
+@pytest.mark.parametrize("where", ["D8", "not_randomised"])
+def test_flagged_samples_in_the_per_visit_outputs_block(tmp_path, rand, where):
+    # a D8 value goes into change_by_patient (treg_pct_cd4_D8), the by-visit figure and sdtm_cp; so does
+    # every visit of a patient not in the randomisation list (P9, listed with status not_randomised)
+    runs = [_week1(tmp_path, qc_flags=["", "", "", "", "needs_review" if where == "not_randomised" else ""]),
+            _week9(tmp_path)]
+    if where == "D8":
+        runs.append(_run(tmp_path / "week2", [("P1", "D8", 8, 5.2), ("P2", "D8", 8, 6.0)],
+                         qc_flags=["needs_review:CD4pos:no_valley", ""]))
+    with pytest.raises(EndpointError, match="P1:D8 .file 'P1_D8.fcs'" if where == "D8" else "P9:D1 .file 'P9_D1.fcs'"):
+        run_endpoint(runs, rand, tmp_path / "out", study_id="S", figures=False)
+
+
+def test_flagged_samples_the_endpoint_does_not_use_do_not_block(tmp_path, rand):
+    # P2 D1 rejected in review, P4 D60 failed (qc_error), P3 D1 superseded by a re-run: no number of theirs
+    # reaches an output, so they are listed in exclusions.csv as before and need no approval
+    w1 = _week1(tmp_path, qc_flags=["", "needs_review", "auto_gate_fallback", "", ""],
+                review_status=["pending", "rejected", "pending", "pending", "pending"],
+                superseded=["", "", "yes", "", ""])
+    w9 = _week9(tmp_path, qc_flags=["", "", "", "needs_review:Treg:one_mode", ""])
+    redo = _run(tmp_path / "redo", [("P3", "D1", 1, 6.5)])
+    res = run_endpoint([w1, w9, redo], rand, tmp_path / "out", study_id="S", figures=False)
+    assert not res.preliminary
+    ex = res.exclusions
+    assert sorted(zip(ex["patient_id"], ex["visit"], ex["reason"])) == [
+        ("P2", "D1", "review_rejected"), ("P3", "D1", "superseded"), ("P4", "D60", "qc_error"),
+        ("P9", "D1", "not_randomised"), ("P9", "D60", "not_randomised")]
+    assert res.by_patient.set_index("patient_id").loc["P3", "change_pp"] == pytest.approx(3.0)  # 9.5 - 6.5
+
+
+def test_cli_refuses_unreviewed_then_runs_preliminary(tmp_path, rand):
+    w1, w9 = _week1(tmp_path), _flag_p3_d60(tmp_path)
+    out = tmp_path / "out"
+    args = ["endpoint", str(w1), str(w9), "--randomisation", str(rand), "--out", str(out), "--study-id", "S"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: 1 sample(s) the endpoint would use are flagged")
+    assert "P3:D60 (file 'P3_D60.fcs'; needs_review:Treg:one_mode" in lines[0]
+    assert "--include-unreviewed" in lines[0] and not out.exists()
+    res = CliRunner().invoke(cli, [*args, "--include-unreviewed"])
+    assert res.exit_code == 0, res.output
+    assert ("PRELIMINARY (1 sample(s) flagged for review and not approved included, listed in endpoint.json): "
+            "3 of 5 patients with a D1-to-D60 change") in res.output
+    assert f"unreviewed: {w9.resolve()} P3:D60 (P3_D60.fcs; needs_review:Treg:one_mode)" in res.output
+    assert json.loads((out / "endpoint.json").read_text())["preliminary"] is True

@@ -54,7 +54,7 @@ def flagged_run(tmp_path_factory, dask_client):
     d = tmp_path_factory.mktemp("flagged")
     specs = {"normal.fcs": SampleSpec(n_events=30_000, seed=21), "low_events.fcs": SampleSpec(n_events=8_000, seed=22),
              "low_cd4.fcs": SampleSpec(n_events=30_000, seed=23), "clog.fcs": SampleSpec(n_events=30_000, seed=24),
-             "mislabelled.fcs": SampleSpec(n_events=5_000, seed=25, pns_overrides={"PE-Cy7-A": XSS})}
+             "mislabelled.fcs": SampleSpec(n_events=5_000, seed=25, pns_overrides={"PE-Cy7-A": "CD127 " + XSS})}
     for name, spec in specs.items():
         write_fcs(d / name, spec)
     labels = simulate_events(specs["low_cd4.fcs"])[1]

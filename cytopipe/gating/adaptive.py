@@ -1,0 +1,533 @@
+"""Every gate of the chain placed from the sample's own data, or the sample sent to a reviewer.
+
+Positions of populations differ between labs, instruments, reagent lots and
+days; only their order is fixed (negative below positive, CD25-intermediate
+below CD25-high, FOXP3-negative below FOXP3+). So no gate here has a number
+for where a population sits: each is placed from the sample by the method its
+strategy manifest declares under ``placement``, in the order of the gate tree,
+each on the events its (already placed) parent keeps, the way openCyto's
+gating templates place gates:
+
+``scatter_cloud`` (Lymphocytes)
+    A 2-D Gaussian mixture (scikit-learn) on FSC-A x SSC-A of the events
+    bright on the ``anchor`` marker (CD3: T cells are lymphocytes), the
+    lymphocyte cloud being its heaviest component; the gate is that
+    component's ellipse at Mahalanobis radius ``radius``, as a polygon.
+``ratio_band`` (Singlets)
+    A band around the FSC-A / FSC-H diagonal: the density of log(FSC-A / FSC-H)
+    has the singlets' mode; the band ends at the density minimum towards the
+    doublets, or ``edge_sd`` robust SDs from the mode where no doublet mode shows.
+``density_valley`` (Live, CD3+, CD4+)
+    On each dimension the 1-D density (scikit-learn ``KernelDensity`` on the
+    binned events) and its modes; the threshold is the density minimum
+    between the negative and the positive mode. ``keep`` says which side the
+    gate keeps; a dimension whose ``second_mode`` is ``optional`` (dead cells
+    may be few) takes the negative mode's upper edge when it shows one mode.
+``treg_mixture`` (Treg)
+    A Gaussian mixture (scikit-learn) on the parent's CD25 x FOXP3; the Treg
+    component is the one with the highest FOXP3 mean; the gate is the
+    rectangle (lower bounds, open above) with the fewest expected
+    misclassified cells given the components' posteriors.
+
+Every placed gate is an ordinary FlowKit gate added as a custom sample gate,
+so the cascade and FlowKit count it alike and a reviewer's adjustment
+replaces it. When a method finds no clear structure (one mode where two are
+expected, too few events, a threshold at the edge of the axis, no separate
+Treg cluster) the sample is flagged ``needs_review:<gate>:<reason>``: the
+candidate gate (or, where there is none, the template's) is kept for the
+reviewer, and the number does not enter the endpoint until a reviewer
+approves or adjusts it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import StrategyError
+from .placement import AutoGateResult
+
+__all__ = ["REVIEW_FLAG", "data_driven_gates", "needs_review_flags", "place_gates", "placement_specs"]
+
+#: Flag token of a sample a reviewer must look at before its number counts.
+REVIEW_FLAG = "needs_review"
+_METHODS = ("scatter_cloud", "ratio_band", "density_valley", "treg_mixture")
+_DEFAULTS: dict[str, Any] = {
+    "prefilter_events": 100_000, "fit_events": 20_000, "seed": 0, "min_events": 200, "grid": 256,
+    "min_mode_share": 0.02, "max_dip": 0.7, "edge_sd": 4.0, "edge_margin": 0.02,
+}
+
+
+def needs_review_flags(flags) -> list[str]:
+    """The ``needs_review`` tokens among ``flags`` (a list, or the ``;``-joined column text)."""
+    items = flags.split(";") if isinstance(flags, str) else list(flags or [])
+    return [f for f in items if f == REVIEW_FLAG or f.startswith(REVIEW_FLAG + ":")]
+
+
+def placement_specs(strategy) -> list[dict[str, Any]]:
+    """The strategy's ``placement`` manifest entries with defaults filled (empty if none).
+
+    Raises
+    ------
+    StrategyError
+        An entry lacks ``gate_path`` or names an unknown ``method``.
+    """
+    out = []
+    for i, spec in enumerate(strategy.manifest.get("placement") or []):
+        if "gate_path" not in spec or spec.get("method") not in _METHODS:
+            msg = (f"{strategy.directory / 'manifest.json'}: placement[{i}] needs a gate_path and a method "
+                   f"among {list(_METHODS)}, got {spec!r}.")
+            raise StrategyError(msg)
+        out.append({**_DEFAULTS, **spec, "gate_path": tuple(spec["gate_path"])})
+    return out
+
+
+def data_driven_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult | None:
+    """The sample's gates placed from its data, by whichever way its strategy declares; None if it places none.
+
+    ``placement`` (every gate of the chain, :func:`place_gates`) or the
+    ``auto_gates`` of ``treg_auto@1.0.0`` (:func:`~cytopipe.gating.placement.fit_auto_gates`).
+    Deterministic: placing again on the same file gives the same gates.
+    """
+    from .placement import auto_gate_specs, fit_auto_gates
+
+    if placement_specs(strategy):
+        return place_gates(sample, strategy, gating_strategy=gating_strategy, skip=skip)
+    if auto_gate_specs(strategy):
+        return fit_auto_gates(sample, strategy, gating_strategy=gating_strategy, skip=skip)
+    return None
+
+
+class _Review(Exception):
+    """No clear structure: the message is the reason code and detail."""
+
+    def __init__(self, code: str, detail: str, candidate=None):
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail, self.candidate = code, detail, candidate
+
+
+def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult:
+    """Place every gate the strategy's manifest lists under ``placement`` on ``sample``.
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or cytopipe.fcs.LeanSample
+        The sample, as read for gating.
+    strategy : cytopipe.strategy.Strategy
+        A strategy whose manifest declares ``placement``.
+    gating_strategy : flowkit.GatingStrategy, optional
+        The FlowKit strategy to add the placed gates to (e.g. one already
+        carrying a reviewer's adjustments); a fresh one when omitted.
+    skip
+        Gate paths (``"root/..."``) a reviewer adjusted: their adjustment is
+        used, and gates below are placed on the events it keeps.
+
+    Returns
+    -------
+    AutoGateResult
+        The strategy to count with, one record per gate (``status`` placed,
+        review or reviewer, the ``reason``, the fitted values) and the
+        ``needs_review:<gate>:<reason>`` flags.
+    """
+    import flowkit as fk
+
+    from .engine import Context
+
+    specs = placement_specs(strategy)
+    gs = gating_strategy if gating_strategy is not None else strategy.gating_strategy()
+    result = AutoGateResult(gating_strategy=gs)
+    if not specs:
+        return result
+    raw = sample.get_events(source="raw")
+    n = raw.shape[0]
+    cap = int(specs[0]["prefilter_events"])
+    step = -(-n // cap) if n > cap else 1
+    sub = np.take(raw, np.arange(0, n, step), axis=0) if step > 1 else raw  # spans the whole acquisition
+    ctx = Context(sample, gs, sub)
+    paths = strategy.gate_paths()
+    ctx.prepare([gs.get_gate(p[-1], gate_path=p[:-1]) for p in paths])
+    by_path = {s["gate_path"]: s for s in specs}
+    rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
+    skipped = set(skip)
+    for path in paths:
+        parent = rows.get(path[:-1])
+        spec = by_path.get(path)
+        rec: dict[str, Any] = {"gate_path": "/".join(path)}
+        if spec is not None and "/".join(path) in skipped:
+            rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
+        elif spec is not None:
+            template = gs.get_gate(path[-1], gate_path=path[:-1])
+            try:
+                gate, info = _place(spec, ctx, gs, template, parent, path)
+                rec.update(status="placed", **info)
+            except _Review as e:
+                gate, info = e.candidate, {}
+                rec.update(status="review", reason=str(e))
+                result.qc_flags.append(f"{REVIEW_FLAG}:{path[-1]}:{e.code}")
+            if gate is not None:
+                gs.add_gate(gate, path[:-1], sample_id=sample.id)
+        if spec is not None:
+            result.gates.append(rec)
+        gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
+        inside = ctx.inside(gate, parent)
+        rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fk.export_gatingml(gs, buf, sample_id=sample.id)
+    result.gatingml = buf.getvalue().decode("utf-8")
+    return result
+
+
+def _subset(rows: np.ndarray | None, n_all: int, spec) -> np.ndarray:
+    """At most ``fit_events`` of the parent's rows, a fixed-seed choice."""
+    idx = np.arange(n_all) if rows is None else rows
+    if idx.size > spec["fit_events"]:
+        rng = np.random.default_rng(spec["seed"])
+        idx = np.sort(rng.choice(idx, int(spec["fit_events"]), replace=False))
+    return idx
+
+
+class _Axis:
+    """A fluorescence dimension on the scale its populations are found on: arcsinh(x / c).
+
+    The display transform (logicle with a fixed width) splits a negative
+    population whose spread exceeds its linear region into two humps, a mode
+    that is not there. Here the cofactor ``c`` is the sample's own spread of
+    negatives (from the values below 0, which only negative populations
+    reach), so a negative population is one mode near 0 and positive ones are
+    on a log-like scale, whatever the instrument's gains.
+    """
+
+    def __init__(self, linear: np.ndarray):
+        below = -linear[linear < 0]
+        # half-normal: the median of |x| over the negative half is 0.6745 SD
+        self.c = float(max(np.median(below) / 0.6745 if below.size >= 20 else np.std(linear) / 10, 1.0))
+        self.u = np.arcsinh(linear / self.c)
+
+    def linear(self, u: float) -> float:
+        return float(self.c * np.sinh(u))
+
+
+def _gate_units(gs, dim, linear: float) -> float:
+    """A compensated linear value in the units of the gate's dimension (its transform applied)."""
+    xf = gs.get_transform(dim.transformation_ref) if dim.transformation_ref else None
+    return float(linear) if xf is None else float(np.asarray(xf.apply(np.array([[linear]]))).ravel()[0])
+
+
+def _place(spec, ctx, gs, template, parent, path):
+    rows = _subset(parent, ctx.raw.shape[0], spec)
+    if rows.size < spec["min_events"]:
+        raise _Review("too_few_events", f"{rows.size} events to place {path[-1]} (< {spec['min_events']})")
+    method = spec["method"]
+    if method == "density_valley":
+        return _density_valley(spec, ctx, gs, template, rows, path)
+    if method == "ratio_band":
+        return _ratio_band(spec, ctx, gs, template, rows, path)
+    if method == "scatter_cloud":
+        return _scatter_cloud(spec, ctx, gs, template, rows, path)
+    return _treg_mixture(spec, ctx, gs, template, rows, path)
+
+
+# -- 1-D densities ----------------------------------------------------------------------------------
+
+def density(values: np.ndarray, lo: float, hi: float, grid: int = 256):
+    """A Gaussian kernel density of ``values`` on ``grid`` points of [lo, hi]: ``(x, f)``.
+
+    scikit-learn's ``KernelDensity`` on the events binned to the grid (each bin
+    centre weighted by its count): the same estimate to within a bin, at a
+    cost independent of the event count. Bandwidth: Silverman's rule.
+    """
+    from sklearn.neighbors import KernelDensity
+
+    v = values[np.isfinite(values)]
+    edges = np.linspace(lo, hi, grid + 1)
+    counts, _ = np.histogram(v, bins=edges)  # events off the axis are left out, never piled on its ends
+    x = (edges[:-1] + edges[1:]) / 2
+    iqr = np.subtract(*np.percentile(v, [75, 25])) if v.size else 0.0
+    sd = min(np.std(v), iqr / 1.349) if iqr > 0 else np.std(v)
+    bw = max(0.9 * sd * max(v.size, 1) ** -0.2, 1.5 * (hi - lo) / grid)
+    keep = counts > 0
+    kde = KernelDensity(bandwidth=bw).fit(x[keep, None], sample_weight=counts[keep])
+    return x, np.exp(kde.score_samples(x[:, None]))
+
+
+def modes(f: np.ndarray, *, min_share: float, max_dip: float) -> tuple[list[int], list[int]]:
+    """Significant modes of a density on a grid and the minima between them: ``(peaks, valleys)``.
+
+    Neighbouring peaks merge (into the higher) while the density at the minimum
+    between them is above ``max_dip`` times the lower peak, or while either
+    side holds less than ``min_share`` of the mass.
+    """
+    interior = np.flatnonzero((f[1:-1] > f[:-2]) & (f[1:-1] >= f[2:])) + 1
+    peaks = list(interior) if interior.size else [int(np.argmax(f))]
+    total = f.sum()
+    while len(peaks) > 1:
+        valleys = [a + int(np.argmin(f[a:b + 1])) for a, b in zip(peaks[:-1], peaks[1:])]
+        bounds = [0, *valleys, len(f)]
+        shares = [f[bounds[i]:bounds[i + 1]].sum() / total for i in range(len(peaks))]
+        worst, merge = None, None
+        for i, v in enumerate(valleys):
+            dip = f[v] / min(f[peaks[i]], f[peaks[i + 1]])
+            weak = min(shares[i], shares[i + 1]) < min_share
+            score = dip + (1.0 if weak else 0.0)
+            if (dip > max_dip or weak) and (worst is None or score > worst):
+                worst, merge = score, i
+        if merge is None:
+            return peaks, valleys
+        a, b = peaks[merge], peaks[merge + 1]
+        peaks[merge:merge + 2] = [a if f[a] >= f[b] else b]
+    return peaks, []
+
+
+def _extent(values: np.ndarray) -> tuple[float, float]:
+    """The axis a density is drawn on: the data's 0.1-99.9 % range, padded by 5 % each side."""
+    q0, q1 = np.quantile(values[np.isfinite(values)], [0.001, 0.999])
+    pad = 0.05 * max(q1 - q0, 1e-6)
+    return float(q0 - pad), float(q1 + pad)
+
+
+def _robust_sd_left(x: np.ndarray, f: np.ndarray, peak: int) -> float:
+    """SD of a mode from its lower half-width at half maximum (negatives are symmetric)."""
+    half = f[peak] / 2
+    left = np.flatnonzero(f[:peak] < half)
+    width = (x[peak] - x[left[-1]]) if left.size else (x[1] - x[0])
+    return max(width / 1.1774, x[1] - x[0])  # HWHM = 1.1774 SD for a Gaussian
+
+
+def _threshold(values, spec, keep: str, optional: bool, name: str):
+    """The threshold between a 1-D negative and positive mode, and what it rests on."""
+    lo, hi = _extent(values)
+    x, f = density(values, lo, hi, int(spec["grid"]))
+    peaks, valleys = modes(f, min_share=spec["min_mode_share"], max_dip=spec["max_dip"])
+    margin = spec["edge_margin"] * (hi - lo)
+    if valleys:
+        # above-gates keep the top mode (CD3+ T cells above the rest); below-gates the bottom one
+        v = valleys[-1] if keep == "above" else valleys[0]
+        t, basis = float(x[v]), "valley"
+    elif optional:
+        sd = _robust_sd_left(x, f, peaks[0])
+        t, basis = float(x[peaks[0]] + spec["edge_sd"] * sd), "edge"
+    else:
+        raise _Review("one_mode", f"{name}: one mode where a negative and a positive are expected")
+    if not lo + margin <= t <= hi - margin:
+        raise _Review("at_edge", f"{name}: threshold {t:.3f} at the edge of the data [{lo:.3f}, {hi:.3f}]")
+    return t, basis, [float(x[p]) for p in peaks]
+
+
+def _density_valley(spec, ctx, gs, template, rows, path):
+    import flowkit as fk
+
+    keep = spec["keep"]  # {dimension: "above" | "below"}
+    optional = set(spec.get("optional_second_mode", ()))
+    dims, info = [], {"bounds": {}, "bounds_linear": {}, "basis": {}, "modes": {}, "n_fit": int(rows.size)}
+    candidate = None
+    for d in template.dimensions:
+        side = keep.get(d.id)
+        lo, hi = d.min, d.max
+        if side is not None:
+            axis = _Axis(ctx.values(d, rows))
+            try:
+                t, basis, peaks = _threshold(axis.u, spec, side, d.id in optional, f"{path[-1]} on {d.id}")
+            except _Review as e:
+                e.candidate = candidate
+                raise
+            linear = axis.linear(t)
+            t = _gate_units(gs, d, linear)
+            lo, hi = (t, None) if side == "above" else (None, t)
+            info["bounds"][d.id], info["basis"][d.id] = round(t, 5), basis
+            info["modes"][d.id] = [round(axis.linear(u), 1) for u in peaks]
+            info["bounds_linear"][d.id] = round(linear, 2)
+        dims.append(fk.Dimension(d.id, compensation_ref=d.compensation_ref,
+                                 transformation_ref=d.transformation_ref, range_min=lo, range_max=hi))
+    return fk.gates.RectangleGate(path[-1], dims), info
+
+
+# -- scatter ----------------------------------------------------------------------------------------
+
+def _ratio_band(spec, ctx, gs, template, rows, path):
+    import flowkit as fk
+
+    a_dim, h_dim = template.dimensions  # FSC-A, FSC-H
+    a, h = ctx.values(a_dim, rows), ctx.values(h_dim, rows)
+    ok = (a > 0) & (h > 0)
+    r = np.log(a[ok] / h[ok])
+    lo, hi = float(spec.get("range", (-0.5, 1.5))[0]), float(spec.get("range", (-0.5, 1.5))[1])
+    x, f = density(r, lo, hi, int(spec["grid"]))
+    peaks, valleys = modes(f, min_share=spec["min_mode_share"], max_dip=spec["max_dip"])
+    main = max(peaks, key=lambda p: f[p])  # the singlets are most events of the parent
+    sd = _robust_sd_left(x, f, main)
+    upper_valleys = [v for v in valleys if v > main]
+    up = float(x[upper_valleys[0]]) if upper_valleys else float(x[main] + spec["edge_sd"] * sd)
+    down = float(x[main] - spec["edge_sd"] * sd)
+    if not lo < down < up < hi:
+        raise _Review("at_edge", f"{path[-1]}: band {down:.3f}..{up:.3f} of log(FSC-A/FSC-H) at the axis edge")
+    r_lo, r_hi = float(np.exp(down)), float(np.exp(up))
+    top = 262144.0 * 4
+    vertices = [[0.0, 0.0], [top, top / r_hi], [top, top / r_lo], [0.0, 0.0 + 1e-9]]
+    gate = fk.gates.PolygonGate(path[-1], [fk.Dimension(a_dim.id, compensation_ref=a_dim.compensation_ref),
+                                           fk.Dimension(h_dim.id, compensation_ref=h_dim.compensation_ref)],
+                                vertices)
+    info = {"ratio_band": [round(r_lo, 4), round(r_hi, 4)], "basis": "valley" if upper_valleys else "edge",
+            "n_fit": int(rows.size)}
+    return gate, info
+
+
+def _scatter_cloud(spec, ctx, gs, template, rows, path):
+    import flowkit as fk
+    from sklearn.mixture import GaussianMixture
+
+    anchor = _anchor_dimension(spec, gs, ctx)
+    axis = _Axis(ctx.values(anchor, rows))
+    t, _, _ = _threshold(axis.u, spec, "above", False, f"{path[-1]} anchor {anchor.id}")
+    bright = rows[axis.u >= t]
+    t = axis.linear(t)
+    if bright.size < spec["min_events"]:
+        raise _Review("too_few_events", f"{path[-1]}: {bright.size} {anchor.id}-bright events")
+    fx, fy = template.dimensions
+    pts = np.column_stack([ctx.values(fx, bright), ctx.values(fy, bright)])
+    scale = np.maximum(pts.std(axis=0), 1.0)
+    gm = GaussianMixture(int(spec.get("components", 3)), covariance_type="full", random_state=int(spec["seed"]),
+                         n_init=1, reg_covar=1e-4).fit(pts / scale)
+    k = int(np.argmax(gm.weights_))
+    mean, cov = gm.means_[k] * scale, gm.covariances_[k] * np.outer(scale, scale)
+    vals, vecs = np.linalg.eigh(cov)
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    circle = np.column_stack([np.cos(theta), np.sin(theta)]) * float(spec.get("radius", 3.5))
+    vertices = (mean + (circle * np.sqrt(np.maximum(vals, 0))) @ vecs.T).tolist()
+    gate = fk.gates.PolygonGate(path[-1], [fk.Dimension(fx.id, compensation_ref=fx.compensation_ref),
+                                           fk.Dimension(fy.id, compensation_ref=fy.compensation_ref)], vertices)
+    info = {"centre": [round(float(c), 1) for c in mean], "weight": round(float(gm.weights_[k]), 4),
+            "anchor": anchor.id, "anchor_threshold": round(t, 5), "n_fit": int(bright.size)}
+    return gate, info
+
+
+def _anchor_dimension(spec, gs, ctx):
+    import flowkit as fk
+
+    ref = spec["anchor"]  # {"dimension": PnN, "compensation_ref": ..., "transformation_ref": ...}
+    return fk.Dimension(ref["dimension"], compensation_ref=ref.get("compensation_ref", "FCS"),
+                        transformation_ref=ref.get("transformation_ref"))
+
+
+# -- the Treg cluster -------------------------------------------------------------------------------
+
+def _treg_mixture(spec, ctx, gs, template, rows, path):
+    import flowkit as fk
+    from sklearn.mixture import GaussianMixture
+
+    dims = list(template.dimensions)
+    ids = [d.id for d in dims]
+    k_axis = ids.index(spec["treg_axis"])  # FOXP3
+    axes = [_Axis(ctx.values(d, rows)) for d in dims]
+    pts = np.column_stack([a.u for a in axes])
+    # FOXP3-negative cells (most conventional CD4 cells) are a negative population: below
+    # ``window_sd`` of the sample's own negative spread on FOXP3 they cannot be Tregs, and
+    # their broad continuum would take the mixture's components from the clusters that matter
+    floor = float(np.arcsinh(spec.get("window_sd", 2.0)))
+    keep = pts[:, k_axis] >= floor
+    fit = pts[keep]
+    if fit.shape[0] < spec["min_events"] // 4:
+        raise _Review("no_treg_cluster", f"{fit.shape[0]} CD4 cells above the FOXP3-negative population")
+    if fit.shape[0] > spec["fit_events"]:
+        fit = fit[np.random.default_rng(spec["seed"]).choice(fit.shape[0], int(spec["fit_events"]), replace=False)]
+    fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
+                            max_iter=200).fit(fit) for k in spec.get("components", (2, 3, 4)) if k <= len(fit)]
+    gm = min(fits, key=lambda g: g.bic(fit))
+    k = int(np.argmax(gm.means_[:, k_axis]))
+    # a cluster the mixture split in two: components whose means are closer than ``merge_sd``
+    # pooled SDs to the Treg component's belong to it
+    group = [k] + [j for j in range(gm.n_components) if j != k and _distance(gm, j, k) < spec.get("merge_sd", 1.75)]
+    rest = [j for j in range(gm.n_components) if j not in group]
+    sep = min((_distance(gm, j, k) for j in rest), default=float("inf"))
+    info: dict[str, Any] = {"n_fit": int(rows.size), "n_window": int(keep.sum()), "components": gm.n_components,
+                            "weights": np.round(gm.weights_, 4).tolist(), "means": np.round(gm.means_, 4).tolist(),
+                            "separation": round(sep, 3) if np.isfinite(sep) else None}
+    if sep < float(spec.get("min_separation", 2.0)):
+        raise _Review("no_treg_cluster", f"the Treg component is {sep:.2f} pooled SDs from the next")
+    post = np.zeros(len(pts))
+    post[keep] = gm.predict_proba(pts[keep])[:, group].sum(axis=1)
+    vertices = _posterior_polygon(gm, group, pts, floor, k_axis, spec)
+    if vertices is None:
+        raise _Review("no_treg_cluster", "no closed region where the Treg component is the likeliest")
+    from matplotlib.path import Path as _Path
+
+    inside = _Path(vertices).contains_points(pts)
+    ambiguous = 100.0 * ((1 - post[inside]).sum() + post[~inside].sum()) / len(pts)
+    info["ambiguous_pct"] = round(float(ambiguous), 3)
+    gate_vertices = [[_gate_units(gs, d, ax.linear(v[j])) for j, (d, ax) in enumerate(zip(dims, axes))]
+                     for v in vertices]
+    new = [fk.Dimension(d.id, compensation_ref=d.compensation_ref, transformation_ref=d.transformation_ref)
+           for d in dims]
+    gate = fk.gates.PolygonGate(path[-1], new, gate_vertices)
+    if ambiguous > float(spec.get("max_ambiguous_pct", 1.0)):
+        raise _Review("ambiguous", f"{ambiguous:.2f} % of CD4 cells are as likely Treg as not", gate)
+    return gate, info
+
+
+def _distance(gm, i: int, j: int) -> float:
+    d = gm.means_[i] - gm.means_[j]
+    return float(np.sqrt(d @ np.linalg.solve((gm.covariances_[i] + gm.covariances_[j]) / 2, d)))
+
+
+def _posterior_polygon(gm, group, pts, floor: float, k_axis: int, spec):
+    """The region where the Treg components are likelier than the rest, as a polygon (or None)."""
+    import contourpy
+
+    n = int(spec.get("contour_grid", 96))
+    lo, hi = np.quantile(pts, 0.0005, axis=0) - 0.5, np.quantile(pts, 0.9995, axis=0) + 0.5
+    gx, gy = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    mesh = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+    p = gm.predict_proba(mesh)[:, group].sum(axis=1).reshape(n, n)
+    p[(mesh[:, k_axis] < floor).reshape(n, n)] = 0.0  # FOXP3-negative: never Treg
+    p[:, 0] = p[:, -1] = p[0, :] = p[-1, :] = 0.0  # closed contours
+    centre = gm.means_[int(group[0])]
+    best = None
+    from matplotlib.path import Path as _Path
+
+    for line in contourpy.contour_generator(gx, gy, p).lines(0.5):
+        if _Path(line).contains_point(centre) and (best is None or len(line) > len(best)):
+            best = line
+    return None if best is None else _simplify(np.asarray(best), float(spec.get("simplify", 0.01)))
+
+
+def _simplify(points: np.ndarray, eps: float) -> list[list[float]]:
+    """Ramer-Douglas-Peucker: fewer vertices, none more than ``eps`` from the contour (fewer tests per event)."""
+    keep = np.zeros(len(points), dtype=bool)
+    far = int(np.argmax(np.hypot(*(points - points[0]).T)))  # a closed loop: simplify it as two open halves
+    keep[[0, far, -1]] = True
+    stack = [(0, far), (far, len(points) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b <= a + 1:
+            continue
+        seg = points[b] - points[a]
+        rel = points[a + 1:b] - points[a]
+        norm = np.hypot(*seg) or 1.0
+        d = np.abs(seg[0] * rel[:, 1] - seg[1] * rel[:, 0]) / norm
+        i = int(np.argmax(d))
+        if d[i] > eps:
+            keep[a + 1 + i] = True
+            stack += [(a, a + 1 + i), (a + 1 + i, b)]
+    return points[keep][:-1].tolist() if np.allclose(points[0], points[-1]) else points[keep].tolist()
+
+
+def _best_rectangle(x: np.ndarray, y: np.ndarray, p: np.ndarray, grid: int):
+    """Lower bounds (x >= a, y >= b) minimising expected Treg outside + non-Treg inside."""
+    ex = np.quantile(x, np.linspace(0, 1, grid + 1))
+    ey = np.quantile(y, np.linspace(0, 1, grid + 1))
+    ex, ey = np.unique(ex), np.unique(ey)
+    ia = np.clip(np.searchsorted(ex, x, side="right") - 1, 0, ex.size - 1)
+    ib = np.clip(np.searchsorted(ey, y, side="right") - 1, 0, ey.size - 1)
+    pos = np.zeros((ex.size, ey.size))
+    neg = np.zeros((ex.size, ey.size))
+    np.add.at(pos, (ia, ib), p)
+    np.add.at(neg, (ia, ib), 1 - p)
+    inside_pos = pos[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
+    inside_neg = neg[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
+    cost = inside_neg + (pos.sum() - inside_pos)
+    i, j = np.unravel_index(np.argmin(cost), cost.shape)
+    return float(ex[i]), float(ey[j])
