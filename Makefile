@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench sample-fcs lint clean
+.PHONY: setup demo test bench validate sample-fcs lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: setup
 ## bench: speed ratios measured in one run (QUICK=1 for a smoke run)
 bench: setup
 	$(PY) benchmarks/bench_gating.py $(if $(QUICK),--quick,)
+
+## validate: the default strategy over 20 random worlds (labs it was not tuned to); exit 1 if a target is missed
+validate: setup
+	$(PY) benchmarks/validate.py $(if $(STRATEGY),--strategy $(STRATEGY),)
 
 ## sample-fcs: regenerate sample_fcs/ byte for byte from its fixed seed
 sample-fcs: setup

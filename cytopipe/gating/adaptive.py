@@ -56,7 +56,7 @@ __all__ = ["REVIEW_FLAG", "data_driven_gates", "needs_review_flags", "place_gate
 REVIEW_FLAG = "needs_review"
 _METHODS = ("scatter_cloud", "ratio_band", "density_valley", "treg_mixture")
 _DEFAULTS: dict[str, Any] = {
-    "prefilter_events": 100_000, "fit_events": 20_000, "seed": 0, "min_events": 200, "grid": 256,
+    "prefilter_events": 50_000, "fit_events": 10_000, "seed": 0, "min_events": 200, "grid": 256,
     "min_mode_share": 0.02, "max_dip": 0.7, "edge_sd": 4.0, "edge_margin": 0.02,
 }
 
@@ -237,22 +237,24 @@ def _place(spec, ctx, gs, template, parent, path):
 def density(values: np.ndarray, lo: float, hi: float, grid: int = 256):
     """A Gaussian kernel density of ``values`` on ``grid`` points of [lo, hi]: ``(x, f)``.
 
-    scikit-learn's ``KernelDensity`` on the events binned to the grid (each bin
-    centre weighted by its count): the same estimate to within a bin, at a
-    cost independent of the event count. Bandwidth: Silverman's rule.
+    The binned kernel density estimate (events binned to the grid, the counts
+    convolved with the Gaussian kernel), as R's ``density()`` computes it: the
+    same estimate as scikit-learn's ``KernelDensity`` on the binned events to
+    within rounding, at a fraction of its cost (it has no binned path and
+    scores every grid point against every bin). Bandwidth: Silverman's rule.
     """
-    from sklearn.neighbors import KernelDensity
-
     v = values[np.isfinite(values)]
     edges = np.linspace(lo, hi, grid + 1)
     counts, _ = np.histogram(v, bins=edges)  # events off the axis are left out, never piled on its ends
     x = (edges[:-1] + edges[1:]) / 2
     iqr = np.subtract(*np.percentile(v, [75, 25])) if v.size else 0.0
     sd = min(np.std(v), iqr / 1.349) if iqr > 0 else np.std(v)
-    bw = max(0.9 * sd * max(v.size, 1) ** -0.2, 1.5 * (hi - lo) / grid)
-    keep = counts > 0
-    kde = KernelDensity(bandwidth=bw).fit(x[keep, None], sample_weight=counts[keep])
-    return x, np.exp(kde.score_samples(x[:, None]))
+    step = (hi - lo) / grid
+    bw = max(0.9 * sd * max(v.size, 1) ** -0.2, 1.5 * step)
+    half = int(np.ceil(4 * bw / step))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * step / bw) ** 2)
+    f = np.convolve(counts.astype(float), kernel / (kernel.sum() * step * max(v.size, 1)), mode="same")
+    return x, f
 
 
 def modes(f: np.ndarray, *, min_share: float, max_dip: float) -> tuple[list[int], list[int]]:
@@ -391,7 +393,7 @@ def _scatter_cloud(spec, ctx, gs, template, rows, path):
     pts = np.column_stack([ctx.values(fx, bright), ctx.values(fy, bright)])
     scale = np.maximum(pts.std(axis=0), 1.0)
     gm = GaussianMixture(int(spec.get("components", 3)), covariance_type="full", random_state=int(spec["seed"]),
-                         n_init=1, reg_covar=1e-4).fit(pts / scale)
+                         init_params="k-means++", reg_covar=1e-4).fit(pts / scale)
     k = int(np.argmax(gm.weights_))
     mean, cov = gm.means_[k] * scale, gm.covariances_[k] * np.outer(scale, scale)
     vals, vecs = np.linalg.eigh(cov)

@@ -35,7 +35,7 @@ def test_table_schema_and_values(trial, trial_run):
     assert err.max() <= 0.3
     np.testing.assert_allclose(merged["treg_pct_cd4"], 100 * merged["treg_count"] / merged["cd4_count"])
     assert (merged["events_total"] == merged["n_events"]).all()
-    assert (table["strategy"] == "treg").all() and (table["strategy_version"] == "1.0.0").all()
+    assert (table["strategy"] == "treg_adaptive").all() and (table["strategy_version"] == "1.0.0").all()
     assert table["file_sha256"].str.fullmatch("[0-9a-f]{64}").all()
     assert result.exit_code == 0 and result.n_ok == 12
 
@@ -52,7 +52,7 @@ def test_populations_and_run_json(trial, trial_run):
     assert (treg["parent_count"].to_numpy() == cd4.loc[treg.index, "count"].to_numpy()).all()
     run = json.loads((out / "run.json").read_text())
     assert run["n_ok"] == 12 and run["n_failed"] == 0
-    assert run["strategy"] == "treg" and len(run["strategy_sha256"]) == 64
+    assert run["strategy"] == "treg_adaptive" and len(run["strategy_sha256"]) == 64
     assert run["started"] <= run["finished"]
 
 

@@ -24,9 +24,10 @@ def _table(out):
 
 
 def test_approve_reject_adjust_round_trip(tmp_path, dask_client):
+    # the fixed template: its Treg gate is a rectangle, adjusted by --bound
     sheet = generate_trial(tmp_path / "trial", n_patients=1, n_events=20_000, seed=3)
     out = tmp_path / "out"
-    run_batch(sheet, out, client=dask_client)
+    run_batch(sheet, out, client=dask_client, strategy="treg@1.0.0")
     first = _table(out)
 
     assert _review(out, "P01:D8", "--approve", "--reviewer", "Dr A").exit_code == 0
@@ -48,7 +49,7 @@ def test_approve_reject_adjust_round_trip(tmp_path, dask_client):
                   "--reviewer", "Dr A")
     assert bad.exit_code == 2 and "has no dimension 'CD25'" in bad.output
 
-    result = run_batch(sheet, out, client=dask_client)
+    result = run_batch(sheet, out, client=dask_client, strategy="treg@1.0.0")
     t = _table(out)
     assert result.n_cached == 2  # D8 and D60 reused; D1 gated again with its custom gate
     assert t.loc["D1", "cd4_count"] == first.loc["D1", "cd4_count"]
@@ -61,7 +62,7 @@ def test_approve_reject_adjust_round_trip(tmp_path, dask_client):
     assert d1_treg == t.loc["D1", "treg_count"]
 
     assert _review(out, "P01_D1.fcs", "--approve", "--reviewer", "Dr C").exit_code == 0
-    run_batch(sheet, out, client=dask_client)
+    run_batch(sheet, out, client=dask_client, strategy="treg@1.0.0")
     t2 = _table(out)
     assert (t2.loc["D1", "review_status"], t2.loc["D1", "reviewer"]) == ("approved", "Dr C")
     assert t2.loc["D1", "treg_count"] == t.loc["D1", "treg_count"]  # the adjustment still applies
@@ -69,7 +70,7 @@ def test_approve_reject_adjust_round_trip(tmp_path, dask_client):
     # a re-acquired file (new content) voids the approval and the adjustment
     write_fcs(sheet.parent / "P01_D8.fcs", SampleSpec(n_events=20_000, seed=99))
     write_fcs(sheet.parent / "P01_D1.fcs", SampleSpec(n_events=20_000, seed=98))
-    run_batch(sheet, out, client=dask_client)
+    run_batch(sheet, out, client=dask_client, strategy="treg@1.0.0")
     t3 = _table(out)
     assert t3.loc["D8", "review_status"] == "pending" and t3.loc["D8", "reviewer"] == ""
     assert t3.loc["D1", "review_status"] == "pending"

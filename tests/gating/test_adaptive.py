@@ -1,0 +1,88 @@
+"""Gates placed from each sample's own data (cytopipe.gating.adaptive, treg_adaptive@1.0.0).
+
+Worlds are drawn from seeds no number of the strategy was chosen on; the truth
+is the generator's labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cytopipe.batch.task import process_sample
+from cytopipe.fcs.read import read_fcs
+from cytopipe.gating.adaptive import REVIEW_FLAG, modes, needs_review_flags, place_gates
+from cytopipe.gating.api import gate_sample, treg_percent
+from cytopipe.sim.sample import SampleSpec, write_fcs
+from cytopipe.sim.world import World
+from cytopipe.strategy.registry import DEFAULT_STRATEGY, load_strategy
+
+
+@pytest.fixture(scope="module")
+def adaptive():
+    return load_strategy("treg_adaptive@1.0.0")
+
+
+def test_the_data_driven_strategy_is_the_default_and_places_every_gate(adaptive):
+    assert DEFAULT_STRATEGY == "treg_adaptive@1.0.0" and adaptive.status == "released"
+    placed = [tuple(p["gate_path"]) for p in adaptive.manifest["placement"]]
+    assert placed == adaptive.gate_paths()
+
+
+@pytest.mark.parametrize("world", [424_242, 31_337, 77_001])
+def test_pinned_worlds_with_usual_staining_land_within_target(tmp_path, adaptive, world):
+    """A lab's geometry the strategy never saw: each tube not sent to review within 0.3 pp of the truth."""
+    w = World.draw(world)
+    for i, pct in enumerate((4.0, 15.0)):
+        path = tmp_path / f"{world}_{i}.fcs"
+        truth = write_fcs(path, SampleSpec(n_events=40_000, seed=world + i, world=w, treg_pct_cd4=pct, drift=0.5))
+        sample = read_fcs(path)
+        placed = place_gates(sample, adaptive)
+        assert not needs_review_flags(placed.qc_flags), placed.gates
+        _, _, got = treg_percent(gate_sample(sample, adaptive, gating_strategy=placed.gating_strategy), adaptive)
+        assert abs(got - truth["treg_pct_cd4"]) <= 0.3, (world, i, got, truth["treg_pct_cd4"])
+
+
+def test_too_few_events_go_to_review_with_the_gate_named(tmp_path, adaptive):
+    path = tmp_path / "short.fcs"
+    write_fcs(path, SampleSpec(n_events=150, seed=3))
+    res = process_sample(str(path), str(adaptive.directory))
+    assert not res.error
+    flags = needs_review_flags(res.qc_flags)
+    assert flags and all(f.startswith(f"{REVIEW_FLAG}:") for f in flags)
+    assert any(f.endswith(":too_few_events") for f in flags), flags
+    assert {g["status"] for g in res.auto_gates["gates"]} >= {"review"}
+
+
+def test_one_mode_where_two_are_expected_has_no_valley():
+    """The density of a single Gaussian has one significant mode; two well-apart Gaussians two, the minimum between."""
+    rng = np.random.default_rng(0)
+    x = np.linspace(-5, 10, 256)
+
+    def dens(v):
+        h, _ = np.histogram(v, bins=np.linspace(-5, 10, 257))
+        return np.convolve(h, np.exp(-0.5 * (np.arange(-8, 9) / 3) ** 2), mode="same").astype(float)
+
+    peaks, valleys = modes(dens(rng.normal(0, 1, 20_000)), min_share=0.02, max_dip=0.7)
+    assert len(peaks) == 1 and valleys == []
+    two = np.concatenate([rng.normal(0, 1, 15_000), rng.normal(6, 1, 5_000)])
+    peaks, valleys = modes(dens(two), min_share=0.02, max_dip=0.7)
+    assert len(peaks) == 2 and 2.0 < x[valleys[0]] < 4.5
+
+
+def test_flowkit_alone_reproduces_the_counts_from_the_written_sample_gates(tmp_path, adaptive):
+    """DIR/sample_gates/<stem>.xml holds the placed gates; FlowKit's own gate_sample on it gives the run's counts."""
+    import flowkit as fk
+
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=9, world=World.draw(5)))
+    cache = tmp_path / "out" / "cache"
+    cache.mkdir(parents=True)
+    res = process_sample(str(path), str(adaptive.directory), cache_dir=str(cache))
+    assert not res.error
+    xml = tmp_path / "out" / "sample_gates" / "a.xml"
+    gs = fk.parse_gating_xml(str(xml))
+    flowkit = gs.gate_sample(fk.Sample(str(path)))
+    for gate_path, count, _ in res.gates:
+        parts = tuple(gate_path.split("/"))
+        assert flowkit.get_gate_count(parts[-1], gate_path=parts[:-1]) == count, gate_path
