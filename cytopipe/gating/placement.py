@@ -27,24 +27,8 @@ Method (declared per gate under ``auto_gates`` in the strategy manifest)
    inside, from the posteriors), thresholds on bin edges; it is then applied
    to *all* events of the sample.
 
-Measurements (40 ``SampleSpec(hard=True, drift=0.4)`` files, 20k/50k/100k
-events, Treg 3-20 % of CD4, truth from the labels), error of Treg % CD4 in
-percentage points:
-
-=========================================  ===========  ===========
-method                                     max |error|  mean |error|
-=========================================  ===========  ===========
-fixed ``treg@1.0.0`` rectangle             2.74         0.78
-sklearn GaussianMixture, all CD4, K=3..6   >= 14        1.4 - 13
-sklearn GMM, window, K=3 (k-means init)    4.4          0.26
-binned EM, window 0.40/0.25                0.29         0.090
-binned EM, window 0.48/0.32 (shipped)      0.15         0.050
-best rectangle knowing the labels          0.14         0.055
-=========================================  ===========  ===========
-
-On 36 fresh hard files (other seeds, 20k/50k/100k events) the shipped fit
-gave max 0.12, mean 0.049 (fixed: 2.87, 0.87); on 18 files without staining
-variation max 0.017, mean 0.003. ``make bench`` repeats this on 30 files.
+How this method compares with others on the generator's hard files is in
+docs/performance.md ("treg_auto@1.0.0's fit").
 
 The conventional CD4 cells are not Gaussian in logicle space (a log-normal
 CD25 continuum crossing logicle's linear region), so mixtures over all CD4
