@@ -11,8 +11,8 @@ gating templates place gates:
 ``scatter_cloud`` (Lymphocytes)
     A 2-D Gaussian mixture (scikit-learn) on FSC-A x SSC-A of the events
     bright on the ``anchor`` marker (CD3: T cells are lymphocytes), the
-    lymphocyte cloud being its heaviest component; the gate is that
-    component's ellipse at Mahalanobis radius ``radius``, as a polygon.
+    lymphocyte cloud being its heaviest component; the gate is the rectangle
+    around that component's ellipse at Mahalanobis radius ``radius``.
 ``ratio_band`` (Singlets)
     A band around the FSC-A / FSC-H diagonal: the density of log(FSC-A / FSC-H)
     has the singlets' mode; the band ends at the density minimum towards the
@@ -24,10 +24,11 @@ gating templates place gates:
     gate keeps; a dimension whose ``second_mode`` is ``optional`` (dead cells
     may be few) takes the negative mode's upper edge when it shows one mode.
 ``treg_mixture`` (Treg)
-    A Gaussian mixture (scikit-learn) on the parent's CD25 x FOXP3; the Treg
+    Gaussian mixtures (scikit-learn, the number of components by BIC) on the
+    parent's CD25 x FOXP3 above the FOXP3-negative population; the Treg
     component is the one with the highest FOXP3 mean; the gate is the
-    rectangle (lower bounds, open above) with the fewest expected
-    misclassified cells given the components' posteriors.
+    polygon at the posterior level where the expected cells wrongly in and
+    wrongly out balance. The next-best mixture must agree on the Treg share.
 
 Every placed gate is an ordinary FlowKit gate added as a custom sample gate,
 so the cascade and FlowKit count it alike and a reviewer's adjustment
@@ -393,15 +394,14 @@ def _scatter_cloud(spec, ctx, gs, template, rows, path):
     pts = np.column_stack([ctx.values(fx, bright), ctx.values(fy, bright)])
     scale = np.maximum(pts.std(axis=0), 1.0)
     gm = GaussianMixture(int(spec.get("components", 3)), covariance_type="full", random_state=int(spec["seed"]),
-                         init_params="k-means++", reg_covar=1e-4).fit(pts / scale)
+                         init_params="k-means++", reg_covar=1e-4).fit(pts / scale)  # k-means++: no Lloyd threads
     k = int(np.argmax(gm.weights_))
     mean, cov = gm.means_[k] * scale, gm.covariances_[k] * np.outer(scale, scale)
-    vals, vecs = np.linalg.eigh(cov)
-    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    circle = np.column_stack([np.cos(theta), np.sin(theta)]) * float(spec.get("radius", 3.5))
-    vertices = (mean + (circle * np.sqrt(np.maximum(vals, 0))) @ vecs.T).tolist()
-    gate = fk.gates.PolygonGate(path[-1], [fk.Dimension(fx.id, compensation_ref=fx.compensation_ref),
-                                           fk.Dimension(fy.id, compensation_ref=fy.compensation_ref)], vertices)
+    # the box around the cloud's ellipse: the events of a rectangle are decided by two comparisons each
+    half = float(spec.get("radius", 3.5)) * np.sqrt(np.diag(cov))
+    gate = fk.gates.RectangleGate(path[-1], [
+        fk.Dimension(d.id, compensation_ref=d.compensation_ref, range_min=float(mean[i] - half[i]),
+                     range_max=float(mean[i] + half[i])) for i, d in enumerate((fx, fy))])
     info = {"centre": [round(float(c), 1) for c in mean], "weight": round(float(gm.weights_[k]), 4),
             "anchor": anchor.id, "anchor_threshold": round(t, 5), "n_fit": int(bright.size)}
     return gate, info
@@ -436,23 +436,32 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
         raise _Review("no_treg_cluster", f"{fit.shape[0]} CD4 cells above the FOXP3-negative population")
     if fit.shape[0] > spec["fit_events"]:
         fit = fit[np.random.default_rng(spec["seed"]).choice(fit.shape[0], int(spec["fit_events"]), replace=False)]
-    fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
-                            max_iter=200).fit(fit) for k in spec.get("components", (2, 3, 4)) if k <= len(fit)]
-    gm = min(fits, key=lambda g: g.bic(fit))
-    k = int(np.argmax(gm.means_[:, k_axis]))
-    # a cluster the mixture split in two: components whose means are closer than ``merge_sd``
-    # pooled SDs to the Treg component's belong to it
-    group = [k] + [j for j in range(gm.n_components) if j != k and _distance(gm, j, k) < spec.get("merge_sd", 1.75)]
-    rest = [j for j in range(gm.n_components) if j not in group]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # k-means' OpenMP threads cost more than they save on a few thousand points
+        fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
+                                max_iter=200).fit(fit) for k in spec.get("components", (2, 3, 4)) if k <= len(fit)]
+    fits.sort(key=lambda g: g.bic(fit))
+    gm = fits[0]
+    k, group, rest = _treg_group(gm, k_axis, spec)
     sep = min((_distance(gm, j, k) for j in rest), default=float("inf"))
+    # a second model (the next best number of components) must give the same Treg share: a cluster
+    # merged with its neighbour in one model and not in the other is no clear structure
+    shares = [_treg_share(g, pts[keep], k_axis, spec) * keep.mean() * 100 for g in fits[:2]]
     info: dict[str, Any] = {"n_fit": int(rows.size), "n_window": int(keep.sum()), "components": gm.n_components,
                             "weights": np.round(gm.weights_, 4).tolist(), "means": np.round(gm.means_, 4).tolist(),
                             "separation": round(sep, 3) if np.isfinite(sep) else None}
+    info["treg_pct_by_model"] = [round(v, 3) for v in shares]
     if sep < float(spec.get("min_separation", 2.0)):
         raise _Review("no_treg_cluster", f"the Treg component is {sep:.2f} pooled SDs from the next")
+    if len(shares) == 2 and abs(shares[0] - shares[1]) > float(spec.get("max_disagreement_pp", 0.5)):
+        raise _Review("models_disagree", f"mixtures of {fits[0].n_components} and {fits[1].n_components} components "
+                      f"give {shares[0]:.2f} and {shares[1]:.2f} % Tregs of CD4")
     post = np.zeros(len(pts))
     post[keep] = gm.predict_proba(pts[keep])[:, group].sum(axis=1)
-    vertices = _posterior_polygon(gm, group, pts, floor, k_axis, spec)
+    level = _count_level(post) if spec.get("boundary", "count") == "count" else 0.5
+    info["posterior_level"] = round(level, 4)
+    vertices = _posterior_polygon(gm, group, pts, floor, k_axis, spec, level)
     if vertices is None:
         raise _Review("no_treg_cluster", "no closed region where the Treg component is the likeliest")
     from matplotlib.path import Path as _Path
@@ -470,13 +479,44 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
     return gate, info
 
 
+def _treg_group(gm, k_axis: int, spec):
+    """The Treg component (highest FOXP3 mean), those within ``merge_sd`` pooled SDs of it, and the rest."""
+    k = int(np.argmax(gm.means_[:, k_axis]))
+    merge = float(spec.get("merge_sd", 1.75))
+    group = [k] + [j for j in range(gm.n_components) if j != k and _distance(gm, j, k) < merge]
+    return k, group, [j for j in range(gm.n_components) if j not in group]
+
+
+def _treg_share(gm, pts: np.ndarray, k_axis: int, spec) -> float:
+    """The mixture's expected share of Tregs among ``pts`` (mean posterior of the Treg group)."""
+    _, group, _ = _treg_group(gm, k_axis, spec)
+    return float(gm.predict_proba(pts)[:, group].sum(axis=1).mean())
+
+
 def _distance(gm, i: int, j: int) -> float:
     d = gm.means_[i] - gm.means_[j]
     return float(np.sqrt(d @ np.linalg.solve((gm.covariances_[i] + gm.covariances_[j]) / 2, d)))
 
 
-def _posterior_polygon(gm, group, pts, floor: float, k_axis: int, spec):
-    """The region where the Treg components are likelier than the rest, as a polygon (or None)."""
+def _count_level(post: np.ndarray) -> float:
+    """The posterior level whose region holds as many non-Tregs as it leaves Tregs outside.
+
+    Where two clusters overlap, the likelier-class boundary (0.5) misclassifies
+    more cells of the larger one, and a count through it is biased towards
+    the larger cluster. At this level the expected cells wrongly in and
+    wrongly out are equal, so the count is the mixture's expected Treg count.
+    """
+    p = np.sort(post[post > 0])[::-1]
+    if p.size == 0:
+        return 0.5
+    wrong_in = np.cumsum(1 - p)  # taking the k likeliest cells
+    wrong_out = p.sum() - np.cumsum(p)
+    k = int(np.argmin(np.abs(wrong_in - wrong_out)))
+    return float(np.clip(p[k], 0.05, 0.95))
+
+
+def _posterior_polygon(gm, group, pts, floor: float, k_axis: int, spec, level: float = 0.5):
+    """The region where the Treg components' posterior is at least ``level``, as a polygon (or None)."""
     import contourpy
 
     n = int(spec.get("contour_grid", 96))
@@ -490,7 +530,7 @@ def _posterior_polygon(gm, group, pts, floor: float, k_axis: int, spec):
     best = None
     from matplotlib.path import Path as _Path
 
-    for line in contourpy.contour_generator(gx, gy, p).lines(0.5):
+    for line in contourpy.contour_generator(gx, gy, p).lines(level):
         if _Path(line).contains_point(centre) and (best is None or len(line) > len(best)):
             best = line
     return None if best is None else _simplify(np.asarray(best), float(spec.get("simplify", 0.01)))

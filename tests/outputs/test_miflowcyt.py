@@ -13,7 +13,7 @@ from cytopipe.sim.sample import SampleSpec, write_fcs
 
 
 def test_gatingml_definitions_of_the_default_strategy():
-    transforms, gates = gatingml_definitions(load_strategy().gatingml_path)
+    transforms, gates = gatingml_definitions(load_strategy("treg@1.0.0").gatingml_path)
     assert transforms == [{"id": "logicle", "type": "logicle", "T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0}]
     by_id = {g["id"]: g for g in gates}
     assert set(by_id) == {"Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos", "Treg"}
