@@ -480,10 +480,24 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
 
 
 def _treg_group(gm, k_axis: int, spec):
-    """The Treg component (highest FOXP3 mean), those within ``merge_sd`` pooled SDs of it, and the rest."""
+    """The Treg component (highest FOXP3 mean), the components of the same cluster, and the rest.
+
+    A mixture may split one cluster into several components. A component is
+    the Tregs' too when it lies within ``merge_sd`` pooled SDs of the Treg
+    component, or when it is as FOXP3-bright (means less than
+    ``merge_foxp3_sd`` pooled FOXP3 SDs apart: FOXP3 is what tells Tregs from
+    activated conventional cells) and within ``merge_far_sd``.
+    """
     k = int(np.argmax(gm.means_[:, k_axis]))
-    merge = float(spec.get("merge_sd", 1.75))
-    group = [k] + [j for j in range(gm.n_components) if j != k and _distance(gm, j, k) < merge]
+    near, far, fox = (float(spec.get(key, v)) for key, v in
+                      (("merge_sd", 1.75), ("merge_far_sd", 3.0), ("merge_foxp3_sd", 1.0)))
+
+    def same(j: int) -> bool:
+        d = _distance(gm, j, k)
+        sd = np.sqrt((gm.covariances_[j][k_axis, k_axis] + gm.covariances_[k][k_axis, k_axis]) / 2)
+        return d < near or (d < far and abs(gm.means_[j, k_axis] - gm.means_[k, k_axis]) / sd < fox)
+
+    group = [k] + [j for j in range(gm.n_components) if j != k and same(j)]
     return k, group, [j for j in range(gm.n_components) if j not in group]
 
 
