@@ -1,35 +1,39 @@
 """cytopipe: flow cytometry FCS files to Treg % of CD4 per patient-visit, reproducibly.
 
-The public API; the ``cytopipe`` command is a thin skin over it.
+The public API; the ``cytopipe`` command is a thin skin over it. Each name
+loads its stage on first use, so ``import cytopipe`` (and the command line's
+start-up) pays only for what is used: FlowKit, Dask and matplotlib are heavy.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
-from .batch import BatchResult, read_sample_sheet, run_batch
-from .endpoint import EndpointResult, run_endpoint
 from .exceptions import CytopipeError
-from .fcs import LeanSample, read_fcs, read_fcs_lean, scan_headers
-from .gating import gate_sample
-from .review import record_decision
-from .strategy import Strategy, list_strategies, load_strategy, resolve_panel
 
-__all__ = [
-    "__version__",
-    "CytopipeError",
-    "read_fcs",
-    "read_fcs_lean",
-    "LeanSample",
-    "scan_headers",
-    "Strategy",
-    "load_strategy",
-    "list_strategies",
-    "resolve_panel",
-    "gate_sample",
-    "read_sample_sheet",
-    "BatchResult",
-    "run_batch",
-    "record_decision",
-    "EndpointResult",
-    "run_endpoint",
-]
+# public name -> the stage that defines it
+_STAGES = {
+    "read_fcs": "fcs", "read_fcs_lean": "fcs", "LeanSample": "fcs", "scan_headers": "fcs",
+    "Strategy": "strategy", "load_strategy": "strategy", "list_strategies": "strategy",
+    "resolve_panel": "strategy", "Panel": "strategy",
+    "gate_sample": "gating",
+    "read_sample_sheet": "batch", "BatchResult": "batch", "run_batch": "batch",
+    "record_decision": "review",
+    "EndpointResult": "endpoint", "run_endpoint": "endpoint",
+}
+
+__all__ = ["__version__", "CytopipeError", *_STAGES]
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_STAGES[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -157,3 +157,16 @@ def test_the_readme_reads_for_the_people_who_run_it():
     assert heads[:6] == ["Install", "Running your own files", "Reviewing", "The endpoint", "Troubleshooting", "More"]
     for link in ("architecture", "strategies", "cluster", "performance", "endpoint", "outputs"):
         assert (REPO / "docs" / f"{link}.md").is_file() and f"docs/{link}.md" in text
+
+
+def test_the_command_line_starts_without_the_heavy_stages():
+    """``cytopipe --help`` and ``import cytopipe`` load neither FlowKit, Dask nor matplotlib; a public name
+    loads its stage on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cytopipe.cli, cytopipe; heavy = ('flowkit', 'distributed', 'matplotlib', 'sklearn'); "
+            "print(sorted(m for m in heavy if m in sys.modules)); cytopipe.read_fcs; "
+            "print('flowkit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"
