@@ -394,7 +394,8 @@ def report(run_dir: Path) -> None:
               help="Output folder.")
 @click.option("--baseline", default="D1", show_default=True, help="Baseline visit.")
 @click.option("--visit", default="D60", show_default=True, help="Endpoint visit.")
-@click.option("--study-id", default=None, help="SDTM STUDYID [default: $CYTOPIPE_STUDY_ID].")
+@click.option("--study-id", default=None,
+              help="SDTM STUDYID [default: $CYTOPIPE_STUDY_ID]; without one, sdtm_cp is not written.")
 @click.option("--control", default="placebo", show_default=True, help="Control arm.")
 @click.option("--supersede", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A run folder whose patient-visits found in another run are replaced (repeatable).")
@@ -426,6 +427,8 @@ def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, bas
             "listed in endpoint.json): " if res.preliminary else "")
     click.echo(f"{mark}{n_ok} of {len(res.by_patient)} patients with a {baseline}-to-{visit} change; "
                f"{len(res.exclusions)} sample(s) excluded (see exclusions.csv); outputs in {out_dir}")
+    if res.sdtm is None:
+        click.echo("note: no study id (--study-id or CYTOPIPE_STUDY_ID): sdtm_cp was not written", err=True)
     for _, r in res.unreviewed.iterrows():
         click.echo(f"  unreviewed: {r['run_dir']} {r['patient_id']}:{r['visit']} ({r['file']}; {r['flags']})",
                    err=True)

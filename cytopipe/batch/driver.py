@@ -31,7 +31,7 @@ import pandas as pd
 from .._version import __version__
 from .cluster import _make_client
 from .dispatch import run_each
-from ..exceptions import CytopipeError, one_line
+from ..exceptions import CytopipeError, OutputError, one_line
 from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt
 from ..gating.qc import flag_visit_outliers, load_thresholds
@@ -158,6 +158,7 @@ def run_batch(
     strat = load_strategy(strategy, allow_draft=allow_draft)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock_folder(out)  # held until the run's outputs are written
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
     qc = load_thresholds()  # read here, not in workers, whose environment may differ
@@ -192,6 +193,7 @@ def run_batch(
             "strategy_version": strat.version,
             "strategy_sha256": strat.sha256,
             "strategy_status": strat.status,
+            "strategy_dir": str(strat.directory.resolve()),  # a run from any strategy folder stays reviewable
             "cytopipe_version": __version__,
             "flowkit_version": _flowkit_version(),
             "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
@@ -215,7 +217,36 @@ def run_batch(
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+        lock.close()
     return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+
+
+def _lock_folder(out: Path):
+    """Hold ``out/.cytopipe-run.lock`` for this run; refuse, naming the holder, when another run has it.
+
+    An advisory ``flock``: the operating system lets go of it when the process
+    ends, however it ends, so a killed run never leaves the folder locked.
+    """
+    import fcntl
+    import socket
+
+    path = out / ".cytopipe-run.lock"
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed when the run ends)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        msg = (f"{out} is in use by another cytopipe run ({holder}); wait for it to finish, or write to "
+               f"another --out folder.")
+        raise OutputError(msg) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
+    fh.flush()
+    return fh
 
 
 def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[str]) -> pd.DataFrame:

@@ -66,7 +66,7 @@ class EndpointResult:
         The output folder.
     by_patient, arm_summary, trend, exclusions, sdtm
         The tables written (``change_by_patient``, ``arm_summary``, ``trend_test``,
-        ``exclusions``, ``sdtm_cp``).
+        ``exclusions``, ``sdtm_cp``; ``sdtm`` is None when no study id was given and the SDTM file skipped).
     files
         Every file written (tables, figures, ``endpoint.json``).
     preliminary
@@ -81,7 +81,7 @@ class EndpointResult:
     arm_summary: pd.DataFrame
     trend: pd.DataFrame
     exclusions: pd.DataFrame
-    sdtm: pd.DataFrame
+    sdtm: pd.DataFrame | None
     files: list[Path] = field(default_factory=list)
     preliminary: bool = False
     unreviewed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_UNREVIEWED_COLUMNS))
@@ -375,12 +375,10 @@ def _mark_preliminary(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(preliminary=pd.array([True] * len(df), dtype="boolean"))
 
 
-def _study_id(study_id: str | None) -> str:
-    sid = study_id or os.environ.get("CYTOPIPE_STUDY_ID", "")
-    if not sid.strip():
-        msg = "No study id for SDTM STUDYID: pass --study-id ID (study_id=...) or set CYTOPIPE_STUDY_ID."
-        raise EndpointError(msg)
-    return sid.strip()
+def _study_id(study_id: str | None) -> str | None:
+    """The SDTM STUDYID, or None: only the SDTM file needs one, so without it that file is skipped."""
+    sid = (study_id or os.environ.get("CYTOPIPE_STUDY_ID", "")).strip()
+    return sid or None
 
 
 def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.PathLike,
@@ -463,16 +461,18 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     by_patient = change_from_baseline(usable, rand, baseline=baseline, visit=visit, exclusions=excl)
     summary = arm_summary(by_patient, rand, control=control)
     trend = trend_test(by_patient, rand, control=control)
-    sdtm = build_sdtm_cp(live, study_id=sid, baseline=baseline, visit_order=_visit_order(live),
-                         rejected=rejected, specimen=specimen)
+    sdtm = None if sid is None else build_sdtm_cp(live, study_id=sid, baseline=baseline,
+                                                  visit_order=_visit_order(live), rejected=rejected, specimen=specimen)
     if preliminary:
-        by_patient, summary, trend, excl, sdtm = map(_mark_preliminary, (by_patient, summary, trend, excl, sdtm))
+        by_patient, summary, trend, excl = map(_mark_preliminary, (by_patient, summary, trend, excl))
+        sdtm = None if sdtm is None else _mark_preliminary(sdtm)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for name, df in (("change_by_patient", by_patient), ("arm_summary", summary), ("trend_test", trend),
                      ("exclusions", excl), ("sdtm_cp", sdtm)):
-        files += write_table(df, out / name, dtypes_for(name, list(df.columns)))
+        if df is not None:
+            files += write_table(df, out / name, dtypes_for(name, list(df.columns)))
     if figures:
         long = usable[usable["patient_id"].isin(rand["patient_id"])].merge(rand, on="patient_id")
         files.append(plot_treg_by_visit(long, out / "treg_by_visit_per_arm.png", arm_order=order,
@@ -482,7 +482,8 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     prov = {"run_dirs": [str(Path(d).resolve()) for d in run_dirs],
             "supersede": [str(Path(d).resolve()) for d in supersede],
             "randomisation": str(Path(randomisation).resolve()),
-            "randomisation_sha256": file_sha256(randomisation), "study_id": sid, "baseline": baseline,
+            "randomisation_sha256": file_sha256(randomisation), "study_id": sid, "sdtm_written": sdtm is not None,
+            "baseline": baseline,
             "visit": visit, "control": control, "strategy": strategies[0] if strategies else None,
             "cytopipe_version": __version__, "started": started.isoformat(),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_patients": len(by_patient),

@@ -133,3 +133,37 @@ def test_largest_files_start_first(tmp_path, dask_client):
     assert result.n_failed == 0
     started = [r["file"] for r in sorted(map(json.loads, log.read_text().splitlines()), key=lambda r: r["start"])]
     assert set(started[:2]) == {"e.fcs", "d.fcs"}
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path, dask_client):
+    import os
+
+    from cytopipe.batch.driver import _lock_folder
+    from cytopipe.exceptions import OutputError
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=5_000, seed=1))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P1,D1\n")
+    (tmp_path / "out").mkdir()
+    held = _lock_folder(tmp_path / "out")  # as a first run holds it
+    try:
+        with pytest.raises(OutputError, match=rf"in use by another cytopipe run \(pid {os.getpid()} on "):
+            run_batch(tmp_path / "s.csv", tmp_path / "out", client=dask_client, report=False)
+    finally:
+        held.close()
+    assert run_batch(tmp_path / "s.csv", tmp_path / "out", client=dask_client, report=False).n_ok == 1
+
+
+def test_a_run_from_a_strategy_folder_stays_reviewable(tmp_path, dask_client):
+    from cytopipe.review import record_decision, update_review_columns
+    from cytopipe.strategy.registry import load_strategy
+
+    folder = tmp_path / "lab_strategies" / "mine"
+    shutil.copytree(load_strategy("treg@1.0.0").directory, folder)
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=5_000, seed=2))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P1,D1\n")
+    run_batch(tmp_path / "s.csv", tmp_path / "out", client=dask_client, report=False, strategy=str(folder))
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert Path(run["strategy_dir"]) == folder.resolve()
+    record_decision(tmp_path / "out", "P1:D1", action="approve", reviewer="Dr R")
+    table = update_review_columns(tmp_path / "out")
+    assert table.loc[0, "review_status"] == "approved"

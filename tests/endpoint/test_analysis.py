@@ -164,7 +164,8 @@ def test_cli_endpoint_and_its_errors(tmp_path, rand, monkeypatch):
     monkeypatch.delenv("CYTOPIPE_STUDY_ID", raising=False)
     res = CliRunner().invoke(cli, ["endpoint", str(w1), str(w9), "--randomisation", str(rand),
                                    "--out", str(out)])
-    assert res.exit_code == 2 and "pass --study-id" in res.output and "Traceback" not in res.output
+    # without a study id only the SDTM file is skipped, with a one-line note
+    assert res.exit_code == 0 and "sdtm_cp was not written" in res.output and "Traceback" not in res.output
     monkeypatch.setenv("CYTOPIPE_STUDY_ID", "ENV-STUDY")
     res = CliRunner().invoke(cli, ["endpoint", str(w1), str(w9), "--randomisation", str(rand),
                                    "--out", str(out)])
@@ -314,3 +315,18 @@ def test_cli_refuses_unreviewed_then_runs_preliminary(tmp_path, rand):
             "3 of 5 patients with a D1-to-D60 change") in res.output
     assert f"unreviewed: {w9.resolve()} P3:D60 (P3_D60.fcs; needs_review:Treg:one_mode)" in res.output
     assert json.loads((out / "endpoint.json").read_text())["preliminary"] is True
+
+
+def test_without_a_study_id_everything_but_sdtm_is_written(tmp_path, rand, monkeypatch):
+    monkeypatch.delenv("CYTOPIPE_STUDY_ID", raising=False)
+    w1, w9 = _week1(tmp_path), _week9(tmp_path)
+    res = CliRunner().invoke(cli, ["endpoint", str(w1), str(w9), "--randomisation", str(rand),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "sdtm_cp was not written" in res.output
+    out = tmp_path / "out"
+    assert not (out / "sdtm_cp.csv").exists()
+    for name in ("change_by_patient.csv", "arm_summary.csv", "trend_test.csv", "exclusions.csv", "endpoint.json"):
+        assert (out / name).is_file(), name
+    prov = json.loads((out / "endpoint.json").read_text())
+    assert prov["study_id"] is None and prov["sdtm_written"] is False
