@@ -105,9 +105,9 @@ def data_driven_gates(sample, strategy, *, gating_strategy=None, skip=()) -> Aut
 class _Review(Exception):
     """No clear structure: the message is the reason code and detail."""
 
-    def __init__(self, code: str, detail: str, candidate=None):
+    def __init__(self, code: str, detail: str, candidate=None, info=None):
         super().__init__(f"{code}: {detail}")
-        self.code, self.detail, self.candidate = code, detail, candidate
+        self.code, self.detail, self.candidate, self.info = code, detail, candidate, info or {}
 
 
 def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult:
@@ -165,8 +165,8 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
                 gate, info = _place(spec, ctx, gs, template, parent, path)
                 rec.update(status="placed", **info)
             except _Review as e:
-                gate, info = e.candidate, {}
-                rec.update(status="review", reason=str(e))
+                gate = e.candidate
+                rec.update(status="review", reason=str(e), **e.info)
                 result.qc_flags.append(f"{REVIEW_FLAG}:{path[-1]}:{e.code}")
             if gate is not None:
                 gs.add_gate(gate, path[:-1], sample_id=sample.id)
@@ -452,11 +452,6 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
                             "weights": np.round(gm.weights_, 4).tolist(), "means": np.round(gm.means_, 4).tolist(),
                             "separation": round(sep, 3) if np.isfinite(sep) else None}
     info["treg_pct_by_model"] = [round(v, 3) for v in shares]
-    if sep < float(spec.get("min_separation", 2.0)):
-        raise _Review("no_treg_cluster", f"the Treg component is {sep:.2f} pooled SDs from the next")
-    if len(shares) == 2 and abs(shares[0] - shares[1]) > float(spec.get("max_disagreement_pp", 0.5)):
-        raise _Review("models_disagree", f"mixtures of {fits[0].n_components} and {fits[1].n_components} components "
-                      f"give {shares[0]:.2f} and {shares[1]:.2f} % Tregs of CD4")
     post = np.zeros(len(pts))
     post[keep] = gm.predict_proba(pts[keep])[:, group].sum(axis=1)
     level = _count_level(post) if spec.get("boundary", "count") == "count" else 0.5
@@ -474,8 +469,14 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
     new = [fk.Dimension(d.id, compensation_ref=d.compensation_ref, transformation_ref=d.transformation_ref)
            for d in dims]
     gate = fk.gates.PolygonGate(path[-1], new, gate_vertices)
+    # every doubt below keeps this gate as the reviewer's candidate: the best model's, not the template's
+    if sep < float(spec.get("min_separation", 2.0)):
+        raise _Review("no_treg_cluster", f"the Treg component is {sep:.2f} pooled SDs from the next", gate, info)
+    if len(shares) == 2 and abs(shares[0] - shares[1]) > float(spec.get("max_disagreement_pp", 0.5)):
+        raise _Review("models_disagree", f"mixtures of {fits[0].n_components} and {fits[1].n_components} components "
+                      f"give {shares[0]:.2f} and {shares[1]:.2f} % Tregs of CD4", gate, info)
     if ambiguous > float(spec.get("max_ambiguous_pct", 1.0)):
-        raise _Review("ambiguous", f"{ambiguous:.2f} % of CD4 cells are as likely Treg as not", gate)
+        raise _Review("ambiguous", f"{ambiguous:.2f} % of CD4 cells are as likely Treg as not", gate, info)
     return gate, info
 
 

@@ -81,9 +81,12 @@ def test_a_worker_gates_its_next_sample_in_pages_it_already_has(tmp_path, dask_c
     def faults_of_the_last(paths: list[str]) -> int:
         for p in paths[:-1]:  # the first samples set the worker's heap up
             process_sample(p, d)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        assert not process_sample(paths[-1], d).error
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults = []
+        for _ in range(2):  # the fewest of two: the count is process-wide, and Dask's own threads allocate too
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            assert not process_sample(paths[-1], d).error
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return min(faults)
 
     worker = next(iter(dask_client.scheduler_info()["workers"]))
     faults = dask_client.submit(faults_of_the_last, paths, workers=[worker], pure=False).result()
