@@ -220,7 +220,8 @@ def _gate_units(gs, dim, linear: float) -> float:
 
 
 def _place(spec, ctx, gs, template, parent, path):
-    rows = _subset(parent, ctx.raw.shape[0], spec)
+    # the scatter cloud finds its CD3-bright anchor on more events than its mixture is fitted on
+    rows = _subset(parent, ctx.raw.shape[0], {**spec, "fit_events": spec.get("anchor_events", spec["fit_events"])})
     if rows.size < spec["min_events"]:
         raise _Review("too_few_events", f"{rows.size} events to place {path[-1]} (< {spec['min_events']})")
     method = spec["method"]
@@ -386,7 +387,7 @@ def _scatter_cloud(spec, ctx, gs, template, rows, path):
     anchor = _anchor_dimension(spec, gs, ctx)
     axis = _Axis(ctx.values(anchor, rows))
     t, _, _ = _threshold(axis.u, spec, "above", False, f"{path[-1]} anchor {anchor.id}")
-    bright = rows[axis.u >= t]
+    bright = _subset(rows[axis.u >= t], 0, spec)
     t = axis.linear(t)
     if bright.size < spec["min_events"]:
         raise _Review("too_few_events", f"{path[-1]}: {bright.size} {anchor.id}-bright events")
