@@ -446,9 +446,11 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
     gm = fits[0]
     k, group, rest = _treg_group(gm, k_axis, spec)
     sep = min((_distance(gm, j, k) for j in rest), default=float("inf"))
-    # a second model (the next best number of components) must give the same Treg share: a cluster
-    # merged with its neighbour in one model and not in the other is no clear structure
-    shares = [_treg_share(g, pts[keep], k_axis, spec) * keep.mean() * 100 for g in fits[:2]]
+    # a second model about as well supported (BIC within ``max_bic_gap``: beyond 10 the evidence against
+    # it is very strong) must give the same Treg share: a cluster merged with its neighbour in one model
+    # and not in the other is no clear structure
+    rivals = [g for g in fits[:2] if g.bic(fit) - fits[0].bic(fit) <= float(spec.get("max_bic_gap", 10.0))]
+    shares = [_treg_share(g, pts[keep], k_axis, spec) * keep.mean() * 100 for g in rivals]
     info: dict[str, Any] = {"n_fit": int(rows.size), "n_window": int(keep.sum()), "components": gm.n_components,
                             "weights": np.round(gm.weights_, 4).tolist(), "means": np.round(gm.means_, 4).tolist(),
                             "separation": round(sep, 3) if np.isfinite(sep) else None}
@@ -474,8 +476,9 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
     if sep < float(spec.get("min_separation", 2.0)):
         raise _Review("no_treg_cluster", f"the Treg component is {sep:.2f} pooled SDs from the next", gate, info)
     if len(shares) == 2 and abs(shares[0] - shares[1]) > float(spec.get("max_disagreement_pp", 0.5)):
-        raise _Review("models_disagree", f"mixtures of {fits[0].n_components} and {fits[1].n_components} components "
-                      f"give {shares[0]:.2f} and {shares[1]:.2f} % Tregs of CD4", gate, info)
+        ks = [g.n_components for g in rivals]
+        raise _Review("models_disagree", f"mixtures of {ks[0]} and {ks[1]} components give {shares[0]:.2f} and "
+                      f"{shares[1]:.2f} % Tregs of CD4", gate, info)
     if ambiguous > float(spec.get("max_ambiguous_pct", 1.0)):
         raise _Review("ambiguous", f"{ambiguous:.2f} % of CD4 cells are as likely Treg as not", gate, info)
     return gate, info
