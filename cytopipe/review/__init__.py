@@ -16,6 +16,7 @@ from .decisions import (
     record_decision,
     review_fields,
     update_review_columns,
+    verify_review_chain,
 )
 from .events import GateView, gate_views
 
@@ -30,6 +31,7 @@ __all__ = [
     "record_decision",
     "review_fields",
     "update_review_columns",
+    "verify_review_chain",
     "GateView",
     "gate_views",
     "write_report",

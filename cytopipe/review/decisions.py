@@ -36,6 +36,7 @@ __all__ = [
     "record_decision",
     "review_fields",
     "update_review_columns",
+    "verify_review_chain",
 ]
 
 REVIEW_FILE = "review.jsonl"
@@ -328,12 +329,80 @@ def record_decision(
         full = gate_path.strip("/")
         record["gate_path"] = full if full.startswith("root/") else f"root/{full}"
         record["gate"] = spec
+    record["meaning"] = _MEANINGS[action]  # what the signature means (21 CFR 11.50)
+    record["os_user"] = _os_user()
     path = run_dir / REVIEW_FILE
-    with open(path, "a", encoding="utf-8") as fh:  # append-only: the audit trail
+    import fcntl
+
+    with open(path, "a+", encoding="utf-8") as fh:  # append-only: the audit trail
+        fcntl.flock(fh, fcntl.LOCK_EX)  # two reviewers at once still chain one after the other
+        fh.seek(0)
+        lines = [line for line in fh.read().splitlines() if line.strip()]
+        record["prev_sha256"] = _line_sha256(lines[-1]) if lines else _GENESIS
+        fh.seek(0, os.SEEK_END)
         fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     return record
+
+
+_MEANINGS = {"approve": "reviewed and approved", "reject": "reviewed and rejected",
+             "adjust": "gate adjusted by the reviewer; the sample awaits approval"}
+#: ``prev_sha256`` of the first line of a review log
+_GENESIS = "0" * 64
+
+
+def _line_sha256(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return f"uid {os.getuid()}"
+
+
+def verify_review_chain(run_dir: str | os.PathLike) -> list[str]:
+    """Check that no line of ``run_dir/review.jsonl`` was edited or removed since it was written.
+
+    Every line carries the sha256 of the line before it (the first: 64 zeros),
+    so editing or deleting any line but the last breaks the next line's link.
+    Lines written before the chain existed (no ``prev_sha256``) are accepted
+    only before the first chained line.
+
+    Returns
+    -------
+    list of str
+        One message per broken link, naming the file and the line; empty when intact.
+    """
+    path = Path(run_dir) / REVIEW_FILE
+    if not path.is_file():
+        return []
+    problems, prev, chained = [], None, False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"{path}: line {n} is not valid JSON (edited by hand?)")
+            prev = line
+            continue
+        link = rec.get("prev_sha256")
+        if link is None:
+            if chained:
+                problems.append(f"{path}: line {n} has no prev_sha256 after chained lines (inserted?)")
+        else:
+            want = _GENESIS if prev is None else _line_sha256(prev)
+            if link != want:
+                problems.append(f"{path}: line {n} does not follow line {n - 1}'s text: a line before it was "
+                                f"edited, removed or inserted")
+            chained = True
+        prev = line
+    return problems
 
 
 def _strategy_dir(run_dir: Path, row: pd.Series) -> Path:

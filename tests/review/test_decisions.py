@@ -90,3 +90,32 @@ def test_review_needs_one_action(tmp_path):
     assert res.exit_code == 2 and "--approve" in res.output
     res = CliRunner().invoke(cli, ["review", str(tmp_path / "x"), "a.fcs", "--approve", "--reviewer", "A"])
     assert res.exit_code == 2 and "treg_by_visit.parquet" in res.output
+
+
+def test_every_decision_is_signed_and_chained_and_an_edit_or_removal_is_detected(tmp_path, dask_client):
+    import getpass
+    import hashlib
+
+    from cytopipe.review import verify_review_chain
+
+    sheet = generate_trial(tmp_path / "trial", n_patients=1, n_events=10_000, seed=4)
+    out = tmp_path / "out"
+    run_batch(sheet, out, client=dask_client, report=False)
+    assert _review(out, "P01:D1", "--approve", "--reviewer", "Dr A").exit_code == 0
+    assert _review(out, "P01:D8", "--reject", "--reason", "clog", "--reviewer", "Dr B").exit_code == 0
+    assert _review(out, "P01:D60", "--approve", "--reviewer", "Dr A").exit_code == 0
+    log = out / "review.jsonl"
+    lines = log.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert recs[0]["prev_sha256"] == "0" * 64
+    assert recs[1]["prev_sha256"] == hashlib.sha256(lines[0].encode()).hexdigest()
+    assert recs[2]["prev_sha256"] == hashlib.sha256(lines[1].encode()).hexdigest()
+    assert [r["meaning"] for r in recs] == ["reviewed and approved", "reviewed and rejected", "reviewed and approved"]
+    assert {r["os_user"] for r in recs} == {getpass.getuser()} and recs[1]["reviewer"] == "Dr B"
+    assert verify_review_chain(out) == []
+
+    log.write_text("\n".join([lines[0].replace("Dr A", "Dr Z"), *lines[1:]]) + "\n")  # an edited signature
+    assert [p.split(": ", 1)[1] for p in verify_review_chain(out)] == [
+        "line 2 does not follow line 1's text: a line before it was edited, removed or inserted"]
+    log.write_text("\n".join([lines[0], lines[2]]) + "\n")  # a removed decision
+    assert len(verify_review_chain(out)) == 1 and "line 2" in verify_review_chain(out)[0]
