@@ -328,17 +328,12 @@ def _density_valley(spec, ctx, gs, template, rows, path):
     keep = spec["keep"]  # {dimension: "above" | "below"}
     optional = set(spec.get("optional_second_mode", ()))
     dims, info = [], {"bounds": {}, "bounds_linear": {}, "basis": {}, "modes": {}, "n_fit": int(rows.size)}
-    candidate = None
     for d in template.dimensions:
         side = keep.get(d.id)
         lo, hi = d.min, d.max
         if side is not None:
             axis = _Axis(ctx.values(d, rows))
-            try:
-                t, basis, peaks = _threshold(axis.u, spec, side, d.id in optional, f"{path[-1]} on {d.id}")
-            except _Review as e:
-                e.candidate = candidate
-                raise
+            t, basis, peaks = _threshold(axis.u, spec, side, d.id in optional, f"{path[-1]} on {d.id}")
             linear = axis.linear(t)
             t = _gate_units(gs, d, linear)
             lo, hi = (t, None) if side == "above" else (None, t)
@@ -575,20 +570,3 @@ def _simplify(points: np.ndarray, eps: float) -> list[list[float]]:
             stack += [(a, a + 1 + i), (a + 1 + i, b)]
     return points[keep][:-1].tolist() if np.allclose(points[0], points[-1]) else points[keep].tolist()
 
-
-def _best_rectangle(x: np.ndarray, y: np.ndarray, p: np.ndarray, grid: int):
-    """Lower bounds (x >= a, y >= b) minimising expected Treg outside + non-Treg inside."""
-    ex = np.quantile(x, np.linspace(0, 1, grid + 1))
-    ey = np.quantile(y, np.linspace(0, 1, grid + 1))
-    ex, ey = np.unique(ex), np.unique(ey)
-    ia = np.clip(np.searchsorted(ex, x, side="right") - 1, 0, ex.size - 1)
-    ib = np.clip(np.searchsorted(ey, y, side="right") - 1, 0, ey.size - 1)
-    pos = np.zeros((ex.size, ey.size))
-    neg = np.zeros((ex.size, ey.size))
-    np.add.at(pos, (ia, ib), p)
-    np.add.at(neg, (ia, ib), 1 - p)
-    inside_pos = pos[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
-    inside_neg = neg[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
-    cost = inside_neg + (pos.sum() - inside_pos)
-    i, j = np.unravel_index(np.argmin(cost), cost.shape)
-    return float(ex[i]), float(ey[j])
