@@ -7,7 +7,7 @@ from __future__ import annotations
 from .adaptive import REVIEW_FLAG, data_driven_gates, needs_review_flags, place_gates, placement_specs
 from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_values, treg_percent
 from .engine import Context, Unsupported, cascade_rows
-from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates
+from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates, sample_gatingml
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FALLBACK_FLAG",
     "auto_gate_specs",
     "fit_auto_gates",
+    "sample_gatingml",
     "QCThresholds",
     "binomial_ci",
     "flag_visit_outliers",

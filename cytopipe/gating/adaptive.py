@@ -42,14 +42,12 @@ approves or adjusts it.
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ..exceptions import StrategyError
-from .placement import AutoGateResult
+from .placement import AutoGateResult, sample_gatingml
 
 __all__ = ["REVIEW_FLAG", "data_driven_gates", "needs_review_flags", "place_gates", "placement_specs"]
 
@@ -133,7 +131,6 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
         review or reviewer, the ``reason``, the fitted values) and the
         ``needs_review:<gate>:<reason>`` flags.
     """
-    import flowkit as fk
 
     from .engine import Context
 
@@ -175,11 +172,7 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
         gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
         inside = ctx.inside(gate, parent)
         rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fk.export_gatingml(gs, buf, sample_id=sample.id)
-    result.gatingml = buf.getvalue().decode("utf-8")
+    result.gatingml = sample_gatingml(gs, sample.id)
     return result
 
 

@@ -67,7 +67,7 @@ import numpy as np
 
 from ..exceptions import StrategyError
 
-__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "fit_auto_gates"]
+__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "fit_auto_gates", "sample_gatingml"]
 
 FALLBACK_FLAG = "auto_gate_fallback"
 _DEFAULTS: dict[str, Any] = {
@@ -187,12 +187,19 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None
         if rec["status"] == "fallback" and FALLBACK_FLAG not in result.qc_flags:
             result.qc_flags.append(FALLBACK_FLAG)
         result.gates.append(rec)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fk.export_gatingml(gs, buf, sample_id=sample.id)
-    result.gatingml = buf.getvalue().decode("utf-8")
+    result.gatingml = sample_gatingml(gs, sample.id)
     return result
+
+
+def sample_gatingml(gs, sample_id: str) -> str:
+    """GatingML 2.0 text of ``gs`` with ``sample_id``'s custom gates in place of the template's."""
+    import flowkit as fk
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # FlowKit's export warns about gate ids it rewrites
+        warnings.simplefilter("ignore")
+        fk.export_gatingml(gs, buf, sample_id=sample_id)
+    return buf.getvalue().decode("utf-8")
 
 
 class _Fallback(Exception):
