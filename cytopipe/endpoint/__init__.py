@@ -1,13 +1,13 @@
 """Stage 7, after unblinding: change from baseline per patient, arm statistics, figures,
-SDTM CP and the endpoint's own page.
+SDTM CP (CSV, SAS transport v5, define.xml) and the endpoint's own page.
 
-The figures and the page load on first use: they bring in matplotlib.
+The figures, the page and define.xml load on first use: they bring in matplotlib and lxml.
 """
 
 from __future__ import annotations
 
 from .stats import MannWhitneyResult, TrendResult, mann_whitney, jonckheere_terpstra
-from .sdtm import marker_string, build_sdtm_cp
+from .sdtm import CP_VARIABLES, marker_string, build_sdtm_cp, sdtm_transport_frame, write_sdtm_xpt
 from .analysis import (
     EndpointResult,
     load_runs,
@@ -23,8 +23,13 @@ __all__ = [
     "TrendResult",
     "mann_whitney",
     "jonckheere_terpstra",
+    "CP_VARIABLES",
     "marker_string",
     "build_sdtm_cp",
+    "sdtm_transport_frame",
+    "write_sdtm_xpt",
+    "define_xml",
+    "write_define_xml",
     "EndpointResult",
     "load_runs",
     "read_randomisation",
@@ -37,7 +42,8 @@ __all__ = [
     "write_endpoint_report",
 ]
 
-_LAZY = {"plot_treg_by_visit": "plots", "plot_change_at_endpoint": "plots", "write_endpoint_report": "page"}
+_LAZY = {"plot_treg_by_visit": "plots", "plot_change_at_endpoint": "plots", "write_endpoint_report": "page",
+         "define_xml": "define", "write_define_xml": "define"}
 
 
 def __getattr__(name: str):

@@ -68,7 +68,8 @@ class EndpointResult:
         The tables written (``change_by_patient``, ``arm_summary``, ``trend_test``,
         ``exclusions``, ``sdtm_cp``; ``sdtm`` is None when no study id was given and the SDTM file skipped).
     files
-        Every file written (tables, figures, ``endpoint.json``).
+        Every file written (tables, ``sdtm_cp.xpt`` and ``define.xml`` with a study id, figures,
+        ``endpoint.json``).
     preliminary
         True when samples flagged for review and not approved were used
         (``include_unreviewed=True``); every table then has ``preliminary``.
@@ -386,7 +387,7 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
                  study_id: str | None = None, control: str = "placebo",
                  supersede: list[str | os.PathLike] = (), specimen: str = "BLOOD",
                  figures: bool = True, include_unreviewed: bool = False) -> EndpointResult:
-    """Run the endpoint analysis and write its tables, figures and SDTM CP file.
+    """Run the endpoint analysis and write its tables, figures and SDTM CP files.
 
     Parameters
     ----------
@@ -399,7 +400,9 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     baseline, visit
         Baseline and endpoint visit names.
     study_id
-        SDTM ``STUDYID``; else ``CYTOPIPE_STUDY_ID``.
+        SDTM ``STUDYID``; else ``CYTOPIPE_STUDY_ID``. With one, SDTM CP is written as
+        ``sdtm_cp.csv/.parquet``, ``sdtm_cp.xpt`` (SAS transport v5) and ``define.xml``
+        (Define-XML 2.0); without one, those are skipped and everything else is written.
     control
         The control arm, compared with every other arm.
     supersede
@@ -473,6 +476,12 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
                      ("exclusions", excl), ("sdtm_cp", sdtm)):
         if df is not None:
             files += write_table(df, out / name, dtypes_for(name, list(df.columns)))
+    if sdtm is not None:  # the submission copy: SAS transport v5 and the define.xml describing it
+        from .define import write_define_xml
+        from .sdtm import write_sdtm_xpt
+
+        xpt = write_sdtm_xpt(sdtm, out / "sdtm_cp.xpt")
+        files += [xpt, write_define_xml(sdtm, out / "define.xml", study_id=sid, dataset_file=xpt.name)]
     if figures:
         long = usable[usable["patient_id"].isin(rand["patient_id"])].merge(rand, on="patient_id")
         files.append(plot_treg_by_visit(long, out / "treg_by_visit_per_arm.png", arm_order=order,
