@@ -3,16 +3,36 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Exactly these versions, each file checked against its sha256: see the lock's header.
+LOCK   := requirements.lock
 
-.PHONY: setup demo test bench validate sample-fcs lint clean
+.PHONY: setup demo test bench validate sample-fcs lint clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+## lock: re-resolve requirements.lock from pyproject.toml, keeping its versions where they still fit
+## (UPGRADE=1: the newest that fit); then `make setup` installs it
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv>=0.5,<1"
+	touch $(LOCK)
+	cp $(LOCK) $(LOCK).tmp
+	printf 'pip\nsetuptools>=77\n' | $(VENV)/bin/uv pip compile --quiet pyproject.toml - --extra test \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--no-header $(if $(UPGRADE),--upgrade,) -o $(LOCK).tmp
+	{ printf '%s\n' "# cytopipe's dependencies and its [test] extra, plus pip and setuptools (to build" \
+		"# cytopipe itself), resolved for CPython 3.11 on Linux x86_64 (manylinux), each with" \
+		"# the sha256 of its files. Written by 'make lock' (uv pip compile); 'make setup'" \
+		"# installs exactly this: pip install --require-hashes --no-deps -r $(LOCK)."; \
+		cat $(LOCK).tmp; } > $(LOCK)
+	rm -f $(LOCK).tmp
 
 ## demo: gate sample_fcs/ with the default strategy into demo_out/
 demo: setup
@@ -27,6 +47,8 @@ test: setup
 ## bench: speed ratios measured in one run (QUICK=1 for a smoke run)
 bench: setup
 	$(PY) benchmarks/bench_gating.py $(if $(QUICK),--quick,)
+	$(PY) benchmarks/bench_whole.py $(if $(QUICK),--quick,)
+	$(PY) benchmarks/bench_station.py $(if $(QUICK),--quick,)
 
 ## validate: the default strategy over 20 random worlds (labs it was not tuned to); exit 1 if a target is missed
 validate: setup

@@ -18,6 +18,7 @@ _STAGES = {
     "gate_sample": "gating",
     "read_sample_sheet": "batch", "BatchResult": "batch", "run_batch": "batch",
     "record_decision": "review",
+    "verify_run": "audit",
     "EndpointResult": "endpoint", "run_endpoint": "endpoint",
 }
 

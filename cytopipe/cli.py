@@ -6,7 +6,9 @@ never a traceback; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from ._version import __version__
 from .exceptions import CytopipeError
 
 EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+_STARTED = time.time()  # about when the command started: what --timings counts start-up from
 
 
 class _Group(click.Group):
@@ -78,6 +81,15 @@ class _Progress:
             self.stream.write("\n")
 
 
+def _rows(sheet: Path) -> int:
+    """About the sample sheet's rows, before it is read and checked: its non-empty lines after the header."""
+    try:
+        with open(sheet, encoding="utf-8-sig", errors="replace") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 1)
+    except OSError:
+        return 1
+
+
 @cli.command()
 @click.argument("sample_sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -96,9 +108,10 @@ class _Progress:
                    "free-text keywords ($FIL, $SRC, $COM, operators) may hold patient names.")
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
+@click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report).")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
         allow_draft: bool, allow_outside: bool, log_file: Path | None, include_keywords: str,
-        memory_limit: str) -> None:
+        memory_limit: str, timings: bool) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -114,16 +127,28 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
       2  bad invocation: bad sample sheet, unknown or altered strategy, bad options
       3  internal error (re-run with --debug and report it)
     """
-    from .batch import run_batch
+    ahead = contextlib.nullcontext()
+    if scheduler is None:  # the workers' forkserver loads FlowKit, and the cluster starts, while this process loads
+        from .batch.cluster import cluster_ahead, start_worker_processes
 
-    log = logging.getLogger("cytopipe")
-    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
-        log.addHandler(_EchoHandler())
-    log.setLevel(logging.INFO)
-    result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
-                       allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
-                       log_file=log_file, memory_limit=memory_limit,
-                       include_keywords=[k for k in include_keywords.split(",") if k.strip()])
+        start_worker_processes(strategy)
+        ahead = cluster_ahead(n_workers, _rows(sample_sheet), memory_limit=memory_limit)
+    with ahead:
+        from .batch import run_batch
+
+        log = logging.getLogger("cytopipe")
+        if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+            log.addHandler(_EchoHandler())
+        log.setLevel(logging.INFO)
+        result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
+                           allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
+                           log_file=log_file, memory_limit=memory_limit,
+                           include_keywords=[k for k in include_keywords.split(",") if k.strip()])
+    if timings:
+        t = result.timings
+        click.echo(f"timings: start-up {t['started_at'] - _STARTED + t['startup_s']:.2f} s (until the first "
+                   f"sample started), batch {t['batch_s']:.2f} s, outputs {t['outputs_s']:.2f} s, report "
+                   f"{t['report_s']:.2f} s, teardown {t['teardown_s']:.2f} s", err=True)
     click.echo(f"{result.n_ok} of {len(result.table)} samples gated "
                f"({result.n_cached} reused from earlier runs), {result.n_failed} failed; outputs in {out_dir}")
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():
@@ -336,7 +361,7 @@ def _parse_vertex(text: str) -> tuple[float, float]:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("sample")
+@click.argument("sample", required=False)
 @click.option("--approve", "action", flag_value="approve", help="Approve the sample's gates and number.")
 @click.option("--reject", "action", flag_value="reject", help="Reject the sample (needs --reason).")
 @click.option("--adjust-gate", "gate_path", default=None, metavar="GATE_PATH",
@@ -347,16 +372,42 @@ def _parse_vertex(text: str) -> tuple[float, float]:
 @click.option("--vertex", "vertices", multiple=True, metavar="X,Y",
               help="Polygon gate vertex in linear units. Repeat for every vertex.")
 @click.option("--reason", default="", help="Why (required to reject or adjust).")
-@click.option("--reviewer", required=True, help="Who decides.")
+@click.option("--reviewer", default=None, help="Who decides (required with a SAMPLE).")
 @click.option("--no-report", is_flag=True, help="Do not re-render RUN_DIR/report.")
-def review(run_dir: Path, sample: str, action: str | None, gate_path: str | None, bounds: tuple[str, ...],
-           vertices: tuple[str, ...], reason: str, reviewer: str, no_report: bool) -> None:
+@click.option("--serve", is_flag=True, help="Start the review station, a local web app over RUN_DIR.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8765, show_default=True,
+              help="Station port (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Station address; any other than loopback needs --password.")
+@click.option("--no-browser", is_flag=True, help="Print the station's URL without opening a browser.")
+@click.option("--password", default=None, envvar="CYTOPIPE_REVIEW_PASSWORD",
+              help="Asked once per browser session [default: $CYTOPIPE_REVIEW_PASSWORD].")
+def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str | None, bounds: tuple[str, ...],
+           vertices: tuple[str, ...], reason: str, reviewer: str | None, no_report: bool, serve: bool, port: int,
+           host: str, no_browser: bool, password: str | None) -> None:
     """Approve, reject or adjust one SAMPLE of RUN_DIR (its file as in the sheet, or PATIENT:VISIT).
 
     Decisions are appended to RUN_DIR/review.jsonl with reviewer, time and
     reason, and bound to the file's and the strategy's sha256. An adjusted
     gate takes effect at the next 'cytopipe run' into RUN_DIR.
+
+    With --serve (and no SAMPLE), start the review station instead: it
+    prints its URL (with a one-time token), opens it in the browser, and
+    records decisions the same way; Ctrl-C stops it.
     """
+    if serve:
+        if sample or action or gate_path:
+            raise click.UsageError("--serve reviews the whole run in the browser: give RUN_DIR only.")
+        from .station import serve as serve_station
+
+        serve_station(run_dir, host=host, port=port, open_browser=not no_browser, password=password,
+                      echo=click.echo)
+        return
+    if not sample:
+        raise click.UsageError("Give the SAMPLE to decide on (its file as in the sheet, or PATIENT:VISIT), "
+                               "or --serve.")
+    if not reviewer:
+        raise click.UsageError("Missing option '--reviewer': who decides.")
     from .review import record_decision, update_review_columns
 
     if gate_path and action:
@@ -368,10 +419,10 @@ def review(run_dir: Path, sample: str, action: str | None, gate_path: str | None
                           bounds=dict(_parse_bound(b) for b in bounds) or None,
                           vertices=[_parse_vertex(v) for v in vertices] or None)
     update_review_columns(run_dir)
-    if not no_report:
+    if not no_report:  # this sample's page and the index; the other pages did not change
         from .review import write_report
 
-        write_report(run_dir)
+        write_report(run_dir, samples=[rec["file"]])
     click.echo(f"{rec['action']} {rec['file']} by {rec['reviewer']} recorded in {run_dir / 'review.jsonl'}")
     if action == "adjust":
         click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec['file']} with the adjusted gate")
@@ -387,6 +438,33 @@ def report(run_dir: Path) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(run_dir: Path) -> None:
+    """Check RUN_DIR's record: print OK, or every discrepancy (one line each, naming the file and row).
+
+    Checks the review log's hash chain; every table row against its stored
+    result (cache/) and run.json; the FCS files and sample sheet, where still
+    present, against their recorded sha256; the strategy against its release
+    and the registry; each table's CSV against its Parquet and both against
+    the table's manifest; each sample's gates file against miflowcyt.json.
+
+    \b
+    Exit status:
+      0  OK
+      1  one or more discrepancies
+      2  RUN_DIR is not a run folder
+    """
+    from .audit import verify_run
+
+    problems = verify_run(run_dir)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        sys.exit(EXIT_SAMPLES_FAILED)
+    click.echo("OK")
+
+
+@cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--randomisation", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with patient_id, arm (and optional numeric dose).")
@@ -395,7 +473,8 @@ def report(run_dir: Path) -> None:
 @click.option("--baseline", default="D1", show_default=True, help="Baseline visit.")
 @click.option("--visit", default="D60", show_default=True, help="Endpoint visit.")
 @click.option("--study-id", default=None,
-              help="SDTM STUDYID [default: $CYTOPIPE_STUDY_ID]; without one, sdtm_cp is not written.")
+              help="SDTM STUDYID [default: $CYTOPIPE_STUDY_ID]; without one, sdtm_cp (.csv, .xpt) and "
+                   "define.xml are not written.")
 @click.option("--control", default="placebo", show_default=True, help="Control arm.")
 @click.option("--supersede", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A run folder whose patient-visits found in another run are replaced (repeatable).")
@@ -410,7 +489,8 @@ def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, bas
     weeks can be combined). The same patient-visit in two runs is an error
     unless one is superseded: a 'superseded' column (yes) in its sample sheet,
     or --supersede RUN_DIR. Writes OUT/change_by_patient.csv/.parquet,
-    arm_summary.csv, trend_test.csv, exclusions.csv, sdtm_cp.csv, two PNG
+    arm_summary.csv, trend_test.csv, exclusions.csv, sdtm_cp.csv with its SAS
+    transport copy sdtm_cp.xpt and define.xml (with a study id), two PNG
     figures and endpoint.json.
 
     A sample flagged for review (needs_review, auto_gate_fallback) must be
@@ -428,7 +508,8 @@ def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, bas
     click.echo(f"{mark}{n_ok} of {len(res.by_patient)} patients with a {baseline}-to-{visit} change; "
                f"{len(res.exclusions)} sample(s) excluded (see exclusions.csv); outputs in {out_dir}")
     if res.sdtm is None:
-        click.echo("note: no study id (--study-id or CYTOPIPE_STUDY_ID): sdtm_cp was not written", err=True)
+        click.echo("note: no study id (--study-id or CYTOPIPE_STUDY_ID): sdtm_cp was not written "
+                   "(nor sdtm_cp.xpt, define.xml)", err=True)
     for _, r in res.unreviewed.iterrows():
         click.echo(f"  unreviewed: {r['run_dir']} {r['patient_id']}:{r['visit']} ({r['file']}; {r['flags']})",
                    err=True)
@@ -438,7 +519,20 @@ def endpoint(run_dirs: tuple[Path, ...], randomisation: Path, out_dir: Path, bas
 
 def main() -> None:
     """Entry point of the ``cytopipe`` command."""
-    cli(prog_name="cytopipe")
+    try:
+        cli(prog_name="cytopipe")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    # The command is done and has closed its files. Skip the interpreter's teardown of FlowKit, pandas,
+    # matplotlib and Dask: ~0.7 s, a tenth of a short run (docs/performance.md, "Start-up and exit").
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,18 @@ def test_strategy_list_and_show(tmp_path, monkeypatch):
 def test_help_documents_exit_codes():
     res = CliRunner().invoke(cli, ["run", "--help"])
     assert "Exit status" in res.output and "bad invocation" in res.output
+
+
+def test_run_prints_where_its_time_went(tmp_path, dask_client):
+    import re
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=5000, seed=3))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P01,D1\n")
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "s.csv"), "--out", str(tmp_path / "o"),
+                                   "--scheduler", dask_client.scheduler.address, "--timings"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("timings:")]
+    assert len(lines) == 1
+    found = re.fullmatch(r"timings: start-up ([0-9.]+) s \(until the first sample started\), batch ([0-9.]+) s, "
+                         r"outputs ([0-9.]+) s, report ([0-9.]+) s, teardown ([0-9.]+) s", lines[0])
+    assert found and float(found.group(4)) > 0  # a report was written

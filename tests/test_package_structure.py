@@ -21,7 +21,8 @@ REPO = PKG.parent
 # The order imports may go: a stage imports only from the stages before it.
 # outputs and review come before batch because the batch driver writes the
 # tables and applies the decisions reviewers recorded on an earlier run.
-LAYERS = ["fcs", "strategy", "gating", "outputs", "review", "batch", "endpoint"]
+# audit comes after batch: it re-derives the cache keys the batch tasks used.
+LAYERS = ["fcs", "strategy", "gating", "outputs", "review", "batch", "station", "audit", "endpoint"]
 # The generator stands apart: it writes FCS files with its own code, so a
 # reader bug cannot hide in a generator that shares it.
 INDEPENDENT = ["sim"]

@@ -1,14 +1,23 @@
 """Stage 6: a whole sample sheet on Dask: the sheet, the driver, one worker's task, dispatch
 and the cluster.
+
+The sheet, task and driver names load on first use (they bring in pandas and
+FlowKit), so ``cytopipe run`` can start the workers' process and the local
+cluster (:func:`~cytopipe.batch.cluster.start_worker_processes`,
+:func:`~cytopipe.batch.cluster.cluster_ahead`) before loading them.
 """
 
 from __future__ import annotations
 
-from .samplesheet import REQUIRED_COLUMNS, read_sample_sheet
 from .dispatch import plan_groups, run_each, task_slots
-from .cluster import QUIET_WORKERS, WORKER_MALLOC, make_local_cluster
-from .task import SampleResult, process_sample
-from .driver import BatchResult, run_batch
+from .cluster import (
+    QUIET_WORKERS,
+    WORKER_MALLOC,
+    WORKER_PRELOAD,
+    cluster_ahead,
+    make_local_cluster,
+    start_worker_processes,
+)
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -18,9 +27,34 @@ __all__ = [
     "task_slots",
     "QUIET_WORKERS",
     "WORKER_MALLOC",
+    "WORKER_PRELOAD",
+    "cluster_ahead",
     "make_local_cluster",
+    "start_worker_processes",
     "SampleResult",
     "process_sample",
+    "cache_key",
+    "versions_sha",
+    "worker_versions",
     "BatchResult",
     "run_batch",
 ]
+
+_LAZY = {"REQUIRED_COLUMNS": "samplesheet", "read_sample_sheet": "samplesheet", "SampleResult": "task",
+         "process_sample": "task", "cache_key": "task", "versions_sha": "task", "worker_versions": "task",
+         "BatchResult": "driver", "run_batch": "driver"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,9 +9,12 @@ read, so nothing large crosses the network. A Dask ``LocalCluster`` is started
 by default; an existing cluster is used when its scheduler address is given.
 
 Each finished sample is stored at once in ``DIR/cache/`` under a key made of
-the file's sha256, the strategy's sha256 and the cytopipe version, so a re-run
-(after a crash, a killed worker, or with more files) computes only what is
-missing or changed.
+the file's sha256, the strategy's sha256, the sample's gate adjustments, the
+worker's computing software and the QC thresholds that change a measure
+(:func:`~cytopipe.batch.task.cache_key`), so a re-run (after a crash, a killed
+worker, an upgrade, or with more files) computes only what is missing or
+changed. The rows carry the versions of the worker that computed them;
+``run.json`` lists each set in full.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +33,15 @@ from typing import Any
 import pandas as pd
 
 from .._version import __version__
-from .cluster import _make_client
+from .cluster import _discard_client, _start_client
 from .dispatch import run_each
 from ..exceptions import CytopipeError, OutputError, one_line
 from ..fcs.read import file_sha256, scan_header
-from ..outputs.miflowcyt import write_miflowcyt
+from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.qc import flag_visit_outliers, load_thresholds
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
-from ..review.decisions import read_decisions, review_fields
-from .task import SampleResult, process_sample
+from ..review.decisions import gate_adjustments, read_decisions, review_fields
+from .task import SampleResult, process_sample, versions_sha
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
 
@@ -66,6 +70,12 @@ class BatchResult:
         Samples taken from an earlier run's stored results.
     files
         Every file written.
+    timings
+        Where the run's wall time went, in seconds: ``startup_s`` (from the
+        call until the first sample started), ``batch_s`` (until the last
+        result arrived), ``outputs_s`` (tables, ``run.json``, MIFlowCyt),
+        ``report_s``, ``teardown_s`` (closing the local cluster); and
+        ``started_at``, the call's epoch time.
     """
 
     out_dir: Path
@@ -75,17 +85,12 @@ class BatchResult:
     n_failed: int
     n_cached: int = 0
     files: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
         """0 when every sample succeeded, 1 when any failed."""
         return 0 if self.n_failed == 0 else 1
-
-
-def _flowkit_version() -> str:
-    import flowkit
-
-    return flowkit.__version__
 
 
 def run_batch(
@@ -152,22 +157,32 @@ def run_batch(
     SampleSheetError, StrategyError
         Before any gating starts.
     """
+    t_called = time.time()
     started = _dt.datetime.now(_dt.timezone.utc)
     sheet_path = Path(sample_sheet)
     sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
-    strat = load_strategy(strategy, allow_draft=allow_draft)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = _lock_folder(out)  # held until the run's outputs are written
-    cache_dir = out / "cache"
-    cache_dir.mkdir(exist_ok=True)
-    qc = load_thresholds()  # read here, not in workers, whose environment may differ
-    decisions = read_decisions(out)
-
-    own_client = own_cluster = None
-    if client is None:
-        own_client, own_cluster = _make_client(scheduler, n_workers, len(sheet), memory_limit)
-        client = own_client
+    # the cluster comes up (in a thread; its workers were forked with their imports done) while
+    # the strategy is checked and the folder prepared: docs/performance.md, "Start-up"
+    starting = _start_client(scheduler, n_workers, len(sheet), memory_limit) if client is None else None
+    lock = None
+    try:
+        strat = load_strategy(strategy, allow_draft=allow_draft)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _lock_folder(out)  # held until the run's outputs are written
+        cache_dir = out / "cache"
+        cache_dir.mkdir(exist_ok=True)
+        qc = load_thresholds()  # read here, not in workers, whose environment may differ
+        decisions = read_decisions(out)
+        own_client = own_cluster = None
+        if starting is not None:
+            own_client, own_cluster = starting.result()
+            client = own_client
+    except BaseException:
+        _discard_client(starting)
+        if lock is not None:
+            lock.close()
+        raise
     if getattr(client, "dashboard_link", None):
         logger.info("Dask dashboard: %s", client.dashboard_link)
     try:
@@ -175,9 +190,11 @@ def run_batch(
         for d in decisions:
             by_file.setdefault(d.get("file"), []).append(d)
         common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
-                      qc_thresholds=dataclasses.asdict(qc))
+                      qc_thresholds=dataclasses.asdict(qc), plots=report)  # the report's plots from the workers
         tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
+        t_batch = time.time()
+        first = min((r.started for r in results.values() if r.started is not None), default=t_batch)
         table, pops = _tables(sheet, results, strat, decisions)
         table = flag_visit_outliers(table, thresholds=qc)
         if include_keywords:
@@ -194,8 +211,11 @@ def run_batch(
             "strategy_sha256": strat.sha256,
             "strategy_status": strat.status,
             "strategy_dir": str(strat.directory.resolve()),  # a run from any strategy folder stays reviewable
-            "cytopipe_version": __version__,
-            "flowkit_version": _flowkit_version(),
+            "cytopipe_version": __version__,  # the driver's; each worker's is under software
+            "flowkit_version": _one_version(results, "flowkit"),
+            "software": _software(results),
+            "qc_thresholds": dataclasses.asdict(qc),
+            "review_decisions": len(decisions),  # the first N decisions of review.jsonl applied
             "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
             "started": started.isoformat(),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -205,20 +225,27 @@ def run_batch(
             "n_cached": n_cached,
         }
         files.append(write_json(run, out / "run.json"))
+        gates = _sample_gates(out, sheet, results, strat, table, by_file)
         files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
                                      instruments=[results[i].instrument if i in results else None
-                                                  for i in range(len(sheet))]))
+                                                  for i in range(len(sheet))],
+                                     sample_gates=gates))
+        t_outputs = time.time()
         if report:
             from ..review.report import write_report  # imported here: matplotlib only where a report is made
 
             files.append(write_report(out, strategy=strat, client=client))
+        t_report = time.time()
     finally:
         if own_client is not None:
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
         lock.close()
-    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files)
+    timings = {"started_at": t_called, "startup_s": first - t_called, "batch_s": t_batch - first,
+               "outputs_s": t_outputs - t_batch, "report_s": t_report - t_outputs,
+               "teardown_s": time.time() - t_report}
+    return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files, timings)
 
 
 def _lock_folder(out: Path):
@@ -308,14 +335,55 @@ def _log_record(row: dict[str, Any], res: SampleResult) -> dict[str, Any]:
     }
 
 
+def _software(results: dict[int, SampleResult]) -> list[dict[str, Any]]:
+    """Each distinct set of worker versions behind the run's numbers, with its digest and sample count."""
+    sets: dict[str, dict[str, Any]] = {}
+    for res in results.values():
+        sha = versions_sha(res.versions)
+        if sha is not None:
+            entry = sets.setdefault(sha, {"versions_sha": sha, "n_samples": 0, "versions": res.versions})
+            entry["n_samples"] += 1
+    return list(sets.values())
+
+
+def _one_version(results: dict[int, SampleResult], name: str) -> str | None:
+    found = sorted({r.versions[name] for r in results.values() if r.versions and name in r.versions})
+    return found[0] if len(found) == 1 else (", ".join(found) or None)
+
+
+def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy,
+                  table: pd.DataFrame, by_file: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any] | None]:
+    """Write every gated sample's applied gates to ``out/sample_gates/``; their entries for the MIFlowCyt record."""
+    template = strat.gatingml_path.read_bytes()
+    texts, info = [], []
+    for i, (file, status) in enumerate(zip(sheet["file"], table["qc_status"])):
+        res = results.get(i)
+        if res is None or status == "error":
+            texts.append(None)
+            info.append(None)
+            continue
+        own = res.applied_gatingml()
+        adjusted = sorted(gate_adjustments(by_file.get(file, []), None, res.file_sha256, strat.sha256))
+        placed = list((res.auto_gates or {}).get("gates", []))
+        kinds = (["placed from the sample's data"] if placed else []) + (
+            ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
+        texts.append(own if own is not None else template)
+        info.append({"gates_applied": "; ".join(kinds) or f"the template gates of {strat.ref}",
+                     "adjusted_gates": adjusted, "placement": placed})
+    written = write_sample_gates(out, list(sheet["file"]), texts)
+    return [None if w is None else {**w, **extra, "content": t.encode("utf-8") if isinstance(t, str) else t}
+            for w, extra, t in zip(written, info, texts)]
+
+
 def _tables(sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy, decisions=()):
-    fk_version = _flowkit_version()
     rows, pops = [], []
     extra = [c for c in sheet.columns if c not in TREG_COLUMNS and c not in ("path", "line")]
     for i, rec in enumerate(sheet.to_dict("records")):
         res = results.get(i) or SampleResult(rec["path"], error=f"{rec['path']}: no result (the batch was interrupted)")
         flags = res.qc_flags
         status = "error" if res.error else ("flag" if flags else "ok")
+        versions = res.versions or {}  # the worker's (a cached result: the one that computed it)
+        software = {"flowkit_version": versions.get("flowkit"), "versions_sha": versions_sha(res.versions)}
         row = {
             "patient_id": rec["patient_id"],
             "visit": rec["visit"],
@@ -332,8 +400,8 @@ def _tables(sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strate
             "strategy": strat.name,
             "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
             "strategy_sha256": strat.sha256,
-            "cytopipe_version": __version__,
-            "flowkit_version": fk_version,
+            "cytopipe_version": versions.get("cytopipe", __version__),
+            **software,
             **review_fields(list(decisions), rec["file"], res.file_sha256, strat.sha256),
         }
         row.update({c: rec[c] for c in extra})
@@ -353,6 +421,7 @@ def _tables(sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strate
                     "pct_total": 100.0 * count / total if total else float("nan"),
                     "strategy": strat.name,
                     "strategy_version": strat.version + (" (draft)" if strat.is_draft else ""),
+                    **software,
                 }
             )
     table = pd.DataFrame(rows, columns=list(TREG_COLUMNS) + extra)

@@ -5,7 +5,9 @@ sends to the workers (grouped by :mod:`cytopipe.batch.dispatch`). It reads the
 file once, hashing it for the resume key in the same pass
 (:mod:`cytopipe.fcs.lean`, or FlowKit's ``Sample`` where the lean reader
 cannot give FlowKit's exact values), looks the key up in the run's
-``cache/``, and otherwise gates the sample, fits any auto gates, runs Time QC
+``cache/`` (:func:`cache_key`: file, strategy, gate adjustments, the
+worker's computing software and the QC thresholds that change a measure),
+and otherwise gates the sample, fits any auto gates, runs Time QC
 and stores the result at once. A bad file is a result with an ``error``,
 never an exception.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import platform
 import socket
 import time
 import traceback
@@ -29,15 +33,104 @@ from .cluster import _check_memory
 from ..exceptions import CytopipeError, one_line
 from ..fcs.read import default_sample_id, file_sha256, read_fcs
 from ..fcs.lean import gates_exactly, read_fcs_lean
-from ..gating.api import gate_sample, treg_percent
+from ..gating.api import gate_rows, gate_sample, treg_percent
+from ..gating.engine import cascade_rows
+from ..gating.placement import sample_gatingml
 from ..outputs.miflowcyt import instrument_fields
 from ..strategy.panel import resolve_panel
 from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
 from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
+from ..review.events import gate_plots, plot_key, store_sample_plots
 from ..strategy.registry import Strategy, load_strategy
 
-__all__ = ["SampleResult", "process_sample"]
+__all__ = ["SampleResult", "cache_key", "process_sample", "versions_sha", "worker_versions"]
+
+#: The distributions a worker reports in :func:`worker_versions` (their ``importlib.metadata`` names).
+SOFTWARE = ("cytopipe", "flowkit", "flowio", "flowutils", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow",
+            "dask", "distributed", "fcsparser", "lxml")
+# The ones that can change a stored number: reading (flowio), compensation, transforms and gates
+# (flowkit, flowutils, numpy), the placed gates' fits (scikit-learn, scipy). A change of any of them
+# makes every cached result stale.
+_KEY_SOFTWARE = ("cytopipe", "flowkit", "flowio", "flowutils", "numpy", "scipy", "scikit-learn")
+# QC thresholds that only turn stored measures into flags: re-applied to a cached result on every
+# read, so changing them reuses the cache. Every other threshold (the Time-channel binning and
+# tests, and any added later) changes a stored measure and is part of the key.
+_FLAG_ONLY_THRESHOLDS = frozenset({"min_events", "max_ci_halfwidth_pp", "max_flow_anomaly_pct", "max_drift_pct",
+                                   "outlier_fold", "outlier_min_pp", "outlier_min_visits"})
+
+
+@lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    from importlib import metadata
+
+    out = []
+    for name in SOFTWARE:
+        if name == "cytopipe":  # the source's own version, also in an editable install
+            out.append((name, __version__))
+            continue
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "not installed"))
+    out += [("python", platform.python_version()), ("platform", platform.platform())]
+    return tuple(out)
+
+
+def worker_versions() -> dict[str, str]:
+    """The versions this process computes with: :data:`SOFTWARE`, Python and the platform.
+
+    Called inside the worker that gates a sample (the driver's may differ);
+    read once per process.
+
+    Returns
+    -------
+    dict
+        Distribution name (``flowkit``, ``scikit-learn``, ...) to version, plus
+        ``python`` and ``platform`` (:func:`platform.platform`).
+    """
+    return dict(_versions())
+
+
+def versions_sha(versions: dict[str, str] | None) -> str | None:
+    """A short stable digest of a versions dict (16 hex digits; None for None).
+
+    The ``versions_sha`` column of the run's tables; ``run.json`` lists each
+    set of versions in full under ``software`` with its digest.
+    """
+    if not versions:
+        return None
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions: dict[str, str],
+              thresholds: dict[str, Any]) -> str:
+    """The name of a sample's stored result in ``cache/``: a digest of everything that can change its numbers.
+
+    Parameters
+    ----------
+    file_sha, strategy_sha
+        sha256 of the FCS file and of the strategy's GatingML.
+    adjusted
+        :func:`~cytopipe.review.decisions.adjustments_digest` of the sample's gate adjustments.
+    versions
+        :func:`worker_versions`; only the packages that compute (cytopipe, FlowKit, FlowIO,
+        flowutils, numpy, scipy, scikit-learn) count.
+    thresholds
+        :class:`~cytopipe.gating.qc.QCThresholds` fields; those that only turn stored
+        measures into flags (``min_events``, ...) do not count.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    parts = {
+        "file": file_sha, "strategy": strategy_sha, "adjusted": adjusted,
+        "software": {k: versions.get(k, "not installed") for k in _KEY_SOFTWARE},
+        "qc": {k: float(v) for k, v in sorted(thresholds.items()) if k not in _FLAG_ONLY_THRESHOLDS},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -73,6 +166,13 @@ class SampleResult:
         The file's instrument fields for the MIFlowCyt record.
     auto_gates
         The data-driven gates' fit record, for strategies that place gates.
+    gatingml
+        GatingML 2.0 of the gates applied, when a reviewer adjusted a gate of a
+        strategy that places none (placed gates carry theirs in ``auto_gates``);
+        see :meth:`applied_gatingml`.
+    versions
+        :func:`worker_versions` of the worker that computed the numbers (for a
+        cached result: of the one that stored it).
     started, duration_s
         When the task started (epoch seconds) and how long it took.
     """
@@ -92,6 +192,8 @@ class SampleResult:
     time_qc: dict[str, Any] | None = None
     instrument: dict[str, Any] | None = None
     auto_gates: dict[str, Any] | None = None
+    gatingml: str | None = None
+    versions: dict[str, str] | None = None
     started: float | None = None
     duration_s: float | None = None
 
@@ -106,26 +208,23 @@ class SampleResult:
         known = {f.name for f in fields(cls)}
         return cls(path=path, worker=worker, **{k: v for k, v in record.items() if k in known})
 
-SAMPLE_GATES_DIR = "sample_gates"
+    def applied_gatingml(self) -> str | None:
+        """GatingML 2.0 of this sample's own gates (placed, fitted or adjusted); None when the strategy's applied."""
+        if self.auto_gates and self.auto_gates.get("gatingml"):
+            return self.auto_gates["gatingml"]
+        return self.gatingml
 
 
-def finish_auto_gates(result: SampleResult, cache_dir: str | None = None) -> None:
-    """Add a sample's auto-gate QC flags to ``result`` and write its sample gates file.
+def finish_auto_gates(result: SampleResult) -> None:
+    """Add a sample's auto-gate QC flags to ``result`` (fresh and cached results alike).
 
-    Run on fresh and on cached results alike, so every run leaves
-    ``DIR/sample_gates/<file stem>.xml`` (DIR is the parent of ``cache_dir``);
-    written atomically, and only when its content changed.
+    The sample's gates file is written by the driver, which knows the sheet
+    row (:func:`cytopipe.outputs.miflowcyt.write_sample_gates`).
     """
     auto = result.auto_gates
     if not auto:
         return
     result.qc_flags.extend(f for f in auto.get("qc_flags", []) if f not in result.qc_flags)
-    if cache_dir and auto.get("gatingml"):
-        target = Path(cache_dir).parent / SAMPLE_GATES_DIR / f"{Path(result.path).stem}.xml"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = auto["gatingml"]
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            atomic_write(target, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 @lru_cache(maxsize=8)
@@ -150,10 +249,50 @@ def _read_hashed(path: str):
     return lean, (lean.file_sha256 if lean is not None else file_sha256(path))
 
 
-def _cache_key(file_sha: str, strategy_sha: str, adjusted: str = "") -> str:
-    # adjusted: digest of the sample's reviewed gate adjustments ("" keeps older keys valid)
-    extra = f":{adjusted}" if adjusted else ""
-    return hashlib.sha256(f"{file_sha}:{strategy_sha}:{__version__}{extra}".encode()).hexdigest()
+#: Where a worker stores the report's plot data, under the run's cache folder.
+PLOTS_DIR = "plots"
+
+
+def _gate_rows_or_none(sample, gs, strategy):
+    """Every gate's events; the root's left as None (every event) instead of an index array of them.
+
+    The cascade's own rows where it can: gate_rows spells the root out, 8 bytes an event more at the
+    peak of a big file (glibc maps such an array afresh on top of the heap the cascade left).
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = cascade_rows(sample, gs, strategy.gate_paths())
+        if rows is None:  # a gate the cascade leaves to FlowKit
+            rows = gate_rows(sample, gs, strategy.gate_paths())
+    except Exception:  # noqa: BLE001 - gate_sample gates again and names what is wrong
+        return None
+    rows[("root",)] = None
+    return rows
+
+
+def _plots_failed(out: SampleResult, e: Exception) -> None:
+    logging.getLogger("cytopipe").warning("%s: plots not stored (%s: %s); the report will read the file again",
+                                          out.path, type(e).__name__, e)
+
+
+def _plot_data(sample, gs, strategy, rows, out: SampleResult):
+    """The report's plot data of this sample, while the gates' events are in memory (None if that failed)."""
+    try:
+        return gate_plots(sample, gs, strategy, rows)
+    except Exception as e:  # noqa: BLE001 - a failure here costs the report a re-read, never the sample
+        _plots_failed(out, e)
+        return None
+
+
+def _store_plots(cache_dir: Path, plots, strategy, adjustments, out: SampleResult, thresholds: QCThresholds) -> None:
+    target = cache_dir / PLOTS_DIR / f"{plot_key(out.file_sha256, strategy.sha256, adjustments)}.npz"
+    try:
+        store_sample_plots(target, plots, time_qc=out.time_qc, thresholds=asdict(thresholds))
+    except Exception as e:  # noqa: BLE001
+        _plots_failed(out, e)
 
 
 def process_sample(
@@ -164,6 +303,7 @@ def process_sample(
     cache_dir: str | None = None,
     qc_thresholds: dict[str, Any] | None = None,
     reviews: list[dict[str, Any]] | None = None,
+    plots: bool = False,
 ) -> SampleResult:
     """Gate one FCS file; runs inside a Dask worker.
 
@@ -182,6 +322,10 @@ def process_sample(
     reviews
         This sample's review decisions; its gate adjustments are applied as
         FlowKit custom sample gates while file and strategy are unchanged.
+    plots
+        Also compute and render the review report's plots of a freshly gated
+        sample, while its events are in memory, into ``cache_dir/plots/``
+        (:func:`~cytopipe.review.events.store_sample_plots`).
 
     Returns
     -------
@@ -189,14 +333,15 @@ def process_sample(
         Never raises for a bad file: the error is a one-line string in ``error``.
     """
     started = time.time()
-    out = SampleResult(path=path, worker=socket.gethostname() + f":{os.getpid()}")
+    out = SampleResult(path=path, worker=socket.gethostname() + f":{os.getpid()}", versions=worker_versions())
     try:
         strategy = _strategy_in_worker(strategy_dir, allow_draft)
         lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
         out.file_sha256 = sha
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
-        key = _cache_key(sha, strategy.sha256, adjustments_digest(adjustments))
+        key = cache_key(sha, strategy.sha256, adjusted=adjustments_digest(adjustments), versions=out.versions,
+                        thresholds=asdict(thresholds))
         cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             stored = SampleResult.from_cache(json.loads(cache_file.read_text(encoding="utf-8")), path, out.worker)
@@ -204,7 +349,7 @@ def process_sample(
             stored.qc_flags = sample_flags(  # today's thresholds on the stored measures
                 stored.events_total, stored.cd4_count, stored.treg_count,
                 thresholds=thresholds, time_metrics=stored.time_qc) + stored.panel_flags
-            finish_auto_gates(stored, cache_dir)  # auto-gate flags and sample_gates file
+            finish_auto_gates(stored)  # auto-gate flags
             stored.started, stored.duration_s = started, time.time() - started
             return stored
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
@@ -223,16 +368,24 @@ def process_sample(
         auto = data_driven_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
         if auto is not None:
             gs = auto.gating_strategy
-        counts = gate_sample(sample, strategy, gating_strategy=gs)
+        # the gates' events, kept for the report's plots; gate_sample then only counts them
+        rows = _gate_rows_or_none(sample, gs, strategy) if plots and cache_dir else None
+        counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
+        plot_data = None if rows is None else _plot_data(sample, gs, strategy, rows, out)
+        del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
         out.time_qc = sample_time_qc(sample, thresholds=thresholds)
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
                                     time_metrics=out.time_qc) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
-        if auto is not None:  # fit outcome, QC flag, DIR/sample_gates/<stem>.xml
+        if auto is not None:  # fit outcome, QC flag, the placed gates' GatingML
             out.auto_gates = auto.record()
-            finish_auto_gates(out, cache_dir)
+            finish_auto_gates(out)
+        elif adjustments:  # the record names the gates applied, a reviewer's included
+            out.gatingml = sample_gatingml(gs, default_sample_id(path))
+        if plot_data is not None:
+            _store_plots(Path(cache_dir), plot_data, strategy, adjustments, out, thresholds)
         if cache_file is not None:
             text = json.dumps(out.cache_record())
             atomic_write(cache_file, lambda p: Path(p).write_text(text, encoding="utf-8"))

@@ -132,6 +132,8 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
         ``needs_review:<gate>:<reason>`` flags.
     """
 
+    from threadpoolctl import threadpool_limits
+
     from .engine import Context
 
     specs = placement_specs(strategy)
@@ -150,28 +152,31 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     by_path = {s["gate_path"]: s for s in specs}
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     skipped = set(skip)
-    for path in paths:
-        parent = rows.get(path[:-1])
-        spec = by_path.get(path)
-        rec: dict[str, Any] = {"gate_path": "/".join(path)}
-        if spec is not None and "/".join(path) in skipped:
-            rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
-        elif spec is not None:
-            template = gs.get_gate(path[-1], gate_path=path[:-1])
-            try:
-                gate, info = _place(spec, ctx, gs, template, parent, path)
-                rec.update(status="placed", **info)
-            except _Review as e:
-                gate = e.candidate
-                rec.update(status="review", reason=str(e), **e.info)
-                result.qc_flags.append(f"{REVIEW_FLAG}:{path[-1]}:{e.code}")
-            if gate is not None:
-                gs.add_gate(gate, path[:-1], sample_id=sample.id)
-        if spec is not None:
-            result.gates.append(rec)
-        gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
-        inside = ctx.inside(gate, parent)
-        rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
+    # BLAS/OpenMP threads cost more than they save on the few thousand points each fit sees, and a
+    # batch already runs one sample per core: one thread for every fit (the numbers are the same)
+    with threadpool_limits(1):
+        for path in paths:
+            parent = rows.get(path[:-1])
+            spec = by_path.get(path)
+            rec: dict[str, Any] = {"gate_path": "/".join(path)}
+            if spec is not None and "/".join(path) in skipped:
+                rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
+            elif spec is not None:
+                template = gs.get_gate(path[-1], gate_path=path[:-1])
+                try:
+                    gate, info = _place(spec, ctx, gs, template, parent, path)
+                    rec.update(status="placed", **info)
+                except _Review as e:
+                    gate = e.candidate
+                    rec.update(status="review", reason=str(e), **e.info)
+                    result.qc_flags.append(f"{REVIEW_FLAG}:{path[-1]}:{e.code}")
+                if gate is not None:
+                    gs.add_gate(gate, path[:-1], sample_id=sample.id)
+            if spec is not None:
+                result.gates.append(rec)
+            gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
+            inside = ctx.inside(gate, parent)
+            rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
     result.gatingml = sample_gatingml(gs, sample.id)
     return result
 
@@ -425,11 +430,8 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
         raise _Review("no_treg_cluster", f"{fit.shape[0]} CD4 cells above the FOXP3-negative population")
     if fit.shape[0] > spec["fit_events"]:
         fit = fit[np.random.default_rng(spec["seed"]).choice(fit.shape[0], int(spec["fit_events"]), replace=False)]
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):  # k-means' OpenMP threads cost more than they save on a few thousand points
-        fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
-                                max_iter=200).fit(fit) for k in spec.get("components", (2, 3, 4)) if k <= len(fit)]
+    fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
+                            max_iter=200).fit(fit) for k in spec.get("components", (2, 3, 4)) if k <= len(fit)]
     fits.sort(key=lambda g: g.bic(fit))
     gm = fits[0]
     k, group, rest = _treg_group(gm, k_axis, spec)

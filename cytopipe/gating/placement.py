@@ -8,7 +8,7 @@ own data and added to FlowKit as a *custom sample gate*: an ordinary
 ``RectangleGate`` with the template's dimensions, transforms and compensation,
 so FlowKit (and the cascade) count it like any other gate, a reviewer's
 ``--adjust-gate`` replaces it like any other gate, and ``export_gatingml``
-writes it to ``DIR/sample_gates/<file stem>.xml``.
+writes it to ``DIR/sample_gates/`` (one file a sheet row, named in ``miflowcyt.json``).
 
 Method (declared per gate under ``auto_gates`` in the strategy manifest)
 -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ self-contained HTML page the report and the endpoint page are built on.
 from __future__ import annotations
 
 from .tables import (
+    SCHEMA_VERSION,
     TREG_COLUMNS,
     POPULATION_COLUMNS,
     atomic_write,
@@ -12,15 +13,26 @@ from .tables import (
     write_table,
     write_json,
     read_treg_table,
+    manifest_path,
 )
 from .schema import TABLES, dtypes_for, read_output, validate_table, write_docs, render_markdown, render_json
-from .miflowcyt import gatingml_definitions, build_miflowcyt, instrument_fields, write_miflowcyt
+from .miflowcyt import (
+    SAMPLE_GATES_DIR,
+    gatingml_definitions,
+    build_miflowcyt,
+    instrument_fields,
+    replace_sample_gates,
+    sample_gates_name,
+    write_miflowcyt,
+    write_sample_gates,
+)
 from .html import escape, html_page, img_tag
 from .schema_tables import EXCLUSION_REASONS, PATIENT_STATUSES
 
 __all__ = [
     "EXCLUSION_REASONS",
     "PATIENT_STATUSES",
+    "SCHEMA_VERSION",
     "TREG_COLUMNS",
     "POPULATION_COLUMNS",
     "atomic_write",
@@ -28,6 +40,7 @@ __all__ = [
     "write_table",
     "write_json",
     "read_treg_table",
+    "manifest_path",
     "TABLES",
     "dtypes_for",
     "read_output",
@@ -38,7 +51,11 @@ __all__ = [
     "gatingml_definitions",
     "build_miflowcyt",
     "instrument_fields",
+    "replace_sample_gates",
     "write_miflowcyt",
+    "SAMPLE_GATES_DIR",
+    "sample_gates_name",
+    "write_sample_gates",
     "escape",
     "html_page",
     "img_tag",

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import OutputSchemaError
-from .schema_tables import TABLES
+from .schema_tables import SCHEMA_VERSION, TABLES
 
 __all__ = ["TABLES", "dtypes_for", "read_output", "validate_table", "write_docs", "render_markdown",
            "render_json"]
@@ -205,7 +205,8 @@ def render_json() -> dict[str, Any]:
                 "leading_fields_in_order": True,
             },
         })
-    return {"name": "cytopipe-outputs", "profile": "data-package", "resources": resources}
+    return {"name": "cytopipe-outputs", "profile": "data-package", "version": SCHEMA_VERSION,
+            "resources": resources}
 
 
 def render_markdown() -> str:
@@ -215,7 +216,11 @@ def render_markdown() -> str:
              "the machine-readable form is `docs/outputs.schema.json`. Every table written by",
              "`cytopipe run` and `cytopipe endpoint` is checked against it in the tests",
              "(`cytopipe.outputs.schema.validate_table`). The documented columns come first, in this order.",
-             "Types: `string` text, `Int64` integer (empty when missing), `float64` number.", ""]
+             "Types: `string` text, `Int64` integer (empty when missing), `float64` number.", "",
+             f"Schema version **{SCHEMA_VERSION}**, recorded in every table's manifest "
+             "(`<table>.manifest.json`, written after the table: both copies' sha256, the row count; "
+             "`cytopipe verify` checks it). The minor number goes up when a column is added, the major "
+             "when one is removed, renamed or changes type.", ""]
     for name, spec in TABLES.items():
         lines += [f"## `{name}`", "", f"Written by `cytopipe {spec['written_by']}`: "
                   + ", ".join(f"`{p}`" for p in spec["files"]) + ".", "", spec["description"], "",

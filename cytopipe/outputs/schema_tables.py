@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tables import POPULATION_COLUMNS, TREG_COLUMNS
+from .tables import POPULATION_COLUMNS, SCHEMA_VERSION, TREG_COLUMNS
 
-__all__ = ["TABLES", "EXCLUSION_REASONS", "PATIENT_STATUSES"]
+__all__ = ["TABLES", "EXCLUSION_REASONS", "PATIENT_STATUSES", "SCHEMA_VERSION"]
 
 EXCLUSION_REASONS = ("superseded", "qc_error", "review_rejected", "not_randomised")
 PATIENT_STATUSES = ("complete", "missing_baseline", "missing_visit", "missing_baseline_and_visit",
@@ -52,8 +52,14 @@ _TREG_DESCR = {
     "strategy": "Gating strategy name.",
     "strategy_version": "Strategy version; `1.1.0 (draft)` for a draft.",
     "strategy_sha256": "sha256 of the strategy's GatingML file.",
-    "cytopipe_version": "cytopipe version that gated the sample.",
-    "flowkit_version": "FlowKit version that gated the sample.",
+    "cytopipe_version": "cytopipe version of the worker that gated the sample (for a result reused from "
+                        "`cache/`, of the worker that computed it); the driver's when no worker returned one.",
+    "flowkit_version": "FlowKit version of the worker that gated the sample (as for `cytopipe_version`); "
+                       "empty when no worker returned a result.",
+    "versions_sha": "First 16 hex digits of the sha256 of the worker's software versions (JSON, sorted "
+                    "keys: cytopipe, FlowKit, FlowIO, flowutils, numpy, scipy, scikit-learn, pandas, pyarrow, "
+                    "dask, distributed, fcsparser, lxml, Python, platform); `run.json` `software` lists each "
+                    "set in full. Empty when no worker returned a result.",
     "review_status": "Reviewer sign-off (`approved`, `rejected`, `adjusted`, `pending`). "
                      "`rejected` rows are excluded by `endpoint`.",
     "reviewer": "Who signed the review decision.",
@@ -61,7 +67,7 @@ _TREG_DESCR = {
 }
 _TREG_EXTRA = {
     "patient_id": {"nullable": False}, "visit": {"nullable": False}, "file": {"nullable": False},
-    "file_sha256": {"pattern": _SHA},
+    "file_sha256": {"pattern": _SHA}, "versions_sha": {"pattern": "[0-9a-f]{16}"},
     "qc_status": {"nullable": False, "allowed": ["ok", "flag", "error"]},
     "qc_flags": {"allowed": ["low_events", "low_cd4", "flow_rate", "signal_drift", "treg_outlier",
                              "auto_gate_fallback", "needs_review", "unlabelled"],
@@ -75,6 +81,8 @@ _POP_DESCR = {
     "count": "Events in the gate.", "parent_count": "Events in the parent gate.",
     "pct_parent": "100 x count / parent_count.", "pct_total": "100 x count / events in the file.",
     "strategy": "Gating strategy name.", "strategy_version": "Strategy version.",
+    "flowkit_version": "FlowKit version of the worker that gated the sample.",
+    "versions_sha": "The worker's software versions, as in `treg_by_visit`.",
 }
 
 # endpoint tables: present only in a preliminary analysis (`endpoint --include-unreviewed`)
@@ -114,7 +122,8 @@ TABLES: dict[str, dict[str, Any]] = {
     "populations": {
         "written_by": "run", "files": ["RUN_DIR/populations.parquet"],
         "description": "One row per gated sample and gate.",
-        "columns": _cols(POPULATION_COLUMNS, _POP_DESCR, {"gate_path": {"pattern": r"root(/[^/]+)+"}}),
+        "columns": _cols(POPULATION_COLUMNS, _POP_DESCR, {"gate_path": {"pattern": r"root(/[^/]+)+"},
+                                                          "versions_sha": {"pattern": "[0-9a-f]{16}"}}),
     },
     "change_by_patient": {
         "written_by": "endpoint", "files": ["OUT/change_by_patient.csv", "OUT/change_by_patient.parquet"],
@@ -205,10 +214,13 @@ TABLES: dict[str, dict[str, Any]] = {
         "optional_columns": _PRELIMINARY,
     },
     "sdtm_cp": {
-        "written_by": "endpoint", "files": ["OUT/sdtm_cp.csv", "OUT/sdtm_cp.parquet"],
+        "written_by": "endpoint", "files": ["OUT/sdtm_cp.csv", "OUT/sdtm_cp.parquet", "OUT/sdtm_cp.xpt"],
         "description": "CDISC SDTM CP (Cell Phenotype Findings): two results per patient-visit sample "
                        "(Treg % of CD4 and the CD4+ T cell count), superseded samples left out; a sample "
-                       "without a result has CPSTAT `NOT DONE` and the reason in CPREASND.",
+                       "without a result has CPSTAT `NOT DONE` and the reason in CPREASND. Written only with "
+                       "a study id. `sdtm_cp.xpt` is the same rows as SAS transport v5 (dataset `CP`, "
+                       "SDTMIG v3.4 labels; `preliminary` becomes `PRELIM` = `Y`), described by "
+                       "`OUT/define.xml` (Define-XML 2.0). Text is ASCII, at most 200 characters.",
         "columns": [
             {"name": "STUDYID", "dtype": "string", "nullable": False, "description": "Study identifier."},
             {"name": "DOMAIN", "dtype": "string", "nullable": False, "allowed": ["CP"],
@@ -228,10 +240,12 @@ TABLES: dict[str, dict[str, Any]] = {
             {"name": "CPORRES", "dtype": "string", "description": "Result as collected."},
             {"name": "CPORRESU", "dtype": "string", "description": "Unit: `%` or `cells`."},
             {"name": "CPSTRESC", "dtype": "string", "description": "Standardised result, text."},
-            {"name": "CPSTRESN", "dtype": "float64", "description": "Standardised result, numeric."},
+            {"name": "CPSTRESN", "dtype": "float64", "description": "Standardised result, numeric: the "
+             "number CPSTRESC shows."},
             {"name": "CPSTRESU", "dtype": "string", "description": "Standardised unit."},
             {"name": "CPSTAT", "dtype": "string", "allowed": ["NOT DONE"], "description": "Completion status."},
-            {"name": "CPREASND", "dtype": "string", "description": "Reason not done."},
+            {"name": "CPREASND", "dtype": "string", "description": "Reason not done; a longer one is cut "
+             "to 200 characters ending in `...` (exclusions.csv has it whole)."},
             {"name": "CPSPEC", "dtype": "string", "nullable": False, "description": "Specimen type."},
             {"name": "CPMETHOD", "dtype": "string", "nullable": False, "description": "Method."},
             {"name": "CPBLFL", "dtype": "string", "allowed": ["Y"], "description": "Baseline flag."},

@@ -2,10 +2,17 @@
 
 Every table a run writes is documented here (and in the README); the column
 lists are the stable contract with the statisticians who ingest them.
+
+A table is written crash-consistently: its CSV and Parquet copies go to
+temporary files and are renamed into place together, then the table's
+manifest (``<table>.manifest.json``: both files' sha256, the row count and
+:data:`SCHEMA_VERSION`) is written last. Copies that a crash, or a hand,
+left disagreeing no longer match the manifest (``cytopipe verify``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +25,7 @@ import pandas as pd
 from ..exceptions import OutputError
 
 __all__ = [
+    "SCHEMA_VERSION",
     "TREG_COLUMNS",
     "POPULATION_COLUMNS",
     "atomic_write",
@@ -25,7 +33,14 @@ __all__ = [
     "write_table",
     "write_json",
     "read_treg_table",
+    "manifest_path",
 ]
+
+#: Version of the output tables' schema, in each table's manifest and in docs/outputs.md.
+#: The minor number goes up when a column is added, the major when one is removed, renamed
+#: or changes type. 1.0: the tables before manifests; 1.1: ``versions_sha`` in both run
+#: tables and ``flowkit_version`` in ``populations`` (the worker's, issue 19).
+SCHEMA_VERSION = "1.1"
 
 #: The leading columns of ``treg_by_visit``, in order, with their pandas dtype.
 #: Extra sample-sheet columns follow them, as strings.
@@ -47,6 +62,7 @@ TREG_COLUMNS: dict[str, str] = {
     "strategy_sha256": "string",
     "cytopipe_version": "string",
     "flowkit_version": "string",
+    "versions_sha": "string",
     "review_status": "string",
     "reviewer": "string",
     "reviewed_at": "string",
@@ -65,6 +81,8 @@ POPULATION_COLUMNS: dict[str, str] = {
     "pct_total": "float64",
     "strategy": "string",
     "strategy_version": "string",
+    "flowkit_version": "string",
+    "versions_sha": "string",
 }
 
 
@@ -152,20 +170,48 @@ def _typed(df: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
     return out[list(schema) + extra]
 
 
+def manifest_path(base: str | os.PathLike) -> Path:
+    """The manifest of the table written as ``base.parquet`` / ``base.csv``: ``base.manifest.json``."""
+    base = Path(base)
+    return base.with_name(base.name + ".manifest.json")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_table(df: pd.DataFrame, base: str | os.PathLike, schema: dict[str, str], *, csv: bool = True) -> list[Path]:
-    """Write ``df`` as ``base.parquet`` (and ``base.csv``) with the schema's columns first.
+    """Write ``df`` as ``base.parquet`` (and ``base.csv``) with the schema's columns first, then its manifest.
+
+    Both copies are replaced together (:func:`atomic_write_many`); the
+    manifest ``base.manifest.json`` (see :func:`manifest_path`) is written
+    after them: ``table``, ``schema_version``, ``rows``, ``columns`` and per
+    file its ``sha256`` and ``bytes``. A crash between the two leaves an old
+    manifest that names other hashes, which ``cytopipe verify`` reports.
 
     Returns
     -------
     list of Path
-        The files written.
+        The files written, the manifest last.
     """
     base = Path(base)
     table = _typed(df, schema)
     items = [(base.with_suffix(".parquet"), lambda p: table.to_parquet(p, index=False))]
     if csv:
         items.append((base.with_suffix(".csv"), lambda p: table.to_csv(p, index=False)))
-    return atomic_write_many(items)
+    files = atomic_write_many(items)
+    manifest = {
+        "table": base.name,
+        "schema_version": SCHEMA_VERSION,
+        "rows": len(table),
+        "columns": [str(c) for c in table.columns],
+        "files": {f.name: {"sha256": _file_sha256(f), "bytes": f.stat().st_size} for f in files},
+    }
+    return files + [write_json(manifest, manifest_path(base))]
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

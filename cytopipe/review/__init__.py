@@ -18,7 +18,21 @@ from .decisions import (
     update_review_columns,
     verify_review_chain,
 )
-from .events import GateView, gate_views
+from .events import (
+    GatePlot,
+    GateView,
+    PlotDim,
+    SamplePlots,
+    gate_plots,
+    gate_views,
+    load_plots,
+    plot_dims,
+    plot_key,
+    plot_of,
+    replace_file,
+    save_plots,
+    store_sample_plots,
+)
 
 __all__ = [
     "REVIEW_FILE",
@@ -32,15 +46,28 @@ __all__ = [
     "review_fields",
     "update_review_columns",
     "verify_review_chain",
+    "GatePlot",
     "GateView",
+    "PlotDim",
+    "SamplePlots",
+    "gate_plots",
     "gate_views",
+    "load_plots",
+    "plot_dims",
+    "plot_key",
+    "plot_of",
+    "replace_file",
+    "save_plots",
+    "store_sample_plots",
     "write_report",
     "gate_png",
     "patient_png",
     "batch_png",
+    "draw_frames",
 ]
 
-_LAZY = {"write_report": "report", "gate_png": "plots", "patient_png": "plots", "batch_png": "plots"}
+_LAZY = {"write_report": "report", "gate_png": "plots", "patient_png": "plots", "batch_png": "plots",
+         "draw_frames": "plots"}
 
 
 def __getattr__(name: str):

@@ -316,7 +316,10 @@ def record_decision(
         pending = [d for d in _valid(decisions, record["file"], record["file_sha256"], record["strategy_sha256"])
                    if d["action"] == "adjust"]
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        if pending and _dt.datetime.fromisoformat(pending[-1]["time"]) >= _dt.datetime.fromisoformat(run["finished"]):
+        # last gated: the run, or the review station gating this one sample again (run.json "recomputed")
+        gated = max(_dt.datetime.fromisoformat(t) for t in (run["finished"], run.get("recomputed", {}).get(
+            record["file"])) if t)
+        if pending and _dt.datetime.fromisoformat(pending[-1]["time"]) >= gated:
             msg = (f"{row['file']}: its {pending[-1]['gate_path']} gate was adjusted after the last run; "
                    f"re-run 'cytopipe run' so the numbers use it, then approve.")
             raise ReviewError(msg)

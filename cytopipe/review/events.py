@@ -1,21 +1,59 @@
-"""Per-gate events for the report: re-read a file and re-gate it.
+"""Per-gate events for the report, and the compact plot data a worker stores for it.
 
-The run's tables keep counts, not events, so the report reads each FCS file
-again and gates it with the same strategy and the same custom sample gates
-the run applied (:func:`cytopipe.gating.api.gate_rows`, the engine of the run).
-The values plotted are the ones the gate was applied to, compensated and
-transformed as the gate's dimensions say, computed for the plotted
-subsample only.
+The run's tables keep counts, not events. So while a file's events are in
+memory, the worker that gated it computes what the report's plots need
+(:func:`gate_plots`): per gate, a histogram of the parent population on the
+plot's fixed axes (the events a plot draws: a fixed-seed subsample of at most
+``max_events``), the events themselves when there are few, the gate's
+geometry and counts; :func:`save_plots` stores them, with the rendered PNGs,
+under ``DIR/cache/plots/`` keyed by :func:`plot_key` (the file's and the
+strategy's sha256 and the sample's gate adjustments, as the result cache is).
+The report renders from those and reads no FCS file.
+
+When a sample has no stored plots (a result cached before plots were stored,
+or a reviewer adjusted a gate since the run), :func:`gate_views` reads the
+file again and gates it with the same strategy and the same custom sample
+gates (:func:`cytopipe.gating.api.gate_rows`, the engine of the run). Both
+paths draw the same subsample: the values plotted are the ones the gate was
+applied to, compensated and transformed as the gate's dimensions say.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GateView", "gate_views"]
+__all__ = ["GatePlot", "GateView", "PlotDim", "SamplePlots", "gate_plots", "gate_views", "load_plots", "plot_key",
+           "plot_dims", "plot_of", "replace_file", "save_plots", "store_sample_plots"]
+
+#: Bins of a gate plot's axes. Every sample's plot of a gate has the same axes: linear scatter on
+#: the detector's full range, logicle fluorescence on a fixed range, so samples compare at a glance.
+PLOT_BINS = 128
+SCATTER_RANGE = (0.0, 262144.0)
+LOGICLE_RANGE = (-0.25, 1.0)
+#: Tick positions of transformed axes, in compensated linear units.
+TICKS = (-1000.0, 0.0, 1e3, 1e4, 1e5)
+#: A plotted parent population this small is kept event by event (and drawn as dots).
+POINTS_MAX = 2_000
+#: Version of what :func:`save_plots` writes; a report ignores plots of another version.
+PLOTS_FORMAT = 1
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @dataclass
@@ -50,6 +88,108 @@ class GateView:
     transforms: list[Any] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PlotDim:
+    """One axis of a gate plot.
+
+    Attributes
+    ----------
+    id
+        The channel (``$PnN``).
+    min, max
+        The gate's bounds on it (None: open), in the gate's units.
+    ticks
+        Positions of :data:`TICKS` on a transformed axis; None on a linear one.
+    """
+
+    id: str
+    min: float | None = None
+    max: float | None = None
+    ticks: tuple[float, ...] | None = None
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """The axis' fixed range, in the gate's units."""
+        return SCATTER_RANGE if self.ticks is None else LOGICLE_RANGE
+
+
+@dataclass
+class GatePlot:
+    """What one gate's plot of one sample needs, without the events.
+
+    Attributes
+    ----------
+    path
+        Full gate path, ``("root", ..., gate)``.
+    custom
+        True when the gate is a reviewer's custom sample gate.
+    count, parent_count
+        Events in the gate and in its parent (all events).
+    dims
+        The plot's axes (one or two).
+    vertices
+        ``(n, 2)`` polygon vertices in the gate's units; None for a rectangle.
+    hist
+        Plotted parent events per bin of the axes (:data:`PLOT_BINS` per
+        axis; values outside an axis counted in its edge bins).
+    points
+        ``(n, n_dims)`` the plotted parent events themselves, float32, when
+        there are at most :data:`POINTS_MAX`; else None.
+    """
+
+    path: tuple[str, ...]
+    custom: bool
+    count: int
+    parent_count: int
+    dims: list[PlotDim]
+    vertices: np.ndarray | None
+    hist: np.ndarray
+    points: np.ndarray | None = None
+
+
+@dataclass
+class SamplePlots:
+    """A sample's stored plot data (:func:`save_plots`).
+
+    Attributes
+    ----------
+    plots
+        One :class:`GatePlot` per gate, parents first.
+    pngs
+        The plots rendered by the worker, one PNG per gate (empty when not rendered).
+    time_qc
+        The Time-channel measures (:func:`~cytopipe.gating.qc.sample_time_qc`), None without Time.
+    thresholds
+        The QC thresholds ``time_qc`` was computed with.
+    max_events
+        Parent events drawn per plot at most.
+    """
+
+    plots: list[GatePlot]
+    pngs: list[bytes] = field(default_factory=list)
+    time_qc: dict[str, Any] | None = None
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    max_events: int = 20_000
+
+
+def plot_key(file_sha: str, strategy_sha: str, adjustments: dict[str, dict[str, Any]]) -> str:
+    """The name (without ``.npz``) of a sample's stored plots under ``DIR/cache/plots/``.
+
+    The plots depend on the file, the strategy and the sample's gate
+    adjustments, as a stored result does; the worker's software versions
+    are checked when the plots are read (:func:`load_plots`).
+
+    Examples
+    --------
+    >>> len(plot_key("a" * 64, "b" * 64, {}))
+    64
+    """
+    from .decisions import adjustments_digest
+
+    text = f"{file_sha}:{strategy_sha}:{adjustments_digest(adjustments)}:plots{PLOTS_FORMAT}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, max_events: int = 20_000,
                seed: int = 0) -> tuple[list[GateView], Any]:
     """Re-gate one FCS file: one :class:`GateView` per gate (parents first) and the sample.
@@ -75,7 +215,7 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     from ..gating.adaptive import data_driven_gates
     from ..fcs.read import default_sample_id
     from ..fcs.lean import read_for_gating
-    from ..gating.api import gate_rows, gate_values
+    from ..gating.api import gate_rows
     from .decisions import adjusted_gating_strategy
 
     gs = adjusted_gating_strategy(strategy, default_sample_id(path), adjustments)
@@ -84,21 +224,179 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     if placed is not None:  # deterministic: placing again draws exactly the gates the run used
         gs = placed.gating_strategy
     rows = gate_rows(sample, gs, strategy.gate_paths())
+    return _views(sample, gs, strategy, rows, max_events, seed), sample
+
+
+def _views(sample, gs, strategy, rows, max_events: int, seed: int, inside: bool = True) -> list[GateView]:
+    from ..gating.api import gate_values
+
     rng = np.random.default_rng(seed)
     views = []
     for gate_path in strategy.gate_paths():
         name, parent = gate_path[-1], gate_path[:-1]
         gate = gs.get_gate(name, parent, sample_id=sample.id)
         parent_rows, member_rows = rows[parent], rows[gate_path]
-        idx = parent_rows
-        if idx.size > max_events:
-            idx = np.sort(rng.choice(idx, size=max_events, replace=False))
+        if parent_rows is None:  # every event (the cascade's root), not spelled out: 8 bytes an event less
+            n = int(sample.event_count)
+            idx = np.sort(rng.choice(n, size=max_events, replace=False)) if n > max_events else np.arange(n)
+            parent_count = n
+        else:
+            idx = parent_rows
+            if idx.size > max_events:  # the same draw as from an arange: choice(array) is array[choice(size)]
+                idx = np.sort(rng.choice(idx, size=max_events, replace=False))
+            parent_count = int(parent_rows.size)
         values = gate_values(sample, gs, gate, idx)
         transforms = [gs.get_transform(d.transformation_ref) if d.transformation_ref else None
                       for d in gate.dimensions]
         views.append(GateView(
             path=gate_path, gate=gate, custom=gs.is_custom_gate(sample.id, name, parent),
-            values=values, inside=np.isin(idx, member_rows, assume_unique=True),
-            count=int(member_rows.size), parent_count=int(parent_rows.size), transforms=transforms,
+            values=values,
+            inside=np.isin(idx, member_rows, assume_unique=True) if inside else np.zeros(0, dtype=bool),
+            count=int(member_rows.size), parent_count=parent_count, transforms=transforms,
         ))
-    return views, sample
+    return views
+
+
+def gate_plots(sample, gs, strategy, rows, *, max_events: int = 20_000, seed: int = 0) -> list[GatePlot]:
+    """Every gate's :class:`GatePlot` from a sample whose gates' events are in memory.
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or LeanSample
+        The sample as gated.
+    gs : flowkit.GatingStrategy
+        The gating strategy it was gated with (placed and custom gates included).
+    strategy : cytopipe.strategy.registry.Strategy
+        The run's strategy (its gate paths).
+    rows : dict
+        Each gate's event indices, :func:`cytopipe.gating.api.gate_rows` of
+        ``sample`` and ``gs`` (``("root",)`` may be None: every event).
+    max_events, seed
+        As :func:`gate_views`: the same subsample, so the same plots.
+
+    Returns
+    -------
+    list of GatePlot
+        Parents first.
+    """
+    # the plots draw the parent's events and the gate, not which events it keeps: no isin
+    return [plot_of(v) for v in _views(sample, gs, strategy, rows, max_events, seed, inside=False)]
+
+
+def plot_dims(gate, transforms: Sequence[Any]) -> list[PlotDim]:
+    """The axes of a gate's plot (its first two dimensions), with its bounds and ``transforms``' ticks."""
+    dims = []
+    for dim, transform in zip(gate.dimensions, transforms):
+        ticks = None
+        if transform is not None:
+            ticks = tuple(float(t) for t in transform.apply(np.array(TICKS, dtype=float)[:, None]).ravel())
+        dims.append(PlotDim(dim.id, None if dim.min is None else float(dim.min),
+                            None if dim.max is None else float(dim.max), ticks))
+    return dims[:2]
+
+
+def plot_of(view: GateView) -> GatePlot:
+    """The compact plot data of a :class:`GateView`: its histogram on the plot axes, its few events."""
+    dims = plot_dims(view.gate, view.transforms)
+    values = view.values[:, :len(dims)]
+    clipped = [np.clip(values[:, j], *d.range) for j, d in enumerate(dims)]
+    if len(dims) == 1:
+        hist = np.histogram(clipped[0], bins=PLOT_BINS, range=dims[0].range)[0]
+    else:
+        hist = np.histogram2d(clipped[0], clipped[1], bins=PLOT_BINS, range=(dims[0].range, dims[1].range))[0]
+    vertices = getattr(view.gate, "vertices", None)
+    return GatePlot(
+        path=tuple(view.path), custom=bool(view.custom), count=int(view.count), parent_count=int(view.parent_count),
+        dims=dims, vertices=None if vertices is None else np.asarray(vertices, dtype=float),
+        hist=hist.astype(np.uint32),
+        points=values.astype(np.float32) if values.shape[0] <= POINTS_MAX else None,
+    )
+
+
+def save_plots(path: str | os.PathLike, data: SamplePlots) -> Path:
+    """Store a sample's plot data in one compressed ``.npz`` (no pickles).
+
+    Arrays hold the histograms, events, vertices and PNGs; a JSON string
+    the rest (paths, counts, axes, Time QC, format and cytopipe version).
+    """
+    from .._version import __version__
+
+    arrays: dict[str, np.ndarray] = {}
+    gates = []
+    for k, p in enumerate(data.plots):
+        arrays[f"hist{k}"] = p.hist
+        if p.vertices is not None:
+            arrays[f"vertices{k}"] = p.vertices
+        if p.points is not None:
+            arrays[f"points{k}"] = p.points
+        gates.append({"path": list(p.path), "custom": p.custom, "count": p.count, "parent_count": p.parent_count,
+                      "dims": [{"id": d.id, "min": d.min, "max": d.max, "ticks": d.ticks} for d in p.dims]})
+    for k, png in enumerate(data.pngs):
+        arrays[f"png{k}"] = np.frombuffer(png, dtype=np.uint8)
+    meta = {"format": PLOTS_FORMAT, "cytopipe_version": __version__, "gates": gates, "n_pngs": len(data.pngs),
+            "time_qc": data.time_qc, "thresholds": data.thresholds, "max_events": data.max_events}
+    arrays["meta"] = np.array(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return replace_file(path, buf.getvalue())
+
+
+def replace_file(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary sibling, then rename it over ``path``; never a partial file there.
+
+    Not synced to disk (unlike :func:`~cytopipe.outputs.tables.atomic_write`, ~4 ms a file here): for
+    what can be made again. After a power cut such a file may be empty or gone; :func:`load_plots`
+    then returns None, and the report reads the FCS file instead.
+    """
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; as the run's other outputs
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_plots(path: str | os.PathLike) -> SamplePlots | None:
+    """A sample's stored plot data; None when absent, unreadable, or from another version of cytopipe."""
+    from .._version import __version__
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != PLOTS_FORMAT or meta.get("cytopipe_version") != __version__:
+                return None
+            plots = []
+            for k, g in enumerate(meta["gates"]):
+                plots.append(GatePlot(
+                    path=tuple(g["path"]), custom=g["custom"], count=g["count"], parent_count=g["parent_count"],
+                    dims=[PlotDim(d["id"], d["min"], d["max"], None if d["ticks"] is None else tuple(d["ticks"]))
+                          for d in g["dims"]],
+                    vertices=z[f"vertices{k}"] if f"vertices{k}" in z else None, hist=z[f"hist{k}"],
+                    points=z[f"points{k}"] if f"points{k}" in z else None))
+            pngs = [z[f"png{k}"].tobytes() for k in range(meta["n_pngs"])]
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return SamplePlots(plots, pngs, meta["time_qc"], meta["thresholds"], meta["max_events"])
+
+
+def store_sample_plots(path: str | os.PathLike, plots: list[GatePlot], *, time_qc: dict[str, Any] | None,
+                       thresholds: dict[str, Any], max_events: int = 20_000, render: bool = True) -> Path:
+    """Render (:func:`~cytopipe.review.plots.gate_png`) and store (:func:`save_plots`) a sample's plots.
+
+    Called by the worker that gated the sample, with :func:`gate_plots`
+    computed while the gates' events were in memory.
+    """
+    pngs: Sequence[bytes] = []
+    if render:
+        from .plots import gate_png
+
+        pngs = [gate_png(p) for p in plots]
+    return save_plots(path, SamplePlots(list(plots), list(pngs), time_qc, dict(thresholds), max_events))

@@ -1,11 +1,21 @@
-"""Assemble the report's HTML pages. Every text from a file or the sheet is escaped."""
+"""Assemble the report's HTML pages. Every text from a file or the sheet is escaped.
+
+The gate plots come from what the run's workers stored while each file's
+events were in memory (:mod:`cytopipe.review.events`: plot data and PNGs
+under ``DIR/cache/plots/``), so writing the report reads no FCS file. The
+index's plots are kept under ``DIR/cache/report/`` by their inputs, so a
+re-render after a review decision draws only what changed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +25,14 @@ from ..exceptions import CytopipeError
 from ..gating.qc import QCThresholds, binomial_ci, load_thresholds, sample_time_qc
 from ..outputs.html import escape as _e
 from ..outputs.html import html_page, img_tag
-from ..outputs.tables import atomic_write, read_treg_table
-from .decisions import gate_adjustments, read_decisions, review_fields
-from .events import gate_views
-from .plots import batch_png, gate_png, patient_png
+from ..outputs.tables import read_treg_table
+from .decisions import find_sample, gate_adjustments, read_decisions, review_fields
+from .events import PLOTS_FORMAT, gate_views, load_plots, plot_key, replace_file
 
 __all__ = ["write_report"]
+
+#: Under the run's cache folder: the workers' plot data, the index's plots.
+_PLOTS_DIR, _INDEX_DIR = "plots", "report"
 
 def _slug(i: int, file: str) -> str:
     return f"s{i:03d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(file)).stem)[:60] + ".html"
@@ -54,7 +66,8 @@ def _load_strategy(run: dict[str, Any]):
 
 
 def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int = 20_000,
-                 thresholds: QCThresholds | None = None, client=None) -> Path:
+                 thresholds: QCThresholds | None = None, client=None,
+                 samples: Sequence[str] | None = None) -> Path:
     """Write ``run_dir/report/index.html`` and one page per sample.
 
     Parameters
@@ -69,13 +82,23 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
     thresholds
         QC thresholds shown in the report (for the Time-channel measures).
     client : distributed.Client, optional
-        Render the sample pages (re-reading, re-gating and plotting each
-        file: ~1 s a sample) on this Dask cluster instead of one by one.
+        Draw what is not stored yet (the index's plots; the pages of samples
+        whose plots must be made by reading the file again) on this Dask
+        cluster instead of one by one.
+    samples
+        Re-render only these samples' pages (each its ``file`` as in the
+        sheet, or ``PATIENT:VISIT``) and the index, e.g. after a review
+        decision; default every page.
 
     Returns
     -------
     pathlib.Path
         ``run_dir/report/index.html``.
+
+    Raises
+    ------
+    ReviewError
+        A sample of ``samples`` is not in the run.
     """
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -86,25 +109,34 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
     sheet_dir = Path(run["sample_sheet"]).parent
     out = run_dir / "report"
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    written = set()
-    rows_html = []
     rows = [row for _, row in table.reset_index(drop=True).iterrows()]
-    paths = [sheet_dir / str(row["file"]) for row in rows]
-    common = dict(strategy=strategy, decisions=decisions, t=thresholds, max_events=max_events)
-    if client is not None:
-        pages = client.gather(client.map(_sample_page, rows, paths, pure=False, **common))
+    slugs = [_slug(i, row["file"]) for i, row in enumerate(rows)]
+    if samples is None:
+        todo = list(range(len(rows)))
     else:
-        pages = [_sample_page(row, path, **common) for row, path in zip(rows, paths)]
-    for i, (row, page) in enumerate(zip(rows, pages)):
-        slug = _slug(i, row["file"])
-        written.add(slug)
-        atomic_write(out / "samples" / slug, lambda p, t=page: Path(p).write_text(t, encoding="utf-8"))
-        rows_html.append(_overview_row(row, slug))
+        wanted = {str(find_sample(table, s)["file"]) for s in samples}
+        todo = [i for i, row in enumerate(rows) if str(row["file"]) in wanted]
+    common = dict(strategy=strategy, decisions=decisions, t=thresholds, max_events=max_events,
+                  plots_dir=run_dir / "cache" / _PLOTS_DIR)
+    pages = {i: _sample_page(rows[i], sheet_dir / str(rows[i]["file"]), **common, stored_only=True) for i in todo}
+    # pages the workers left no plots for: the file is read again, on the cluster when there is one
+    redo = [i for i, page in pages.items() if page is None]
+    if redo and client is not None:
+        pages.update(zip(redo, client.gather(client.map(
+            _sample_page, [rows[i] for i in redo], [sheet_dir / str(rows[i]["file"]) for i in redo],
+            pure=False, **common))))
+    else:
+        pages.update({i: _sample_page(rows[i], sheet_dir / str(rows[i]["file"]), **common) for i in redo})
+    # never a partial page, but not synced to disk one by one (~4 ms a file here): `cytopipe report` remakes them
+    for i in todo:
+        replace_file(out / "samples" / slugs[i], pages[i].encode("utf-8"))
+    kept = set(slugs)
     for old in (out / "samples").glob("*.html"):
-        if old.name not in written:
+        if old.name not in kept:
             old.unlink()
-    index = _index(table, run, strategy, rows_html, thresholds)
-    return atomic_write(out / "index.html", lambda p: Path(p).write_text(index, encoding="utf-8"))
+    rows_html = [_overview_row(row, slug) for row, slug in zip(rows, slugs)]
+    index = _index(table, run, strategy, rows_html, thresholds, run_dir / "cache" / _INDEX_DIR, client)
+    return replace_file(out / "index.html", index.encode("utf-8"))
 
 
 def _overview_row(row: pd.Series, slug: str) -> str:
@@ -125,7 +157,8 @@ def _overview_row(row: pd.Series, slug: str) -> str:
     return f'<tr class="{_e(row["qc_status"])}">{tds}</tr>'
 
 
-def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds) -> str:
+def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds,
+           cache: Path, client=None) -> str:
     head = ["patient", "visit", "day", "events", "CD4 count", "Treg count", "Treg % CD4 [95 % CI]",
             "QC", "flags / error", "review", "file"]
     parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.get('finished'))}: "
@@ -136,17 +169,25 @@ def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[s
              + "".join(rows_html) + "</tbody></table>"]
     gated = table[table["qc_status"] != "error"]
     parts.append("<h2>Treg % CD4 per patient</h2><div class=\"plots\">")
+    calls = []
     for patient, rows in gated.groupby("patient_id", sort=False):
         cis = [_ci(r) for _, r in rows.iterrows()]
-        png = patient_png(str(patient), [str(v) for v in rows["visit"]], rows["treg_pct_cd4"].astype(float),
-                          [c[0] for c in cis], [c[1] for c in cis])
-        parts.append(img_tag(png, f"Treg % CD4 across visits, patient {patient}", "trend"))
-    parts.append("</div>")
+        calls.append(("patient_png", (str(patient), [str(v) for v in rows["visit"]],
+                                      [float(v) for v in rows["treg_pct_cd4"]],
+                                      [float(c[0]) for c in cis], [float(c[1]) for c in cis])))
     if len(gated):
         labels = [f"{p}:{v}" for p, v in zip(gated["patient_id"], gated["visit"])]
-        png, outliers = batch_png(labels, {
-            "Treg % CD4": gated["treg_pct_cd4"].astype(float),
-            "CD4 count": gated["cd4_count"].astype(float), "events": gated["events_total"].astype(float)})
+        series = {"Treg % CD4": [float(v) for v in gated["treg_pct_cd4"]],
+                  "CD4 count": [float(v) for v in gated["cd4_count"]],
+                  "events": [float(v) for v in gated["events_total"]]}
+        calls.append(("batch_png", (labels, series)))
+    drawn = _memo_pngs(cache, calls, client)
+    for (name, args), png in zip(calls, drawn):
+        if name == "patient_png":
+            parts.append(img_tag(png, f"Treg % CD4 across visits, patient {args[0]}", "trend"))
+    parts.append("</div>")
+    if len(gated):
+        png, outliers = drawn[-1]
         parts.append("<h2>Across the batch</h2>" + img_tag(png, "Treg % CD4, CD4 count and events across samples",
                                                         "batch"))
         listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in outliers.items() if v) or "none"
@@ -159,7 +200,53 @@ def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[s
     return html_page("cytopipe review report", "\n".join(parts))
 
 
-def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThresholds, max_events: int) -> str:
+def _memo_pngs(cache: Path, calls: list[tuple[str, tuple]], client=None) -> list[Any]:
+    """``plots.<name>(*args)`` for each ``(name, args)``, kept under ``cache`` by name and args.
+
+    Each is a PNG, or a PNG and a JSON-able extra; drawn once, then read back.
+    What is not kept yet is drawn on ``client``'s workers when there is a
+    client (they have matplotlib loaded already), else here.
+    """
+    import base64
+
+    keys = [hashlib.sha256(json.dumps([name, PLOTS_FORMAT, list(a)], default=str).encode()).hexdigest()
+            for name, a in calls]
+    found: dict[int, Any] = {}
+    for i, key in enumerate(keys):
+        try:
+            kept = json.loads((cache / f"{key}.json").read_text(encoding="utf-8"))
+            png = base64.b64decode(kept["png"])
+            found[i] = (png, kept["extra"]) if "extra" in kept else png
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    missing = [i for i in range(len(calls)) if i not in found]
+    if client is not None and missing:
+        done = client.gather(client.map(_draw, [calls[i] for i in missing], pure=False))
+    else:
+        done = [_draw(calls[i]) for i in missing]
+    for i, value in zip(missing, done):
+        found[i] = value
+        png, extra = value if isinstance(value, tuple) else (value, None)
+        kept = {"png": base64.b64encode(png).decode("ascii"), **({} if extra is None else {"extra": extra})}
+        replace_file(cache / f"{keys[i]}.json", json.dumps(kept).encode())
+    return [found[i] for i in range(len(calls))]
+
+
+def _draw(call: tuple[str, tuple]):
+    from . import plots  # matplotlib: loaded only where something is drawn
+
+    name, args = call
+    return getattr(plots, name)(*args)
+
+
+def _gate_png(plot):
+    from .plots import gate_png
+
+    return gate_png(plot)
+
+
+def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThresholds, max_events: int,
+                 plots_dir: Path | None = None, stored_only: bool = False) -> str | None:
     title = f"{row['patient_id']} {row['visit']}"
     lo, hi = _ci(row)
     info = [("patient", row["patient_id"]), ("visit", row["visit"]), ("day", row["day"]),
@@ -179,18 +266,34 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
         parts.append(f'<p class="error">Not gated: {_e(row["error"])}</p>')
     else:
         adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
+        # A reviewer's adjustment recorded since the run changes the key: that sample's file is read
+        # again (below), since the gates it changed, and those under them, were not what the worker drew.
+        stored = None
+        if plots_dir is not None and sha:
+            stored = load_plots(plots_dir / f"{plot_key(sha, str(row['strategy_sha256']), adjustments)}.npz")
+        usable = (stored is not None and stored.max_events == max_events
+                  and stored.thresholds == dataclasses.asdict(t)
+                  and [p.path for p in stored.plots] == strategy.gate_paths())
+        if not usable and stored_only:
+            return None
         try:
-            views, sample = gate_views(str(path), strategy, adjustments, max_events=max_events)
+            if usable:
+                tq = stored.time_qc
+                pngs = stored.pngs if len(stored.pngs) == len(stored.plots) else [_gate_png(p) for p in stored.plots]
+                named = [(p.path, png) for p, png in zip(stored.plots, pngs)]
+            else:
+                views, sample = gate_views(str(path), strategy, adjustments, max_events=max_events)
+                tq = sample_time_qc(sample, thresholds=t)
+                named = [(v.path, _gate_png(v)) for v in views]
         except (CytopipeError, OSError) as e:
             parts.append(f'<p class="error">Cannot re-read the file for plots: {_e(e)}</p>')
         else:
-            tq = sample_time_qc(sample, thresholds=t)
             if tq:
                 parts.append(f"<p>Time channel: flow-rate anomalies in {tq['flow_rate_events_pct']:.1f} % of "
                              f"events ({tq['flow_rate_time_pct']:.1f} % of acquisition time); signal drift in "
                              f"{tq['drift_events_pct']:.1f} % of events.</p>")
             parts.append('<h2>Gates</h2><div class="plots">')
-            parts += [img_tag(gate_png(v), "gate " + "/".join(v.path), "gate") for v in views]
+            parts += [img_tag(png, "gate " + "/".join(gate_path), "gate") for gate_path, png in named]
             parts.append("</div>")
     mine = [d for d in decisions if d.get("file") == str(row["file"])]
     if mine:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cytopipe.batch.cluster import _check_memory
 from cytopipe.exceptions import CytopipeError
 from cytopipe.sim.sample import SampleSpec, write_fcs
@@ -91,3 +93,56 @@ def test_a_worker_gates_its_next_sample_in_pages_it_already_has(tmp_path, dask_c
     worker = next(iter(dask_client.scheduler_info()["workers"]))
     faults = dask_client.submit(faults_of_the_last, paths, workers=[worker], pure=False).result()
     assert faults < 100, f"{faults} page faults gating a 300k-event sample in a warm worker"
+
+
+def test_local_workers_start_with_their_modules_loaded_once_for_all(tmp_path):
+    """Forked from the forkserver: FlowKit, matplotlib and the task are loaded before any task ran there."""
+    from distributed import Client
+
+    from cytopipe.batch.cluster import make_local_cluster
+
+    def state():
+        import gc
+        import os
+        import sys
+
+        loaded = sorted(m for m in ("flowkit", "matplotlib.figure", "cytopipe.batch.task") if m in sys.modules)
+        return loaded, gc.get_freeze_count() > 0, "CYTOPIPE_FORKSERVER" in os.environ
+
+    with make_local_cluster(1) as cluster, Client(cluster) as client:
+        seen = list(client.run(state).values())
+    assert seen == [(["cytopipe.batch.task", "flowkit", "matplotlib.figure"], True, False)]
+
+
+def test_a_run_takes_the_cluster_started_ahead_of_it(tmp_path):
+    """``cluster_ahead`` (what ``cytopipe run`` enters first): the run's samples go to that cluster's worker."""
+    import json
+
+    import cytopipe.batch.cluster as cluster_mod
+    from cytopipe.batch.driver import run_batch
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=5_000, seed=1))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P1,D1\n")
+    with cluster_mod.cluster_ahead(2, 1), cluster_mod.cluster_ahead(None, 1):  # 2 workers, and 1 (one row)
+        ahead = dict(cluster_mod._EARLY)
+        assert sorted(ahead) == [(1, "auto"), (2, "auto")]
+        client, _ = ahead[(1, "auto")].result()
+        pid = next(iter(client.run(lambda: __import__("os").getpid()).values()))
+        other, _ = ahead[(2, "auto")].result()
+        run_batch(tmp_path / "s.csv", tmp_path / "out", report=False, log_file=tmp_path / "log.jsonl")
+        assert other.status == "closed"  # the other size: closed when the run asked
+    record = json.loads((tmp_path / "log.jsonl").read_text())
+    assert record["worker"].endswith(f":{pid}")
+    assert cluster_mod._EARLY == {} and client.status == "closed"
+
+
+def test_a_cluster_started_ahead_of_a_run_that_never_asks_is_closed(tmp_path):
+    import cytopipe.batch.cluster as cluster_mod
+    from cytopipe.exceptions import SampleSheetError
+    from cytopipe.batch.driver import run_batch
+
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\nnope.fcs,P1,D1\n")
+    with pytest.raises(SampleSheetError), cluster_mod.cluster_ahead(1, 1):
+        client, _ = cluster_mod._EARLY[(1, "auto")].result()
+        run_batch(tmp_path / "s.csv", tmp_path / "out")
+    assert cluster_mod._EARLY == {} and client.status == "closed"

@@ -167,3 +167,57 @@ def test_a_run_from_a_strategy_folder_stays_reviewable(tmp_path, dask_client):
     record_decision(tmp_path / "out", "P1:D1", action="approve", reviewer="Dr R")
     table = update_review_columns(tmp_path / "out")
     assert table.loc[0, "review_status"] == "approved"
+
+
+def test_rows_and_run_json_carry_the_workers_versions_and_an_upgrade_recomputes(tmp_path, monkeypatch):
+    """Versions come from the worker that computed each number, not from the driver; after an upgrade
+    of the worker (faked: an in-process worker sees the monkeypatch, the driver's FlowKit is unchanged)
+    the stored results are not reused and the rows say so."""
+    from distributed import Client
+
+    import cytopipe.batch.task as task
+    from cytopipe.audit import verify_run
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=20_000, seed=4))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P1,D1\n")
+    real = task.worker_versions()
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        first = run_batch(tmp_path / "s.csv", tmp_path / "out", client=client, strategy="treg@1.0.0", report=False)
+        monkeypatch.setattr(task, "worker_versions", lambda: {**real, "flowkit": "9.9.9", "python": "3.99.0"})
+        second = run_batch(tmp_path / "s.csv", tmp_path / "out", client=client, strategy="treg@1.0.0", report=False)
+    assert first.table.loc[0, "flowkit_version"] == real["flowkit"] and first.n_cached == 0
+    assert second.n_cached == 0  # recomputed, not reused under the new stamp
+    table = pd.read_csv(tmp_path / "out" / "treg_by_visit.csv")
+    pops = pd.read_parquet(tmp_path / "out" / "populations.parquet")
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert table.loc[0, "flowkit_version"] == "9.9.9" and (pops["flowkit_version"] == "9.9.9").all()
+    [software] = run["software"]
+    assert software["versions"]["python"] == "3.99.0" and software["n_samples"] == 1
+    assert table.loc[0, "versions_sha"] == software["versions_sha"]
+    assert (pops["versions_sha"] == software["versions_sha"]).all()
+    assert run["flowkit_version"] == "9.9.9"
+    assert set(software["versions"]) >= {"flowkit", "flowio", "flowutils", "numpy", "pandas", "pyarrow", "scikit-learn",
+                                         "scipy", "dask", "distributed", "fcsparser", "cytopipe", "python", "platform"}
+    assert verify_run(tmp_path / "out") == []
+
+
+def test_the_workers_store_the_reports_plots_and_the_run_times_its_phases(tmp_path, dask_client):
+    import time
+
+    from cytopipe.review.events import load_plots
+
+    for i in range(3):
+        write_fcs(tmp_path / f"f{i}.fcs", SampleSpec(n_events=8_000, seed=60 + i))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\n" + "".join(f"f{i}.fcs,P{i},D1\n" for i in range(3)))
+    t0 = time.time()
+    result = run_batch(tmp_path / "s.csv", tmp_path / "out", client=dask_client)
+    wall = time.time() - t0
+    stored = sorted((tmp_path / "out" / "cache" / "plots").glob("*.npz"))
+    assert len(stored) == 3 and all(len(load_plots(p).pngs) == 6 for p in stored)
+    t = result.timings
+    phases = ("startup_s", "batch_s", "outputs_s", "report_s", "teardown_s")
+    assert all(t[k] >= 0 for k in phases) and t["report_s"] > 0
+    assert sum(t[k] for k in phases) <= wall + 0.05
+    assert t0 <= t["started_at"] <= t0 + wall
+    bare = run_batch(tmp_path / "s.csv", tmp_path / "bare", client=dask_client, report=False)
+    assert not (tmp_path / "bare" / "cache" / "plots").exists() and bare.timings["report_s"] < 0.05

@@ -107,3 +107,45 @@ def test_a_result_travels_as_a_typed_object_and_its_cache_record_round_trips(tmp
     assert json.loads(json.dumps(record))["gates"] == res.gates
     back = SampleResult.from_cache({**record, "from_a_newer_version": 1}, str(path), "w:1")
     assert (back.path, back.worker, back.treg_count, back.gates) == (str(path), "w:1", res.treg_count, res.gates)
+
+
+def test_a_stored_result_is_recomputed_after_an_upgrade_and_carries_the_new_versions(tmp_path, monkeypatch):
+    """The cache key holds the computing software: a new FlowKit (or numpy, ...) gates the file again."""
+    import cytopipe.batch.task as task
+
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=20_000, seed=12))
+    d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
+    cache.mkdir()
+    real = task.worker_versions()
+    first = process_sample(str(path), d, cache_dir=str(cache))
+    assert not first.cached and first.versions == real and real["flowkit"] != "9.9.9"
+    assert process_sample(str(path), d, cache_dir=str(cache)).cached
+
+    gated = []
+    real_gate = task.gate_sample
+    monkeypatch.setattr(task, "gate_sample", lambda *a, **k: gated.append(1) or real_gate(*a, **k))
+    for name in ("flowkit", "numpy", "flowutils", "scikit-learn"):
+        monkeypatch.setattr(task, "worker_versions", lambda name=name: {**real, name: "9.9.9"})
+        upgraded = process_sample(str(path), d, cache_dir=str(cache))
+        assert not upgraded.cached and upgraded.versions[name] == "9.9.9", name
+        assert upgraded.treg_count == first.treg_count  # same numbers here, but computed again
+        stored = {json.loads(p.read_text())["versions"][name] for p in cache.glob("*.json")}
+        assert stored == {"9.9.9", real[name]}  # the old entry stays, stamped with the old version
+    assert len(gated) == 4 and len(list(cache.glob("*.json"))) == 5
+
+    monkeypatch.setattr(task, "worker_versions", lambda: {**real, "pandas": "0.1", "platform": "elsewhere"})
+    again = process_sample(str(path), d, cache_dir=str(cache))  # software that computes no number: reused
+    assert again.cached and again.versions == real and len(gated) == 4
+
+
+def test_the_time_qc_thresholds_are_in_the_cache_key_and_the_flag_only_ones_are_not(tmp_path):
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=20_000, seed=13))
+    d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
+    cache.mkdir()
+    first = process_sample(str(path), d, cache_dir=str(cache))
+    binned = process_sample(str(path), d, cache_dir=str(cache), qc_thresholds={"time_bin_events": 400})
+    assert not binned.cached and binned.time_qc["n_bins"] == 50 and first.time_qc["n_bins"] == 100
+    for flag_only in ({"min_events": 50_000}, {"max_drift_pct": 1.0}, {"outlier_fold": 2.0}):
+        assert process_sample(str(path), d, cache_dir=str(cache), qc_thresholds=flag_only).cached, flag_only

@@ -103,20 +103,20 @@ def test_fit_outside_the_plausible_window_falls_back(hard_files, auto):
     assert res.gates[0]["status"] == "fallback" and "plausible window" in res.gates[0]["reason"]
 
 
-def test_process_sample_writes_sample_gates_also_when_cached(hard_files, auto, tmp_path):
+def test_process_sample_returns_the_fitted_gates_also_when_cached(hard_files, auto, tmp_path):
+    """The result carries the sample's GatingML with the fitted gate (the driver writes it to sample_gates/)."""
     path, truth = hard_files[2]
     cache = tmp_path / "out" / "cache"
     cache.mkdir(parents=True)
     first = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
     assert first.error == "" and first.auto_gates["gates"][0]["status"] == "fitted"
     assert abs(first.treg_pct_cd4 - truth) <= 0.3
-    xml = tmp_path / "out" / "sample_gates" / f"{path.stem}.xml"
-    text = xml.read_text(encoding="utf-8")
+    xml = tmp_path / "gates.xml"
+    xml.write_text(first.applied_gatingml(), encoding="utf-8")
     gate = load_gatingml(xml).get_gate("Treg", gate_path=auto.numerator[:-1])  # the fitted gate, not the template
     assert {d.id: d.min for d in gate.dimensions} == pytest.approx(first.auto_gates["gates"][0]["bounds"])
-    xml.unlink()
     again = process_sample(str(path), str(auto.directory), cache_dir=str(cache))
-    assert again.cached and xml.read_text(encoding="utf-8") == text
+    assert again.cached and again.applied_gatingml() == first.applied_gatingml()
     assert again.treg_pct_cd4 == first.treg_pct_cd4
 
 
@@ -153,8 +153,12 @@ def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
     table = pd.read_csv(out / "treg_by_visit.csv")
     truth = pd.read_csv(sheet.parent / "truth.csv")
     assert (table["strategy"] == "treg_auto").all()
-    assert sorted(p.name for p in (out / "sample_gates").iterdir()) == sorted(
-        f.replace(".fcs", ".xml") for f in table["file"])
+    named = [s["gates_file"] for s in json.loads((out / "miflowcyt.json").read_text())["samples"]]
+    assert all(n.startswith("sample_gates/") for n in named)
+    names = [n.removeprefix("sample_gates/") for n in named]
+    assert [n.split("_", 1)[0] for n in names] == [f"{i:04d}" for i in range(1, len(table) + 1)]
+    assert [n.split("_", 1)[1].rsplit("_", 1)[0] for n in names] == [f.removesuffix(".fcs") for f in table["file"]]
+    assert sorted(p.name for p in (out / "sample_gates").iterdir()) == sorted(names)
     err = (table["treg_pct_cd4"] - truth["treg_pct_cd4"]).abs()
     assert err.max() <= 0.3, err
 

@@ -63,3 +63,38 @@ def test_failed_output_write_in_the_cli_is_one_line(tmp_path, monkeypatch, trial
                                    "--scheduler", dask_client.scheduler.address])
     assert res.exit_code == 2
     assert "Traceback" not in res.output and "No space left on device" in res.output
+
+
+def test_the_manifest_is_written_last_and_names_both_copies(tmp_path, monkeypatch):
+    """A crash after both copies were replaced leaves the old manifest, naming the old hashes."""
+    import hashlib
+    import json
+
+    import cytopipe.outputs.tables as tables
+    from cytopipe.outputs.tables import SCHEMA_VERSION, manifest_path
+
+    base = tmp_path / "treg_by_visit"
+    df = pd.DataFrame({"patient_id": ["P1", "P2"], "visit": ["D1", "D1"], "file": ["a.fcs", "b.fcs"]})
+    files = write_table(df, base, TREG_COLUMNS)
+    assert [f.name for f in files] == ["treg_by_visit.parquet", "treg_by_visit.csv", "treg_by_visit.manifest.json"]
+    man = json.loads(manifest_path(base).read_text())
+    assert man["rows"] == 2 and man["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert man["columns"] == list(TREG_COLUMNS)
+    for name in ("treg_by_visit.parquet", "treg_by_visit.csv"):
+        assert man["files"][name]["sha256"] == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+
+    order = []
+    real = tables.write_json
+
+    def killed(obj, path):
+        order.append([p.name for p in tmp_path.iterdir()])
+        raise KeyboardInterrupt  # the run dies before the manifest
+
+    monkeypatch.setattr(tables, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(df.assign(visit=["D8", "D8"]), base, TREG_COLUMNS)
+    assert pd.read_csv(base.with_suffix(".csv"))["visit"].tolist() == ["D8", "D8"]  # both copies were replaced
+    assert json.loads(manifest_path(base).read_text()) == man  # the manifest still names the old ones
+    now = hashlib.sha256(base.with_suffix(".csv").read_bytes()).hexdigest()
+    assert now != man["files"]["treg_by_visit.csv"]["sha256"]
+    monkeypatch.setattr(tables, "write_json", real)

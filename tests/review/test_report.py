@@ -156,3 +156,81 @@ def test_report_in_headless_chromium(flagged_run, tmp_path):
         assert errors == []
     finally:
         drv.quit()
+
+
+def _copy_run(out: Path, dst: Path) -> Path:
+    """A copy of a run folder and of its sample sheet's folder, run.json pointing at the copy."""
+    import json
+
+    run = json.loads((out / "run.json").read_text())
+    files = dst / "files"
+    shutil.copytree(Path(run["sample_sheet"]).parent, files, ignore=shutil.ignore_patterns("out"))
+    copy = shutil.copytree(out, dst / "run")
+    run["sample_sheet"] = str(files / Path(run["sample_sheet"]).name)
+    (copy / "run.json").write_text(json.dumps(run))
+    return copy
+
+
+def _pages(run: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((run / "report" / "samples").glob("*.html"))}
+
+
+def test_the_report_reads_no_fcs_file(flagged_run, tmp_path, monkeypatch):
+    """Drawn from what the workers stored: with every FCS file gone, each gated page still has its 6 gates."""
+    import cytopipe.review.report as report
+
+    _, out = flagged_run
+    run = _copy_run(out, tmp_path)
+    for f in (tmp_path / "files").glob("*.fcs"):
+        f.unlink()
+    monkeypatch.setattr(report, "gate_views", lambda *a, **k: pytest.fail("the report re-read a file"))
+    report.write_report(run)
+    pages = _pages(run)
+    assert len(pages) == 5
+    gated = [t for t in pages.values() if "Not gated:" not in t]
+    assert len(gated) == 4
+    for text in gated:
+        assert text.count('class="gate"') == 6 and "Cannot re-read" not in text
+        assert "Time channel: flow-rate anomalies" in text
+    assert _pages(out) == pages  # the same pages as the run's own report
+
+
+def test_a_decision_re_renders_its_page_and_the_index_only(flagged_run, tmp_path):
+    from cytopipe.exceptions import ReviewError
+    from cytopipe.review.decisions import record_decision, update_review_columns
+    from cytopipe.review.report import write_report
+
+    _, out = flagged_run
+    run = _copy_run(out, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "report" / "samples").glob("*.html")}
+    record_decision(run, "clog.fcs", action="approve", reviewer="ana", reason="clog noted")
+    update_review_columns(run)
+    write_report(run, samples=["clog.fcs"])
+    after = {p.name: p.stat().st_mtime_ns for p in (run / "report" / "samples").glob("*.html")}
+    changed = {name for name in before if after[name] != before[name]}
+    assert len(changed) == 1 and "clog" in next(iter(changed))
+    clog = (run / "report" / "samples" / next(iter(changed))).read_text()
+    assert "approved" in clog and "clog noted" in clog
+    index = (run / "report" / "index.html").read_text()
+    assert 'class="approved"' in index
+    with pytest.raises(ReviewError, match="nope.fcs"):
+        write_report(run, samples=["nope.fcs"])
+
+
+def test_an_adjusted_gate_reads_that_one_file_again(flagged_run, tmp_path, monkeypatch):
+    """A reviewer's adjustment since the run: only that sample's file is re-read, and its page shows the new gate."""
+    import cytopipe.review.report as report
+    from cytopipe.review.decisions import record_decision, update_review_columns
+
+    _, out = flagged_run
+    run = _copy_run(out, tmp_path)
+    record_decision(run, "normal.fcs", action="adjust", reviewer="ana", reason="wider", gate_path="root/Lymphocytes",
+                    bounds={"FSC-A": (20000, 150000), "SSC-A": (None, 60000)})
+    update_review_columns(run)
+    read = []
+    real = report.gate_views
+    monkeypatch.setattr(report, "gate_views", lambda path, *a, **k: read.append(Path(path).name) or real(path, *a, **k))
+    report.write_report(run)
+    assert read == ["normal.fcs"]
+    normal = next(t for t in _pages(run).values() if "normal.fcs" in t)
+    assert normal.count('class="gate"') == 6

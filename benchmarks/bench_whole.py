@@ -1,0 +1,182 @@
+"""The whole ``cytopipe run`` against a plain numpy script, measured side by side (issue 18).
+
+Prints, on generated 12-channel files of the lab's panel, for 8 files of 1M
+events and for 200 files of 50k events:
+
+* the wall time of ``benchmarks/numpy_reference.py`` (read with FlowIO,
+  compensate, gate ``treg@1.0.0`` with boolean masks; one process);
+* the wall time of the real command, ``cytopipe run SHEET --out DIR
+  --workers N --timings`` (a subprocess, from start to exit, report
+  included), with 1 and 2 workers, and where it went: start-up (until the
+  first sample started), the batch, the outputs (tables, run.json,
+  MIFlowCyt), the report, and the exit (closing the cluster, the
+  interpreter's own exit);
+* the ratios to the reference, against the targets on 8 x 1M
+  (<= 1.5x with 1 worker, <= 0.8x with 2 workers);
+* that the command's counts equal the reference's on every file;
+* the latency of a one-file run (one 1M-event file, default workers).
+
+Each timing runs twice and the fastest counts: other load on a shared
+machine only ever adds time. The files are generated once (``cytopipe.sim``)
+into a cache folder and reused by later runs.
+
+Usage: ``python benchmarks/bench_whole.py [--quick] [--json OUT] [--data DIR]``
+(``make bench``; ``make bench QUICK=1`` uses small files: a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CYTOPIPE = Path(sys.executable).parent / "cytopipe"
+TARGETS = {1: 1.5, 2: 0.8}  # the command's wall time over the reference's, at most, on 8 x 1M
+VISITS = ("D1", "D8", "D29", "D60")
+_TIMINGS = re.compile(r"timings: start-up ([0-9.]+) s .* batch ([0-9.]+) s, outputs ([0-9.]+) s, "
+                      r"report ([0-9.]+) s, teardown ([0-9.]+) s")
+
+
+def _files(root: Path, name: str, n_files: int, n_events: int) -> Path:
+    """``root/name/samples.csv``: n_files generated files, patients of four visits; made once."""
+    from cytopipe._version import __version__
+    from cytopipe.sim.sample import SampleSpec, write_fcs
+
+    folder = root / name
+    stamp = folder / ".generated"
+    sheet = folder / "samples.csv"
+    want = f"{n_files} {n_events} cytopipe {__version__}"
+    if stamp.is_file() and stamp.read_text() == want and sheet.is_file():
+        return sheet
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    lines = ["file,patient_id,visit,day"]
+    for i in range(n_files):
+        name_i = f"s{i:04d}.fcs"
+        write_fcs(folder / name_i, SampleSpec(n_events=n_events, seed=5000 + i))
+        visit = VISITS[i % len(VISITS)]
+        lines.append(f"{name_i},P{i // len(VISITS):03d},{visit},{int(visit[1:])}")
+    sheet.write_text("\n".join(lines) + "\n")
+    stamp.write_text(want)
+    return sheet
+
+
+def _reference(sheet: Path, tmp: Path) -> tuple[float, dict]:
+    out = tmp / "reference.json"
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, str(HERE / "numpy_reference.py"), str(sheet), "--json", str(out)],
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode:
+        raise SystemExit(f"the numpy reference failed:\n{res.stderr}")
+    return wall, json.loads(out.read_text())["counts"]
+
+
+def _command(sheet: Path, out: Path, workers: int | None) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh folder: nothing reused from an earlier run
+    args = [str(CYTOPIPE), "run", str(sheet), "--out", str(out), "--strategy", "treg@1.0.0", "--timings"]
+    if workers:
+        args += ["--workers", str(workers)]
+    t = time.perf_counter()
+    res = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode:
+        raise SystemExit(f"cytopipe run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    m = _TIMINGS.search(res.stderr)
+    if not m:
+        raise SystemExit(f"no timings line in the command's output:\n{res.stderr}")
+    start, batch, outputs, report, teardown = (float(g) for g in m.groups())
+    return {"wall_s": wall, "startup_s": start, "batch_s": batch, "outputs_s": outputs, "report_s": report,
+            "exit_s": wall - start - batch - outputs - report, "teardown_s": teardown}
+
+
+def _counts(out: Path) -> dict[str, dict[str, int]]:
+    import pandas as pd
+
+    pops = pd.read_parquet(out / "populations.parquet", columns=["file", "gate", "count"])
+    counts: dict[str, dict[str, int]] = {}
+    for f, g, c in zip(pops["file"], pops["gate"], pops["count"]):
+        counts.setdefault(str(f), {})[str(g)] = int(c)
+    return counts
+
+
+def _best(fn, repeat: int):
+    runs = [fn() for _ in range(repeat)]
+    return min(runs, key=lambda r: r[0] if isinstance(r, tuple) else r["wall_s"])
+
+
+def _breakdown(r: dict) -> str:
+    return (f"start-up {r['startup_s']:.2f} s, batch {r['batch_s']:.2f} s, outputs {r['outputs_s']:.2f} s, "
+            f"report {r['report_s']:.2f} s, exit {r['exit_s']:.2f} s")
+
+
+def _dataset(label: str, sheet: Path, tmp: Path, repeat: int, report: dict, targets: bool) -> None:
+    n_files = len(sheet.read_text().splitlines()) - 1
+    print(f"== {label}: {n_files} files (best of {repeat} runs each)")
+    ref_wall, ref_counts = _best(lambda: _reference(sheet, tmp), repeat)
+    print(f"  numpy reference        {ref_wall:6.2f} s")
+    report[f"{label}_reference_s"] = ref_wall
+    for workers in (1, 2):
+        out = tmp / f"out-{label}-{workers}"
+        r = _best(lambda: _command(sheet, out, workers), repeat)
+        ratio = r["wall_s"] / ref_wall
+        goal = f" (target <= {TARGETS[workers]}x)" if targets else ""
+        print(f"  cytopipe run, {workers} worker{'s' if workers > 1 else ' '} {r['wall_s']:6.2f} s = {ratio:.2f}x"
+              f"{goal}: {_breakdown(r)}")
+        report[f"{label}_workers{workers}"] = {**r, "ratio": ratio}
+        mine = _counts(out)
+        diff = {f: {g: mine[f][g] - c for g, c in gates.items() if mine[f][g] != c}
+                for f, gates in ref_counts.items() if any(mine[f][g] != c for g, c in gates.items())}
+        if diff:
+            raise SystemExit(f"counts differ from the numpy reference: {diff}")
+    print("  counts: identical to the numpy reference on every file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small files, a smoke run (used by the tests)")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this file")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "cytopipe-bench-whole",
+                    help="where the generated files are kept between runs [default: %(default)s]")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each timing; the fastest counts")
+    args = ap.parse_args(argv)
+
+    big, many = ((4, 100_000), (20, 20_000)) if args.quick else ((8, 1_000_000), (200, 50_000))
+    label_big, label_many = f"{big[0]}x{big[1] // 1000}k", f"{many[0]}x{many[1] // 1000}k"
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="cytopipe-bench-whole-") as tmp:
+        tmp = Path(tmp)
+        sheets = {label_big: _files(args.data, label_big, *big), label_many: _files(args.data, label_many, *many)}
+        _dataset(label_big, sheets[label_big], tmp, args.repeat, report, targets=True)
+        _dataset(label_many, sheets[label_many], tmp, args.repeat, report, targets=False)
+
+        one_sheet = tmp / "one" / "samples.csv"  # the first of the big files, alone
+        one_sheet.parent.mkdir()
+        shutil.copy(sheets[label_big].parent / "s0000.fcs", one_sheet.parent / "s0000.fcs")
+        one_sheet.write_text("file,patient_id,visit,day\ns0000.fcs,P000,D1,1\n")
+        r = _best(lambda: _command(one_sheet, tmp / "out-one", None), args.repeat)
+        report["one_file"] = r
+        print(f"== one-file run ({big[1]:,} events, default workers): {r['wall_s']:.2f} s from start to exit: "
+              f"{_breakdown(r)}")
+
+    print("== targets (8 x 1M: the whole command, report included, over the numpy reference)")
+    for workers, target in TARGETS.items():
+        ratio = report[f"{label_big}_workers{workers}"]["ratio"]
+        print(f"  {workers} worker{'s' if workers > 1 else ' '}  {ratio:5.2f}x  target <= {target}x  "
+              f"{'met' if ratio <= target else 'NOT MET'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.quick:
+        print("(quick run: small files; the ratios are indicative only)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

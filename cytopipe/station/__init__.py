@@ -1,0 +1,59 @@
+"""Stage 7: the immunologist's review station, a local web app over one run folder.
+
+``cytopipe review RUN_DIR --serve`` (:func:`serve`): a queue in review order,
+every gate of a sample drawn on its parent population and movable with the
+mouse, counts recomputed on release by the re-run's engine, one gate across
+the batch, and decisions appended to ``review.jsonl`` as the command line
+appends them. Its names load on first use: they bring in Starlette,
+uvicorn and FlowKit.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "COOKIE",
+    "CSP",
+    "CSRF_HEADER",
+    "create_app",
+    "RUN_LOCK",
+    "recompute_sample",
+    "run_folder_lock",
+    "sample_path",
+    "BINS",
+    "axis_label",
+    "axis_spec",
+    "density_png",
+    "histogram",
+    "png_bytes",
+    "ReportWriter",
+    "OpenSample",
+    "display_to_linear",
+    "DEFAULT_PORT",
+    "StationServer",
+    "check_host",
+    "serve",
+    "StaleError",
+    "Station",
+    "review_group",
+]
+
+_LAZY = {
+    "COOKIE": "app", "CSP": "app", "CSRF_HEADER": "app", "create_app": "app",
+    "RUN_LOCK": "recompute", "recompute_sample": "recompute", "run_folder_lock": "recompute",
+    "sample_path": "recompute",
+    "BINS": "render", "axis_label": "render", "axis_spec": "render", "density_png": "render",
+    "histogram": "render", "png_bytes": "render",
+    "ReportWriter": "pages",
+    "OpenSample": "sample", "display_to_linear": "sample",
+    "DEFAULT_PORT": "server", "StationServer": "server", "check_host": "server", "serve": "server",
+    "StaleError": "state", "Station": "state", "review_group": "state",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

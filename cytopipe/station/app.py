@@ -1,0 +1,311 @@
+"""The review station's web app (Starlette): who gets in, what each request may do, and the routes.
+
+Access: the URL printed at start carries a fresh random token; the first
+request with it gets a session cookie (HttpOnly, SameSite=Strict) and is
+redirected to the same page without the token, so it leaves the address
+bar and the history. Every other request needs that cookie; with a password
+(required to serve beyond this machine), the session also needs the
+password once. Requests that change anything (POST) also need the
+session's CSRF token in an ``X-CSRF-Token`` header, which a page of another
+site can neither read nor send. The reviewer's name is asked once per
+session and goes into every decision.
+
+Every response carries a Content-Security-Policy that lets the page load its
+own script, style and images and nothing else (no CDN, no inline script);
+the page puts text from files and the sample sheet into the DOM as text
+(``textContent``), never as HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ..exceptions import CytopipeError, OutputError
+from ..outputs.html import escape
+from .state import StaleError, Station
+
+__all__ = ["COOKIE", "CSP", "CSRF_HEADER", "create_app"]
+
+COOKIE = "cytopipe_station"
+CSRF_HEADER = "X-CSRF-Token"
+#: Only the app's own files; images also as data: URIs (the batch view's small plots).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
+            "x-frame-options": "DENY", "cache-control": "no-store", "cross-origin-opener-policy": "same-origin"}
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_NO_SESSION = ("This review station needs the link it printed when it started (http://HOST:PORT/?token=...); "
+               "open that link again, or restart 'cytopipe review RUN_DIR --serve' for a new one.")
+
+
+@dataclass
+class Session:
+    """One browser's session: its CSRF token, whether it gave the password, the reviewer's name."""
+
+    csrf: str
+    authed: bool
+    reviewer: str = ""
+    failures: int = 0
+
+
+class _SecurityHeaders:
+    """Add the CSP and friends to every response (pure ASGI: nothing is buffered)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in _HEADERS.items():
+                    headers[k] = v
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean(obj.item())
+    return obj
+
+
+def _json(obj: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(_clean(obj), status_code=status)
+
+
+def _page(csrf: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="csrf-token" content="{escape(csrf)}">
+<title>cytopipe review station</title><link rel="stylesheet" href="/static/app.css"></head>
+<body>
+<header><h1>cytopipe review station</h1><span id="run"></span><span id="left"></span><span id="who"></span>
+<nav><button type="button" id="tab-sample" class="on">Sample</button><button type="button" id="tab-batch">One gate
+across the batch</button></nav></header>
+<p id="message" role="status"></p>
+<main>
+<aside id="queue-pane"><table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
+<th>flags</th><th>status</th></tr></thead><tbody></tbody></table>
+<p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve &middot; <kbd>r</kbd> reject
+&middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd> undo moves. Drag a gate's edges, corners or
+vertices; the counts follow when you let go.</p></aside>
+<section id="sample-view"><div id="sample-head"></div>
+<div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
+id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button
+type="button" id="btn-undo">Undo moves (Esc)</button></div>
+<div id="plots"></div><div id="history"></div></section>
+<section id="batch-view" hidden><div id="batch-controls"><label>Gate <select id="batch-gate"></select></label>
+<label>Overlay a patient's visits <select id="batch-patient"><option value="">(none)</option></select></label>
+<p id="batch-axes"></p></div>
+<div id="overlay"></div><div id="batch-grid"></div></section>
+</main>
+<div id="modal" hidden><form id="modal-form"><label for="modal-input" id="modal-label"></label>
+<input id="modal-input" autocomplete="off" maxlength="500"><div><button type="submit" id="modal-ok">OK</button>
+<button type="button" id="modal-cancel">Cancel</button></div></form></div>
+<script src="/static/app.js"></script>
+</body></html>
+"""
+
+
+def _login_page(csrf: str, note: str = "") -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cytopipe review station: password</title>
+<link rel="stylesheet" href="/static/app.css"></head><body class="login">
+<form method="post" action="/login"><h1>cytopipe review station</h1><p>{escape(note)}</p>
+<label>Password <input type="password" name="password" autofocus></label>
+<input type="hidden" name="csrf" value="{escape(csrf)}"><button type="submit">Enter</button></form></body></html>
+"""
+
+
+def create_app(station: Station, *, token: str, password: str | None = None,
+               allowed_hosts: list[str] | None = None) -> Starlette:
+    """The station's ASGI app for one run folder.
+
+    Parameters
+    ----------
+    station
+        The run folder under review.
+    token
+        The secret carried by the printed URL (``/?token=...``).
+    password
+        Asked once per session when given (needed beyond this machine).
+    allowed_hosts
+        ``Host`` header values accepted (default: this machine's names), which
+        stops a hostile page from reaching the app through DNS rebinding.
+
+    Returns
+    -------
+    starlette.applications.Starlette
+    """
+    sessions: dict[str, Session] = {}
+
+    def session_of(request: Request) -> Session | None:
+        sid = request.cookies.get(COOKIE)
+        return sessions.get(sid) if sid else None
+
+    def guard(handler, *, changes_state: bool = False):
+        async def endpoint(request: Request) -> Response:
+            sess = session_of(request)
+            if sess is None or not sess.authed:
+                return _json({"error": _NO_SESSION}, 401)
+            if changes_state and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), sess.csrf):
+                return _json({"error": f"Refused: a request that changes anything needs the {CSRF_HEADER} header "
+                                       "of this session's page; reload the page."}, 403)
+            try:
+                return await handler(request, sess)
+            except StaleError as e:
+                return _json({"error": str(e), "stale": True}, 409)
+            except OutputError as e:
+                return _json({"error": str(e)}, 409)
+            except CytopipeError as e:
+                return _json({"error": str(e)}, 400)
+
+        return endpoint
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        try:
+            data = json.loads(await request.body() or b"{}")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            from ..exceptions import ReviewError
+
+            msg = "The request body must be a JSON object."
+            raise ReviewError(msg)
+        return data
+
+    async def index(request: Request) -> Response:
+        given = request.query_params.get("token")
+        if given is not None:
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return PlainTextResponse("This link's token is not this station's. " + _NO_SESSION, 403)
+            sid = secrets.token_urlsafe(32)
+            sessions[sid] = Session(csrf=secrets.token_urlsafe(24), authed=password is None)
+            resp = RedirectResponse("/" if password is None else "/login", status_code=303)
+            resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/")
+            return resp
+        sess = session_of(request)
+        if sess is None:
+            return PlainTextResponse(_NO_SESSION, 401)
+        if not sess.authed:
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(_page(sess.csrf))
+
+    async def login(request: Request) -> Response:
+        sess = session_of(request)
+        if sess is None:
+            return PlainTextResponse(_NO_SESSION, 401)
+        if request.method == "GET":
+            return HTMLResponse(_login_page(sess.csrf))
+        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        csrf, given = form.get("csrf", [""])[0], form.get("password", [""])[0]
+        if not hmac.compare_digest(csrf, sess.csrf):
+            return PlainTextResponse("Refused: the form is not this session's; reload the page.", 403)
+        if password is not None and hmac.compare_digest(given.encode(), password.encode()):
+            sess.authed = True
+            return RedirectResponse("/", status_code=303)
+        sess.failures += 1
+        await asyncio.sleep(min(5.0, 0.5 * sess.failures))  # slows guessing
+        return HTMLResponse(_login_page(sess.csrf, "Wrong password."), status_code=403)
+
+    async def static(request: Request, sess: Session) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return PlainTextResponse("not found", 404)
+        data = resources.files(__package__).joinpath("static", name).read_bytes()
+        return Response(data, media_type=_STATIC[name])
+
+    async def state(request: Request, sess: Session) -> Response:
+        out = await run_in_threadpool(station.queue)
+        out["reviewer"] = sess.reviewer
+        return _json(out)
+
+    async def reviewer(request: Request, sess: Session) -> Response:
+        name = str((await body_of(request)).get("name", "")).strip()
+        if not name or len(name) > 100:
+            return _json({"error": "Give your name (1-100 characters): it is recorded with every decision."}, 400)
+        sess.reviewer = name
+        return _json({"reviewer": name})
+
+    async def sample(request: Request, sess: Session) -> Response:
+        return _json(await run_in_threadpool(station.open, int(request.path_params["i"])))
+
+    async def population(request: Request, sess: Session) -> Response:
+        kind, data = await run_in_threadpool(station.population, int(request.path_params["i"]),
+                                             request.query_params.get("gate", ""),
+                                             request.query_params.get("cand") or None)
+        if kind == "png":
+            return Response(data, media_type="image/png")
+        return _json({"hist": data})
+
+    async def recount(request: Request, sess: Session) -> Response:
+        body = await body_of(request)
+        start = time.perf_counter()
+        out = await run_in_threadpool(station.recount, int(request.path_params["i"]), str(body.get("version", "")),
+                                      body.get("gates") or {})
+        out["total_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        return _json(out)
+
+    async def decision(request: Request, sess: Session) -> Response:
+        body = await body_of(request)
+        out = await run_in_threadpool(
+            lambda: station.decide(int(request.path_params["i"]), str(body.get("version", "")),
+                                   str(body.get("action", "")), reviewer=sess.reviewer,
+                                   reason=str(body.get("reason", "") or ""), gates=body.get("gates") or {}))
+        return _json(out)
+
+    async def batch(request: Request, sess: Session) -> Response:
+        return _json(await run_in_threadpool(station.batch, request.query_params.get("gate", "")))
+
+    async def thumb(request: Request, sess: Session) -> Response:
+        tint = request.query_params.get("tint")
+        return _json(await run_in_threadpool(station.thumb, int(request.path_params["i"]),
+                                             request.query_params.get("gate", ""),
+                                             int(tint) if tint not in (None, "") else None))
+
+    routes = [
+        Route("/", index),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),  # none: the browser asks anyway
+        Route("/static/{name}", guard(static)),
+        Route("/api/state", guard(state)),
+        Route("/api/reviewer", guard(reviewer, changes_state=True), methods=["POST"]),
+        Route("/api/sample/{i:int}", guard(sample)),
+        Route("/api/sample/{i:int}/population", guard(population)),
+        Route("/api/sample/{i:int}/recount", guard(recount, changes_state=True), methods=["POST"]),
+        Route("/api/sample/{i:int}/decision", guard(decision, changes_state=True), methods=["POST"]),
+        Route("/api/batch", guard(batch)),
+        Route("/api/thumb/{i:int}", guard(thumb)),
+    ]
+    hosts = allowed_hosts or ["127.0.0.1", "localhost"]
+    return Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders),
+                                                Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])

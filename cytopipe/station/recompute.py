@@ -1,0 +1,177 @@
+"""One sample gated again after a reviewer's adjustment, and the run's tables updated for it alone.
+
+A re-run of the batch gates an adjusted sample with
+:func:`cytopipe.batch.task.process_sample` (its decisions passed as
+``reviews``); here the same call runs for that one sample, its result is
+stored in the run's ``cache/`` under the key the next re-run looks up (so
+that re-run reuses it), and its rows of ``treg_by_visit`` (CSV and Parquet,
+together) and ``populations`` are replaced atomically. Flags that compare a
+sample with the patient's other visits (``treg_outlier``) are recomputed over
+the table, as the driver does. ``run.json`` records when each sample was last
+gated this way (``recomputed``), so an approval of the adjusted numbers is
+accepted without a full re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..exceptions import OutputError, ReviewError
+
+__all__ = ["RUN_LOCK", "recompute_sample", "run_folder_lock", "sample_path"]
+
+#: The lock file ``cytopipe run`` holds on its output folder while it writes it.
+RUN_LOCK = ".cytopipe-run.lock"
+_OUTLIER_FLAG = "treg_outlier"
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold the run folder's lock while its tables are rewritten; refuse while a ``cytopipe run`` holds it."""
+    path = Path(run_dir) / RUN_LOCK
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            msg = (f"{run_dir} is being written by a cytopipe run ({holder}); wait for it to finish, "
+                   "then reload the review station.")
+            raise OutputError(msg) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"cytopipe review station, pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def sample_path(run: dict[str, Any], file: str) -> Path:
+    """The FCS file of a sheet row, as the run resolved it (relative to the sample sheet's folder)."""
+    return (Path(run["sample_sheet"]).parent / str(file)).resolve()
+
+
+def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[str, Any]:
+    """Gate one sample of a run again with its recorded decisions and rewrite its rows.
+
+    Parameters
+    ----------
+    run_dir
+        The output folder of ``cytopipe run``.
+    file
+        The sample's ``file`` as in the sample sheet.
+    strategy : cytopipe.strategy.registry.Strategy
+        The run's strategy.
+
+    Returns
+    -------
+    dict
+        The sample's new ``treg_by_visit`` row.
+
+    Raises
+    ------
+    ReviewError
+        The sample is not in the run.
+    OutputError
+        A ``cytopipe run`` is writing the folder, or a table cannot be written.
+    """
+    from ..batch.task import process_sample, versions_sha
+    from ..outputs import replace_sample_gates
+    from ..review.decisions import gate_adjustments
+    from ..gating.qc import flag_visit_outliers, load_thresholds
+    from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, write_json, write_table
+    from ..review.decisions import read_decisions, review_fields
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    thresholds = load_thresholds()
+    with run_folder_lock(run_dir):
+        table = read_treg_table(run_dir)
+        hits = [i for i, f in enumerate(table["file"].astype(str)) if f == str(file)]
+        if len(hits) != 1:
+            msg = f"{file!r} is not a sample of {run_dir / 'treg_by_visit.parquet'} (or is there twice)."
+            raise ReviewError(msg)
+        pos = hits[0]
+        decisions = read_decisions(run_dir)
+        mine = [d for d in decisions if d.get("file") == str(file)]
+        res = process_sample(str(sample_path(run, file)), str(Path(strategy.directory).resolve()), allow_draft=True,
+                             cache_dir=str((run_dir / "cache").resolve()),
+                             qc_thresholds=dataclasses.asdict(thresholds), reviews=mine)
+        status = "error" if res.error else ("flag" if res.qc_flags else "ok")
+        idx = table.index[pos]
+        for col, value in {
+            "file_sha256": res.file_sha256, "events_total": res.events_total, "cd4_count": res.cd4_count,
+            "treg_count": res.treg_count, "treg_pct_cd4": float("nan") if res.error else res.treg_pct_cd4,
+            "qc_status": status, "qc_flags": ";".join(res.qc_flags), "error": res.error,
+            # the versions of the process that gated it again, as a re-run's row would carry
+            "cytopipe_version": (res.versions or {}).get("cytopipe"),
+            "flowkit_version": (res.versions or {}).get("flowkit"), "versions_sha": versions_sha(res.versions),
+        }.items():
+            if col not in table.columns:
+                continue
+            table.at[idx, col] = pd.NA if value is None else value
+        table = flag_visit_outliers(_without_outlier_flags(table), thresholds=thresholds)
+        for i, row in table.iterrows():
+            sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+            for key, value in review_fields(decisions, str(row["file"]), sha, str(row["strategy_sha256"])).items():
+                table.at[i, key] = value
+        pops = pd.read_parquet(run_dir / "populations.parquet")
+        pops = _replace_populations(pops, table.loc[idx], res)
+        write_table(table, run_dir / "treg_by_visit", TREG_COLUMNS)
+        write_table(pops, run_dir / "populations", POPULATION_COLUMNS, csv=False)
+        if not res.error:  # the record names the gates that gave the new numbers, as a re-run's does
+            adjusted = sorted(gate_adjustments(mine, None, res.file_sha256, strategy.sha256))
+            placed = list((res.auto_gates or {}).get("gates", []))
+            kinds = (["placed from the sample's data"] if placed else []) + (
+                ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
+            own = res.applied_gatingml()
+            replace_sample_gates(run_dir, pos, own if own is not None else strategy.gatingml_path.read_bytes(),
+                                 {"gates_applied": "; ".join(kinds) or f"the template gates of {strategy.ref}",
+                                  "adjusted_gates": adjusted, "placement": placed}, table, pops)
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        run.setdefault("recomputed", {})[str(file)] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        write_json(run, run_dir / "run.json")
+    return table.loc[idx].to_dict()
+
+
+def _without_outlier_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the driver has it before visits are compared: no ``treg_outlier``, status to match."""
+    out = table.copy()
+    flags, status = [], []
+    for f, s, err in zip(out["qc_flags"], out["qc_status"], out["error"]):
+        kept = [x for x in str("" if pd.isna(f) else f).split(";") if x and x != _OUTLIER_FLAG]
+        flags.append(";".join(kept))
+        status.append("error" if s == "error" else ("flag" if kept else "ok"))
+    out["qc_flags"] = pd.Series(flags, index=out.index, dtype=out["qc_flags"].dtype)
+    out["qc_status"] = pd.Series(status, index=out.index, dtype=out["qc_status"].dtype)
+    return out
+
+
+def _replace_populations(pops: pd.DataFrame, row: pd.Series, res) -> pd.DataFrame:
+    """``populations`` with this sample's rows replaced, in place of the old ones (columns kept as they are)."""
+    mine = pops["file"].astype(str) == str(row["file"])
+    old = {str(r["gate_path"]): r for r in pops[mine].to_dict("records")}
+    total = res.events_total or 0
+    template = {c: row[c] for c in ("patient_id", "visit", "file", "strategy", "strategy_version", "flowkit_version",
+                                    "versions_sha") if c in row}
+    new = []
+    for gate_path, count, parent in res.gates if not res.error else []:
+        rec = dict(old.get(gate_path, template))
+        rec.update(template, gate_path=gate_path, gate=gate_path.rsplit("/", 1)[-1], count=count,
+                   parent_count=parent, pct_parent=100.0 * count / parent if parent else float("nan"),
+                   pct_total=100.0 * count / total if total else float("nan"))
+        new.append(rec)
+    at = int(mine.to_numpy().argmax()) if mine.any() else len(pops)
+    others = pops[~mine].to_dict("records")  # one frame from records: no concat of frames with empty columns
+    return pd.DataFrame(others[:at] + new + others[at:], columns=pops.columns)

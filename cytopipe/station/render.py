@@ -1,0 +1,144 @@
+"""What the station draws, in numbers: plot axes with readable ticks, density images as PNG.
+
+The browser draws axes, gates and handles as SVG in the gate's own units
+(logicle units for a transformed dimension, linear units for scatter); the
+server sends the axis ranges, the ticks (positions in those units, labels in
+compensated linear units) and each population's density as a PNG made here
+with numpy and zlib: no plotting library sits on the path of a drag.
+Every plot of one gate, in every sample, has the same axes, so a batch
+compares at a glance.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BINS", "axis_spec", "axis_label", "density_png", "histogram", "png_bytes"]
+
+#: Bins per axis of a density image (the image is scaled to the plot in the browser).
+BINS = 160
+_SCATTER_RANGE = (0.0, 262144.0)
+_LOGICLE_RANGE = (-0.25, 1.0)
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def axis_label(detector: str, markers: dict[str, str]) -> str:
+    """``CD25 (PE-Cy7-A)`` for a marker's detector; the detector alone for scatter.
+
+    Examples
+    --------
+    >>> axis_label("PE-Cy7-A", {"PE-Cy7-A": "CD25"})
+    'CD25 (PE-Cy7-A)'
+    >>> axis_label("FSC-A", {"PE-Cy7-A": "CD25"})
+    'FSC-A'
+    """
+    marker = markers.get(detector)
+    return f"{marker} ({detector})" if marker else detector
+
+
+def _decade_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    exp = int(round(np.log10(abs(value))))
+    return ("-" if value < 0 else "") + "10" + str(exp).translate(_SUPERSCRIPT)
+
+
+def axis_spec(detector: str, transform, markers: dict[str, str]) -> dict[str, Any]:
+    """The axis of one gate dimension: label, range in gate units, ticks.
+
+    Parameters
+    ----------
+    detector
+        The dimension's ``$PnN``.
+    transform : flowkit transform or None
+        The dimension's transform (None: linear units).
+    markers
+        Detector to marker name, from the strategy's panel.
+
+    Returns
+    -------
+    dict
+        ``label``, ``range`` ``[lo, hi]``, ``log`` (True when transformed) and
+        ``ticks``: ``[{"v": position, "label": text, "major": bool}]``;
+        logicle axes get labelled decades (-10³, 0, 10³ ... 10⁵) and unlabelled
+        minor ticks at 2-9 times each decade.
+    """
+    label = axis_label(detector, markers)
+    if transform is None:
+        lo, hi = _SCATTER_RANGE
+        ticks = [{"v": float(v), "label": f"{v / 1000:.0f}k" if v else "0", "major": True}
+                 for v in np.arange(0, 250_001, 50_000)]
+        return {"label": label, "range": [lo, hi], "log": False, "ticks": ticks}
+    lo, hi = _LOGICLE_RANGE
+    majors = [-1e3, 0.0, 1e3, 1e4, 1e5]
+    minors = [-k * 100.0 for k in range(2, 10)] + [k * 10.0**d for d in (2, 3, 4, 5) for k in range(2, 10)
+                                                 if k * 10.0**d < 262144] + [100.0]
+    values = np.array(majors + minors, dtype=float)
+    pos = np.asarray(transform.apply(values.reshape(-1, 1))).ravel()
+    ticks = []
+    for i, (v, p) in enumerate(zip(values, pos)):
+        if lo <= p <= hi:
+            major = i < len(majors)
+            ticks.append({"v": float(p), "label": _decade_label(v) if major else "", "major": major})
+    return {"label": label, "range": [lo, hi], "log": True, "ticks": ticks}
+
+
+def histogram(values: np.ndarray, ranges: list[list[float]], bins: int = BINS) -> np.ndarray:
+    """Counts of ``values`` (n x 1 or n x 2) on the plot ranges; events off the plot pile up at its edge."""
+    clipped = [np.clip(values[:, j], r[0], r[1]) for j, r in enumerate(ranges)]
+    if len(ranges) == 1:
+        return np.histogram(clipped[0], bins=bins, range=tuple(ranges[0]))[0]
+    return np.histogram2d(clipped[0], clipped[1], bins=bins, range=(tuple(ranges[0]), tuple(ranges[1])))[0]
+
+
+@lru_cache(maxsize=1)
+def _viridis() -> np.ndarray:
+    # matplotlib's perceptually uniform map, read once (not on a drag's path)
+    from matplotlib import colormaps
+
+    return (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -> bytes:
+    """A 2-D histogram (x bins x y bins) as a PNG, y up, empty bins transparent.
+
+    Log-scaled: a rare population stays visible next to a dense one. With
+    ``tint``, one colour whose opacity follows the density (for overlaying
+    several samples on one plot).
+    """
+    img = np.asarray(hist, dtype=float).T[::-1]  # rows top to bottom, y increasing upwards
+    filled = img > 0
+    level = np.zeros_like(img)
+    if filled.any():
+        level[filled] = np.log1p(img[filled]) / np.log1p(img.max())
+    rgba = np.zeros(img.shape + (4,), dtype=np.uint8)
+    if tint is None:
+        rgba[..., :3] = _viridis()[np.clip((level * 255).astype(int), 0, 255)]
+        rgba[..., 3] = np.where(filled, 255, 0)
+    else:
+        rgba[..., :3] = np.array(tint, dtype=np.uint8)
+        rgba[..., 3] = np.where(filled, (60 + 195 * level).astype(np.uint8), 0)
+    return png_bytes(rgba)
+
+
+def png_bytes(rgba: np.ndarray) -> bytes:
+    """Encode an ``(h, w, 4)`` uint8 array as a PNG (no dependency beyond zlib).
+
+    Examples
+    --------
+    >>> png_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:8]
+    b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    h, w, _ = rgba.shape
+    raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rgba.reshape(h, w * 4)], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")

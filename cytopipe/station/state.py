@@ -1,0 +1,428 @@
+"""The review station's view of one run folder: the queue, opened samples, recounts and decisions.
+
+Everything is read again from the run folder when asked (``treg_by_visit``,
+``review.jsonl``, ``run.json``), so a decision made with ``cytopipe review``
+or a re-run shows up in the station; each sample carries a *version* (a hash
+of its row, its decisions and the run's record) that a decision must quote,
+so a decision made on a view that has changed since it loaded is refused.
+Decisions go through :func:`cytopipe.review.decisions.record_decision`, the
+function the command line uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..exceptions import CytopipeError, ReviewError
+from .pages import ReportWriter
+from .recompute import recompute_sample, run_folder_lock, sample_path
+from .render import density_png
+from .sample import OpenSample
+
+__all__ = ["StaleError", "Station", "review_group"]
+
+_KEPT_OPEN = 3  # samples whose events stay in memory (a 1M-event sample: ~50 MB of float32)
+_TINTS = [(228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40)]
+
+
+class StaleError(ReviewError):
+    """The sample changed since the reviewer's view of it loaded."""
+
+
+def review_group(row: dict[str, Any]) -> int:
+    """Place in the review order: 0 needs_review, 1 other flags or errors, 2 pending, 3 decided.
+
+    Examples
+    --------
+    >>> review_group({"review_status": "pending", "qc_flags": "low_cd4;needs_review:Treg:x", "qc_status": "flag"})
+    0
+    >>> review_group({"review_status": "approved", "qc_flags": "needs_review:Treg:x", "qc_status": "flag"})
+    3
+    """
+    if row.get("review_status") in ("approved", "rejected"):
+        return 3
+    flags = [f for f in str(row.get("qc_flags") or "").split(";") if f]
+    if any(f == "needs_review" or f.startswith("needs_review:") for f in flags):
+        return 0
+    if flags or row.get("qc_status") in ("flag", "error"):
+        return 1
+    return 2
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+class Station:
+    """One run folder under review.
+
+    Parameters
+    ----------
+    run_dir
+        The output folder of ``cytopipe run``.
+
+    Raises
+    ------
+    ReviewError
+        The folder holds no run.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        for name in ("treg_by_visit.parquet", "run.json"):
+            if not (self.run_dir / name).is_file():
+                msg = (f"{self.run_dir} holds no {name}: give the output folder of 'cytopipe run' "
+                       f"(e.g. demo_out after 'make demo').")
+                raise ReviewError(msg)
+        self._strategy_key: tuple[str, str] | None = None
+        self._strategy_obj = None
+        self.decide_lock = threading.Lock()  # one decision at a time: the version check and the write together
+        self._open: OrderedDict[str, tuple[tuple, OpenSample]] = OrderedDict()
+        self._open_lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._thumbs: dict[tuple, dict[str, Any]] = {}
+        self._load_slots = threading.Semaphore(2)  # files read at once (memory: each holds its events)
+        self.report = ReportWriter(self.run_dir)
+
+    # -- the run's files ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """``run.json`` as it is now."""
+        return json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+
+    @property
+    def strategy(self):
+        """The run's strategy (loaded again when a re-run used another)."""
+        from ..strategy.registry import load_strategy, strategy_dir
+
+        run = self.run()
+        folder = run.get("strategy_dir") or str(strategy_dir(f"{run['strategy']}@{run['strategy_version']}",
+                                                             existing=False))
+        key = (folder, run["strategy_sha256"])
+        if key != self._strategy_key:
+            self._strategy_obj, self._strategy_key = load_strategy(Path(folder), allow_draft=True), key
+        return self._strategy_obj
+
+    def table(self) -> pd.DataFrame:
+        """``treg_by_visit`` as it is now."""
+        from ..outputs.tables import read_treg_table
+
+        return read_treg_table(self.run_dir).reset_index(drop=True)
+
+    def _decisions(self) -> list[dict[str, Any]]:
+        from ..review.decisions import read_decisions
+
+        return read_decisions(self.run_dir)
+
+    def _row(self, table: pd.DataFrame, i: int) -> pd.Series:
+        if not 0 <= i < len(table):
+            msg = f"No sample number {i} in {self.run_dir / 'treg_by_visit.parquet'} ({len(table)} samples); reload."
+            raise ReviewError(msg)
+        return table.iloc[i]
+
+    def version(self, row: pd.Series, decisions: list[dict[str, Any]], run: dict[str, Any]) -> str:
+        """A short hash of everything a decision on this sample rests on."""
+        file = str(row["file"])
+        mine = [d for d in decisions if d.get("file") == file]
+        payload = [file, _text(row["file_sha256"]), _text(row["strategy_sha256"]), _int(row["cd4_count"]),
+                   _int(row["treg_count"]), _text(row["qc_flags"]), _text(row["review_status"]),
+                   _text(row["reviewer"]), json.dumps(mine[-1], sort_keys=True) if mine else "", len(mine),
+                   run.get("finished"), (run.get("recomputed") or {}).get(file)]
+        return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+    def queue_row(self, i: int, row: pd.Series, decisions, run) -> dict[str, Any]:
+        """What the queue shows of one sample, with its version."""
+        from ..gating.qc import binomial_ci
+
+        cd4, treg = _int(row["cd4_count"]), _int(row["treg_count"])
+        pct = None if pd.isna(row["treg_pct_cd4"]) else float(row["treg_pct_cd4"])
+        ci = list(binomial_ci(treg, cd4)) if cd4 and treg is not None else None
+        out = {"i": i, "file": _text(row["file"]), "patient": _text(row["patient_id"]), "visit": _text(row["visit"]),
+               "day": _text(row["day"]), "events": _int(row["events_total"]), "cd4_count": cd4, "treg_count": treg,
+               "treg_pct": pct, "ci": ci, "flags": [f for f in _text(row["qc_flags"]).split(";") if f],
+               "qc_status": _text(row["qc_status"]), "error": _text(row["error"]),
+               "review_status": _text(row["review_status"]) or "pending", "reviewer": _text(row["reviewer"]),
+               "version": self.version(row, decisions, run)}
+        out["group"] = review_group({"review_status": out["review_status"], "qc_flags": row["qc_flags"],
+                                     "qc_status": out["qc_status"]})
+        return out
+
+    def queue(self) -> dict[str, Any]:
+        """Every sample in review order (needs_review, other flags, pending, decided), and how many are left."""
+        table, decisions, run = self.table(), self._decisions(), self.run()
+        rows = [self.queue_row(i, r, decisions, run) for i, (_, r) in enumerate(table.iterrows())]
+        rows.sort(key=lambda r: (r["group"], r["i"]))
+        strategy = self.strategy
+        return {"rows": rows, "left": sum(r["group"] < 3 for r in rows), "total": len(rows),
+                "run": {"dir": str(self.run_dir), "finished": run.get("finished"), "strategy": strategy.ref,
+                        "sample_sheet": run.get("sample_sheet")},
+                "gates": ["/".join(p) for p in strategy.gate_paths()],
+                "numerator": "/".join(strategy.numerator), "denominator": "/".join(strategy.denominator),
+                "report": self.report.status()}
+
+    # -- opened samples -----------------------------------------------------------------------------
+
+    def _key(self, row: pd.Series, decisions) -> tuple[tuple, dict]:
+        from ..review.decisions import adjustments_digest, gate_adjustments
+
+        sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+        adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
+        return (str(row["file"]), sha, str(row["strategy_sha256"]), adjustments_digest(adjustments)), adjustments
+
+    def _load(self, row: pd.Series, decisions, *, keep: bool) -> OpenSample:
+        key, adjustments = self._key(row, decisions)
+        file = key[0]
+        with self._open_lock:
+            hit = self._open.get(file)
+            if hit is not None and hit[0] == key:
+                self._open.move_to_end(file)
+                return hit[1]
+            lock = self._loading.setdefault(file, threading.Lock())
+        with lock:  # one load per file at a time; a second request waits for the first
+            with self._open_lock:
+                hit = self._open.get(file)
+                if hit is not None and hit[0] == key:
+                    return hit[1]
+            with self._load_slots:
+                opened = OpenSample(str(sample_path(self.run(), file)), self.strategy, adjustments)
+            if keep:
+                with self._open_lock:
+                    self._open[file] = (key, opened)
+                    self._open.move_to_end(file)
+                    while len(self._open) > _KEPT_OPEN:
+                        self._open.popitem(last=False)
+            return opened
+
+    def open(self, i: int) -> dict[str, Any]:
+        """Open sample ``i`` (its events stay in memory): its row, version and every gate as drawn."""
+        table, decisions, run = self.table(), self._decisions(), self.run()
+        row = self._row(table, i)
+        out = {"sample": self.queue_row(i, row, decisions, run), "gates": [], "history": self._history(row, decisions)}
+        strategy = self.strategy
+        out.update(numerator="/".join(strategy.numerator), denominator="/".join(strategy.denominator))
+        if row["qc_status"] == "error":
+            return out
+        try:
+            opened = self._load(row, decisions, keep=True)
+        except (CytopipeError, OSError) as e:
+            out["load_error"] = f"Cannot re-read {sample_path(run, str(row['file']))} to draw its gates: {e}"
+            return out
+        counts = {c["path"]: c for c in opened.counts()}
+        for p in opened.paths:
+            name = "/".join(p)
+            out["gates"].append({"path": name, "name": p[-1], "parent": "/".join(p[:-1]), "axes": opened.axes(p),
+                                 "geometry": opened.geometry(p), "adjusted": opened.is_adjusted(p),
+                                 "count": counts[name]["count"], "parent_count": counts[name]["parent_count"]})
+        return out
+
+    def _history(self, row: pd.Series, decisions) -> list[dict[str, Any]]:
+        from ..review.decisions import review_fields
+
+        sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+        out = []
+        for d in decisions:
+            if d.get("file") != str(row["file"]):
+                continue
+            valid = review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))["review_status"] != "pending"
+            out.append({"time": d.get("time"), "reviewer": d.get("reviewer"), "action": d.get("action"),
+                        "gate_path": d.get("gate_path", ""), "reason": d.get("reason"), "valid": valid})
+        return out
+
+    def _opened(self, i: int, version: str) -> tuple[pd.Series, OpenSample | None, list, dict]:
+        table, decisions, run = self.table(), self._decisions(), self.run()
+        row = self._row(table, i)
+        current = self.version(row, decisions, run)
+        if version != current:
+            msg = (f"{row['patient_id']} {row['visit']} ({row['file']}) changed since your view loaded (another "
+                   f"decision, or a re-run); nothing was recorded. Reload it, check it again, then decide.")
+            raise StaleError(msg)
+        opened = None if row["qc_status"] == "error" else self._load(row, decisions, keep=True)
+        return row, opened, decisions, run
+
+    def population(self, i: int, path: str, cand: str | None) -> tuple[str, Any]:
+        """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
+        table, decisions = self.table(), self._decisions()
+        row = self._row(table, i)
+        from .sample import _path
+
+        opened = self._load(row, decisions, keep=True)
+        return opened.population(_path(path), cand)
+
+    def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""
+        from .sample import _path
+
+        if not gates:
+            msg = "Nothing to recount: move a gate first."
+            raise ReviewError(msg)
+        row, opened, _, _ = self._opened(i, version)
+        if opened is None:
+            msg = f"{row['file']} could not be gated ({row['error']}): it has no gates to move."
+            raise ReviewError(msg)
+        start = time.perf_counter()
+        specs, linear = {}, {}
+        for path, geometry in gates.items():
+            spec, lin = opened.candidate_spec(path, geometry)
+            specs["/".join(_path(path))] = spec
+            linear["/".join(_path(path))] = lin
+        cand, counts = opened.recount(specs)
+        by_path = {c["path"]: c for c in counts}
+        strategy = self.strategy
+        cd4 = by_path["/".join(strategy.denominator)]["count"]
+        treg = by_path["/".join(strategy.numerator)]["count"]
+        out = {"cand": cand, "counts": counts, "linear": linear,
+               "geometry": {p: opened.candidate_geometry(cand, _path(p)) for p in specs} if cand else {},
+               "treg": {"count": treg, "cd4": cd4, "pct": 100.0 * treg / cd4 if cd4 else None},
+               "server_ms": round(1000 * (time.perf_counter() - start), 1)}
+        return out
+
+    # -- decisions ----------------------------------------------------------------------------------
+
+    def _unapplied(self, row: pd.Series, decisions, run) -> bool:
+        """True when a valid adjustment of the sample is newer than the last gating of it."""
+        import datetime as _dt
+
+        from ..review.decisions import gate_adjustments
+
+        sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+        if not gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"])):
+            return False
+        times = [run.get("finished"), (run.get("recomputed") or {}).get(str(row["file"]))]
+        gated = max(_dt.datetime.fromisoformat(t) for t in times if t)
+        adjusts = [d for d in decisions if d.get("file") == str(row["file"]) and d.get("action") == "adjust"
+                   and d.get("file_sha256") == sha and d.get("strategy_sha256") == str(row["strategy_sha256"])]
+        return bool(adjusts) and _dt.datetime.fromisoformat(adjusts[-1]["time"]) >= gated
+
+    def decide(self, i: int, version: str, action: str, *, reviewer: str, reason: str = "",
+               gates: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Record a decision on sample ``i`` as ``cytopipe review`` does, then update the tables and report.
+
+        ``adjust`` (and ``approve`` with moved ``gates``) first records one
+        adjustment per moved gate, then gates the sample again
+        (:func:`~cytopipe.station.recompute.recompute_sample`) so
+        ``treg_by_visit`` carries the adjusted numbers at once.
+
+        Raises
+        ------
+        StaleError
+            ``version`` is not the sample's current version.
+        ReviewError
+            As :func:`~cytopipe.review.decisions.record_decision` (no reviewer, no reason, ...).
+        """
+        from ..review.decisions import record_decision, update_review_columns
+        from .sample import _path
+
+        if action not in ("approve", "reject", "adjust"):
+            msg = f"Unknown decision {action!r}; expected approve, reject or adjust."
+            raise ReviewError(msg)
+        if not (reviewer or "").strip():
+            msg = "Enter your name first: every decision records who made it."
+            raise ReviewError(msg)
+        gates = dict(gates or {}) if action != "reject" else {}
+        if action == "adjust" and not gates:
+            msg = "Nothing to save: drag a gate's edge, corner or vertex first."
+            raise ReviewError(msg)
+        if gates and not (reason or "").strip():
+            msg = "Saving a moved gate needs the reason (why the gate was moved)."
+            raise ReviewError(msg)
+        with self.decide_lock:
+            row, opened, decisions, run = self._opened(i, version)
+            file = str(row["file"])
+            records = []
+            linear = {}
+            if gates:
+                if opened is None:
+                    msg = f"{file} could not be gated ({row['error']}): it has no gates to adjust."
+                    raise ReviewError(msg)
+                for path, geometry in gates.items():  # all checked before anything is recorded
+                    linear["/".join(_path(path))] = opened.candidate_spec(path, geometry)[1]
+            for path, lin in linear.items():
+                geo = ({"bounds": {k: tuple(v) for k, v in lin["bounds"].items()}} if "bounds" in lin
+                       else {"vertices": [tuple(v) for v in lin["vertices"]]})
+                records.append(record_decision(self.run_dir, file, action="adjust", reviewer=reviewer, reason=reason,
+                                               gate_path=path, **geo))
+            recomputed = False
+            if linear or (action == "approve" and self._unapplied(row, decisions, run)):
+                recompute_sample(self.run_dir, file, self.strategy)  # the table gets the adjusted numbers now
+                recomputed = True
+            if action in ("approve", "reject"):
+                records.append(record_decision(self.run_dir, file, action=action, reviewer=reviewer, reason=reason))
+            with run_folder_lock(self.run_dir):
+                update_review_columns(self.run_dir)
+            self.report.request(file)
+            table, decisions, run = self.table(), self._decisions(), self.run()
+            return {"records": records, "recomputed": recomputed,
+                    "sample": self.queue_row(i, self._row(table, i), decisions, run)}
+
+    # -- one gate across the batch --------------------------------------------------------------------
+
+    def batch(self, gate: str) -> dict[str, Any]:
+        """Every sample's count of one gate (from ``populations``), and the gate's axes."""
+        from .render import axis_spec
+        from .sample import _path
+
+        strategy = self.strategy
+        path = _path(gate)
+        if path not in strategy.gate_paths():
+            msg = f"{gate!r} is not a gate of {strategy.ref}."
+            raise ReviewError(msg)
+        gs = strategy.gating_strategy()
+        template = gs.get_gate(path[-1], gate_path=path[:-1])
+        markers = {m.detector: m.marker for m in strategy.markers}
+        axes = [dict(axis_spec(d.id, gs.get_transform(d.transformation_ref) if d.transformation_ref else None,
+                               markers), detector=d.id) for d in template.dimensions]
+        pops = pd.read_parquet(self.run_dir / "populations.parquet")
+        pops = pops[pops["gate_path"].astype(str) == "/".join(path)]
+        counts = {str(f): (int(c), int(pc)) for f, c, pc in zip(pops["file"], pops["count"], pops["parent_count"])}
+        table, decisions, run = self.table(), self._decisions(), self.run()
+        samples = []
+        for i, (_, row) in enumerate(table.iterrows()):
+            q = self.queue_row(i, row, decisions, run)
+            c = counts.get(q["file"])
+            q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
+            samples.append(q)
+        return {"gate": "/".join(path), "axes": axes, "samples": samples,
+                "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
+
+    def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
+        """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
+        from .sample import _path
+
+        table, decisions = self.table(), self._decisions()
+        row = self._row(table, i)
+        if row["qc_status"] == "error":
+            return {"i": i, "error": _text(row["error"])}
+        key, _ = self._key(row, decisions)
+        if key not in self._thumbs:
+            opened = self._load(row, decisions, keep=False)
+            self._thumbs[key] = {"hists": opened.histograms(),
+                                 "geometry": {"/".join(p): opened.geometry(p) for p in opened.paths},
+                                 "counts": {c["path"]: c for c in opened.counts()}}
+        got = self._thumbs[key]
+        name = "/".join(_path(gate))
+        hist = got["hists"][name]
+        out = {"i": i, "geometry": got["geometry"][name], "count": got["counts"][name]["count"],
+               "parent_count": got["counts"][name]["parent_count"]}
+        if hist.ndim == 1:
+            out["hist"] = [int(v) for v in hist]
+        else:
+            colour = _TINTS[tint % len(_TINTS)] if tint is not None else None
+            out["image"] = "data:image/png;base64," + base64.b64encode(density_png(hist, tint=colour)).decode()
+        return out
+
+    def close(self) -> None:
+        """Finish the report pages still being written."""
+        self.report.close()

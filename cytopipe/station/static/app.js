@@ -1,0 +1,620 @@
+/* cytopipe review station: the queue, a sample's gates (draggable), one gate across the batch.
+ *
+ * No library, nothing fetched from anywhere but this station. Every text that
+ * comes from files or the sample sheet goes into the page as text
+ * (textContent / createTextNode), never as HTML. Gates are drawn as SVG in
+ * the gate's own units (logicle units on fluorescence axes); a drag changes
+ * the candidate gate locally, and its release asks the server to recount.
+ */
+(function () {
+  'use strict';
+
+  var CSRF = document.querySelector('meta[name="csrf-token"]').getAttribute('content');
+  var SVGNS = 'http://www.w3.org/2000/svg';
+  var S = {
+    queue: [], gates: [], numerator: '', denominator: '', reviewer: '', current: null, sample: null,
+    cands: {}, cand: null, plots: {}, view: 'sample', batch: null, batchToken: 0
+  };
+
+  function $(id) { return document.getElementById(id); }
+
+  function el(tag, attrs, kids) {
+    var node = document.createElement(tag);
+    setAttrs(node, attrs);
+    (kids || []).forEach(function (k) {
+      node.appendChild(typeof k === 'string' ? document.createTextNode(k) : k);
+    });
+    return node;
+  }
+
+  function sv(tag, attrs) {
+    var node = document.createElementNS(SVGNS, tag);
+    setAttrs(node, attrs);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === 'text') { node.textContent = attrs[k]; } else if (attrs[k] !== null && attrs[k] !== undefined) {
+        node.setAttribute(k, String(attrs[k]));
+      }
+    });
+  }
+
+  function clear(node) { while (node.firstChild) { node.removeChild(node.firstChild); } return node; }
+  function fmtInt(n) { return (n === null || n === undefined) ? '' : Number(n).toLocaleString('en-US'); }
+  function fmtPct(p, d) { return (p === null || p === undefined) ? '' : Number(p).toFixed(d === undefined ? 2 : d); }
+  function pctOf(c, p) { return p ? 100 * c / p : null; }
+
+  function message(text, kind) {
+    var m = $('message');
+    m.textContent = text || '';
+    m.className = kind || '';
+  }
+
+  function api(method, url, body) {
+    var opts = { method: method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (body !== undefined) {
+      opts.headers['Content-Type'] = 'application/json';
+      opts.headers['X-CSRF-Token'] = CSRF;
+      opts.body = JSON.stringify(body);
+    }
+    return fetch(url, opts).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (!r.ok) {
+          var e = new Error(j.error || (r.status + ' ' + r.statusText));
+          e.status = r.status; e.stale = !!j.stale;
+          throw e;
+        }
+        return j;
+      });
+    });
+  }
+
+  // -- the modal question (reviewer name, reasons) ---------------------------------------------
+
+  var modalDone = null;
+
+  function ask(label, value) {
+    return new Promise(function (resolve) {
+      $('modal-label').textContent = label;
+      $('modal-input').value = value || '';
+      $('modal').hidden = false;
+      $('modal-input').focus();
+      modalDone = resolve;
+    });
+  }
+
+  function closeModal(value) {
+    $('modal').hidden = true;
+    var done = modalDone;
+    modalDone = null;
+    if (done) { done(value); }
+  }
+
+  function askName() {
+    return ask('Your name (recorded with every decision you make here):', '').then(function (name) {
+      if (!name || !name.trim()) { return askName(); }
+      return api('POST', '/api/reviewer', { name: name.trim() }).then(function (r) {
+        S.reviewer = r.reviewer;
+        $('who').textContent = 'reviewer: ' + S.reviewer;
+      });
+    });
+  }
+
+  // -- queue -----------------------------------------------------------------------------------
+
+  function refresh() {
+    return api('GET', '/api/state').then(function (st) {
+      S.queue = st.rows; S.gates = st.gates; S.numerator = st.numerator; S.denominator = st.denominator;
+      S.reviewer = st.reviewer || S.reviewer;
+      $('run').textContent = st.run.dir + ' (' + st.run.strategy + ')';
+      $('left').textContent = st.left + ' of ' + st.total + ' left to decide';
+      $('left').setAttribute('data-left', st.left);
+      $('who').textContent = S.reviewer ? 'reviewer: ' + S.reviewer : '';
+      if (st.report && st.report.error) { message(st.report.error, 'error'); }
+      renderQueue();
+      fillBatchControls();
+      return st;
+    });
+  }
+
+  function ciText(r) {
+    if (r.treg_pct === null || r.treg_pct === undefined) { return r.error ? 'not gated' : ''; }
+    return fmtPct(r.treg_pct) + (r.ci ? ' [' + fmtPct(r.ci[0]) + ', ' + fmtPct(r.ci[1]) + ']' : '');
+  }
+
+  function renderQueue() {
+    var body = clear($('queue').tBodies[0]);
+    S.queue.forEach(function (r) {
+      var status = r.review_status + (r.reviewer ? ' (' + r.reviewer + ')' : '');
+      var tr = el('tr', { 'data-i': r.i, 'class': 'g' + r.group + (r.i === S.current ? ' current' : '') }, [
+        el('td', { text: r.patient }), el('td', { text: r.visit }), el('td', { text: ciText(r) }),
+        el('td', { text: r.flags.join(', ') || (r.error ? 'error' : '') }), el('td', { text: status })
+      ]);
+      tr.addEventListener('click', function () { showView('sample'); openSample(r.i); });
+      body.appendChild(tr);
+    });
+  }
+
+  function queuePos(i) {
+    for (var k = 0; k < S.queue.length; k++) { if (S.queue[k].i === i) { return k; } }
+    return -1;
+  }
+
+  function step(d) {
+    if (!S.queue.length) { return; }
+    var k = queuePos(S.current);
+    k = k < 0 ? 0 : Math.max(0, Math.min(S.queue.length - 1, k + d));
+    openSample(S.queue[k].i);
+  }
+
+  function nextUndecided(i) {
+    var k = queuePos(i);
+    for (var n = 1; n <= S.queue.length; n++) {
+      var r = S.queue[(k + n) % S.queue.length];
+      if (r.group < 3) { return r.i; }
+    }
+    return i;
+  }
+
+  // -- one sample ------------------------------------------------------------------------------
+
+  function openSample(i, keepMessage) {
+    S.current = i; S.cands = {}; S.cand = null;
+    renderQueue();
+    if (!keepMessage) { message('Opening…'); }
+    return api('GET', '/api/sample/' + i).then(function (d) {
+      if (S.current !== i) { return; }
+      S.sample = d;
+      renderSample();
+      if (!keepMessage) { message(d.load_error || '', d.load_error ? 'error' : ''); }
+    }).catch(showError);
+  }
+
+  function renderSample() {
+    var d = S.sample, s = d.sample, head = clear($('sample-head'));
+    head.appendChild(el('h2', { text: s.patient + ' · ' + s.visit + (s.day ? ' (day ' + s.day + ')' : '') }));
+    var treg = el('span', { id: 'treg-now', text: ciText(s) });
+    head.appendChild(el('p', {}, [
+      'Treg % CD4 [95 % CI]: ', treg, ' (' + fmtInt(s.treg_count) + ' of ' + fmtInt(s.cd4_count) + ' CD4) · ',
+      el('span', { id: 'treg-candidate', 'class': 'candidate' }), ' file ', el('code', { text: s.file }),
+      ' · ' + fmtInt(s.events) + ' events'
+    ]));
+    head.appendChild(el('p', {}, [
+      'QC: ' + (s.qc_status || '') + (s.flags.length ? ' (' + s.flags.join(', ') + ')' : ''),
+      ' · review: ', el('span', { id: 'review-status', 'class': s.review_status, text: s.review_status }),
+      s.reviewer ? ' by ' + s.reviewer : '', el('span', { id: 'latency', 'class': 'latency' })
+    ]));
+    if (s.error) { head.appendChild(el('p', { 'class': 'error', text: 'Not gated: ' + s.error })); }
+    var plots = clear($('plots'));
+    S.plots = {};
+    d.gates.forEach(function (g, k) {
+      var p = makePlot(g, { index: k, interactive: true, sample: s.i });
+      S.plots[g.path] = p;
+      plots.appendChild(p.card);
+    });
+    renderHistory(d.history || []);
+  }
+
+  function renderHistory(rows) {
+    var box = clear($('history'));
+    if (!rows.length) { return; }
+    var t = el('table', {}, [el('tr', {}, ['time', 'reviewer', 'action', 'gate', 'reason'].map(function (h) {
+      return el('th', { text: h });
+    }))]);
+    rows.forEach(function (r) {
+      t.appendChild(el('tr', { 'class': r.valid ? '' : 'void' }, [r.time, r.reviewer, r.action, r.gate_path, r.reason]
+        .map(function (v) { return el('td', { text: v || '' }); })));
+    });
+    box.appendChild(el('h3', { text: 'Review history' }));
+    box.appendChild(t);
+  }
+
+  // -- plots -----------------------------------------------------------------------------------
+
+  function Scale(ax, start, len, flip) {
+    var lo = ax.range[0], hi = ax.range[1], span = hi - lo;
+    return {
+      lo: lo, hi: hi,
+      px: function (v) { var t = (v - lo) / span; return flip ? start + len * (1 - t) : start + len * t; },
+      val: function (p) { var t = (p - start) / len; return lo + span * (flip ? 1 - t : t); },
+      edge: function (v, isMax) { return v === null ? (isMax ? hi + span : lo - span) : v; }
+    };
+  }
+
+  function makePlot(g, opt) {
+    var small = !!opt.small;
+    var W = small ? 130 : 250, H = small ? 130 : 250;
+    var ML = small ? 8 : 56, MB = small ? 8 : 44, MT = 8, MR = 10;
+    var svg = sv('svg', { width: ML + W + MR, height: MT + H + MB, 'class': 'plot', 'data-gate': g.path });
+    var xs = Scale(g.axes[0], ML, W, false);
+    var ys = g.axes.length > 1 ? Scale(g.axes[1], MT, H, true) : null;
+    var clipId = 'clip-' + (opt.prefix || 's') + '-' + opt.index;
+    var defs = sv('defs');
+    var clip = sv('clipPath', { id: clipId });
+    clip.appendChild(sv('rect', { x: ML, y: MT, width: W, height: H }));
+    defs.appendChild(clip);
+    svg.appendChild(defs);
+    svg.appendChild(sv('rect', { x: ML, y: MT, width: W, height: H, 'class': 'frame' }));
+    var layer = sv('g', { 'clip-path': 'url(#' + clipId + ')' });
+    svg.appendChild(layer);
+    var popLayer = sv('g');
+    layer.appendChild(popLayer);
+    var gateLayer = sv('g', { 'class': 'gate' });
+    layer.appendChild(gateLayer);
+    var handleLayer = sv('g', { 'class': 'handles' });
+    svg.appendChild(handleLayer);
+    if (!small) { drawAxes(svg, g.axes, xs, ys, ML, MT, W, H); }
+
+    var title = el('div', { 'class': 'title' });
+    var card = el('div', { 'class': 'card' + (small ? ' small' : ''), 'data-gate': g.path }, [title, svg]);
+    var plot = {
+      card: card, svg: svg, g: g, xs: xs, ys: ys, H: H, MT: MT,
+      setCount: function (count, parent, saved) {
+        clear(title);
+        var name = opt.label || g.name;
+        var c = el('span', { 'class': 'count', id: small ? null : 'count-' + opt.index, 'data-count': count,
+          text: fmtInt(count) });
+        title.appendChild(el('b', { text: name + ': ' }));
+        title.appendChild(c);
+        title.appendChild(document.createTextNode(' (' + fmtPct(pctOf(count, parent), 1) + ' % of ' +
+          (small ? 'parent' : fmtInt(parent)) + ')'));
+        if (saved !== undefined && saved !== count) {
+          title.appendChild(el('span', { 'class': 'was', text: ' saved: ' + fmtInt(saved) }));
+          card.classList.add('moved');
+        } else {
+          card.classList.remove('moved');
+        }
+        if (g.adjusted && !small) { title.appendChild(el('span', { 'class': 'adjusted', text: ' (reviewer gate)' })); }
+      },
+      population: function (cand) {
+        clear(popLayer);
+        var url = '/api/sample/' + opt.sample + '/population?gate=' + encodeURIComponent(g.path) +
+          (cand ? '&cand=' + encodeURIComponent(cand) : '');
+        if (ys) {
+          popLayer.appendChild(sv('image', { href: url, x: ML, y: MT, width: W, height: H,
+            preserveAspectRatio: 'none', 'class': 'density' }));
+        } else {
+          api('GET', url).then(function (r) { drawHist(popLayer, r.hist, ML, MT, W, H, null); }).catch(showError);
+        }
+      },
+      image: function (dataUri, opacity) {
+        popLayer.appendChild(sv('image', { href: dataUri, x: ML, y: MT, width: W, height: H,
+          preserveAspectRatio: 'none', opacity: opacity === undefined ? null : opacity }));
+      },
+      hist: function (counts, colour) { drawHist(popLayer, counts, ML, MT, W, H, colour); },
+      drawGate: function (geom, colour) {
+        if (!colour) { clear(gateLayer); clear(handleLayer); }
+        drawGate(plot, gateLayer, geom, colour, opt.interactive && !colour ? handleLayer : null);
+      }
+    };
+    if (!small && opt.sample !== undefined) {
+      plot.setCount(g.count, g.parent_count);
+      plot.population(null);
+      plot.drawGate(g.geometry);
+    }
+    return plot;
+  }
+
+  function drawAxes(svg, axes, xs, ys, ML, MT, W, H) {
+    var ax = sv('g', { 'class': 'axis' });
+    axes[0].ticks.forEach(function (t) {
+      var x = xs.px(t.v);
+      ax.appendChild(sv('line', { x1: x, x2: x, y1: MT + H, y2: MT + H + (t.major ? 6 : 3) }));
+      if (t.label) { ax.appendChild(sv('text', { x: x, y: MT + H + 17, 'text-anchor': 'middle', text: t.label })); }
+    });
+    ax.appendChild(sv('text', { x: ML + W / 2, y: MT + H + 36, 'text-anchor': 'middle', 'class': 'label',
+      text: axes[0].label }));
+    if (ys) {
+      axes[1].ticks.forEach(function (t) {
+        var y = ys.px(t.v);
+        ax.appendChild(sv('line', { x1: ML - (t.major ? 6 : 3), x2: ML, y1: y, y2: y }));
+        if (t.label) { ax.appendChild(sv('text', { x: ML - 8, y: y + 4, 'text-anchor': 'end', text: t.label })); }
+      });
+      ax.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
+        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: axes[1].label }));
+    } else {
+      ax.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
+        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: 'events' }));
+    }
+    svg.appendChild(ax);
+  }
+
+  function drawHist(layer, counts, ML, MT, W, H, colour) {
+    var max = Math.max.apply(null, counts.concat([1]));
+    var n = counts.length, d = 'M' + ML + ' ' + (MT + H);
+    counts.forEach(function (c, k) {
+      var y = MT + H - H * 0.95 * c / max;
+      d += ' L' + (ML + W * k / n) + ' ' + y + ' L' + (ML + W * (k + 1) / n) + ' ' + y;
+    });
+    d += ' L' + (ML + W) + ' ' + (MT + H) + ' Z';
+    var path = sv('path', { d: d, 'class': colour ? 'hist tinted' : 'hist' });
+    if (colour) { path.style.stroke = colour; }
+    layer.appendChild(path);
+  }
+
+  function drawGate(plot, layer, geom, colour, handles) {
+    var xs = plot.xs, ys = plot.ys, top = plot.MT, bottom = plot.MT + plot.H;
+    var style = { 'class': colour ? 'shape tinted' : 'shape' };
+    var tint = function (node) { if (colour) { node.style.stroke = colour; } return node; };  // CSSOM: CSP allows it
+    if (geom.type === 'polygon') {
+      var pts = geom.vertices.map(function (v) { return xs.px(v[0]) + ',' + ys.px(v[1]); }).join(' ');
+      layer.appendChild(tint(sv('polygon', Object.assign({ points: pts }, style))));
+      if (handles) {
+        geom.vertices.forEach(function (v, k) {
+          var c = sv('circle', { cx: xs.px(v[0]), cy: ys.px(v[1]), r: 6, 'class': 'vertex', 'data-handle': 'v' + k });
+          c.addEventListener('pointerdown', function (e) { startDrag(e, plot, 'v' + k); });
+          handles.appendChild(c);
+        });
+      }
+      return;
+    }
+    var b = geom.bounds;
+    var x0 = xs.px(xs.edge(b[0][0], false)), x1 = xs.px(xs.edge(b[0][1], true));
+    var y0 = ys ? ys.px(ys.edge(b[1][0], false)) : bottom + 50, y1 = ys ? ys.px(ys.edge(b[1][1], true)) : top - 50;
+    layer.appendChild(tint(sv('rect', Object.assign({ x: Math.min(x0, x1), y: Math.min(y0, y1), width: Math.abs(x1 - x0),
+      height: Math.abs(y1 - y0) }, style))));
+    if (!handles) { return; }
+    var clampY = function (y) { return Math.max(top, Math.min(bottom, y)); };
+    var clampX = function (x) { return Math.max(xs.px(xs.lo), Math.min(xs.px(xs.hi), x)); };
+    var edges = [];
+    if (b[0][0] !== null) { edges.push(['x-min', x0, clampY(y1), x0, clampY(y0)]); }
+    if (b[0][1] !== null) { edges.push(['x-max', x1, clampY(y1), x1, clampY(y0)]); }
+    if (ys && b[1][0] !== null) { edges.push(['y-min', clampX(x0), y0, clampX(x1), y0]); }
+    if (ys && b[1][1] !== null) { edges.push(['y-max', clampX(x0), y1, clampX(x1), y1]); }
+    edges.forEach(function (e) {
+      var line = sv('line', { x1: e[1], y1: e[2], x2: e[3], y2: e[4], 'class': 'edge', 'data-handle': e[0] });
+      line.addEventListener('pointerdown', function (ev) { startDrag(ev, plot, e[0]); });
+      handles.appendChild(line);
+    });
+    if (ys) {
+      [['x-min', 'y-min', x0, y0], ['x-min', 'y-max', x0, y1], ['x-max', 'y-min', x1, y0], ['x-max', 'y-max', x1, y1]]
+        .forEach(function (c) {
+          var xi = c[0] === 'x-min' ? 0 : 1, yi = c[1] === 'y-min' ? 0 : 1;
+          if (b[0][xi] === null || b[1][yi] === null) { return; }
+          var name = c[0] + ',' + c[1];
+          var dot = sv('circle', { cx: c[2], cy: c[3], r: 6, 'class': 'corner', 'data-handle': name });
+          dot.addEventListener('pointerdown', function (ev) { startDrag(ev, plot, name); });
+          handles.appendChild(dot);
+        });
+    }
+  }
+
+  function geometryOf(g) {
+    return JSON.parse(JSON.stringify(S.cands[g.path] || g.geometry));
+  }
+
+  function startDrag(ev, plot, handle) {
+    if (ev.button !== 0) { return; }
+    ev.preventDefault();
+    var geom = geometryOf(plot.g), moved = false;
+    var svg = plot.svg;
+    var move = function (e) {
+      var pt = svg.createSVGPoint();
+      pt.x = e.clientX; pt.y = e.clientY;
+      var p = pt.matrixTransform(svg.getScreenCTM().inverse());
+      var x = plot.xs.val(p.x), y = plot.ys ? plot.ys.val(p.y) : null;
+      if (geom.type === 'polygon') {
+        geom.vertices[Number(handle.slice(1))] = [x, y];
+      } else {
+        handle.split(',').forEach(function (h) {
+          var dim = h[0] === 'x' ? 0 : 1, side = h.slice(2) === 'min' ? 0 : 1, v = dim === 0 ? x : y;
+          var other = geom.bounds[dim][1 - side], eps = 1e-3;
+          if (other !== null) { v = side === 0 ? Math.min(v, other - eps) : Math.max(v, other + eps); }
+          geom.bounds[dim][side] = v;
+        });
+      }
+      moved = true;
+      S.cands[plot.g.path] = geom;
+      plot.drawGate(geom);
+    };
+    var up = function () {
+      window.removeEventListener('pointermove', move);
+      window.removeEventListener('pointerup', up);
+      if (moved) { recount(plot.g.path); }
+    };
+    window.addEventListener('pointermove', move);
+    window.addEventListener('pointerup', up);
+  }
+
+  function recount(movedPath) {
+    var i = S.current, t0 = performance.now();
+    message('Recounting…');
+    return api('POST', '/api/sample/' + i + '/recount', { version: S.sample.sample.version, gates: S.cands })
+      .then(function (r) {
+        if (S.current !== i) { return; }
+        S.cand = r.cand;
+        Object.keys(r.geometry).forEach(function (p) { S.cands[p] = r.geometry[p]; });
+        var saved = {};
+        S.sample.gates.forEach(function (g) { saved[g.path] = g.count; });
+        r.counts.forEach(function (c) {
+          var plot = S.plots[c.path];
+          if (!plot) { return; }
+          plot.setCount(c.count, c.parent_count, saved[c.path]);
+          if (S.cands[c.path]) { plot.drawGate(S.cands[c.path]); }
+          var below = Object.keys(S.cands).some(function (m) { return c.path.indexOf(m + '/') === 0; });
+          if (below && r.cand) { plot.population(r.cand); }
+        });
+        $('treg-candidate').textContent = 'with the moved gate: ' + fmtPct(r.treg.pct) + ' % (' +
+          fmtInt(r.treg.count) + ' of ' + fmtInt(r.treg.cd4) + '), not saved · ';
+        $('latency').textContent = ' · recount ' + Math.round(performance.now() - t0) + ' ms';
+        message('Moved ' + movedPath.split('/').pop() + ': press a to approve with it, e to save it, Esc to undo.');
+      }).catch(showError);
+  }
+
+  function undo() {
+    if (S.current === null) { return; }
+    openSample(S.current);
+  }
+
+  function sampleName() {
+    var s = S.sample.sample;
+    return s.patient + ' ' + s.visit;
+  }
+
+  function decide(action) {
+    if (!S.sample || S.current === null) { return; }
+    if (!S.reviewer) { askName(); return; }
+    var i = S.current, moved = Object.keys(S.cands).length > 0;
+    if (action === 'adjust' && !moved) { message('Nothing to save: drag a gate edge, corner or vertex first.', 'error'); return; }
+    var needReason = action === 'reject' || moved;
+    var label = action === 'reject' ? 'Why is ' + sampleName() + ' rejected?'
+      : 'Why was the gate of ' + sampleName() + ' moved?' + (action === 'approve' ? ' (It is then approved.)' : '');
+    (needReason ? ask(label, '') : Promise.resolve('')).then(function (reason) {
+      if (reason === null) { return; }
+      if (needReason && !reason.trim()) { message('A reason is needed; nothing was recorded.', 'error'); return; }
+      message('Recording…');
+      return api('POST', '/api/sample/' + i + '/decision', { version: S.sample.sample.version, action: action,
+        reason: reason, gates: action === 'reject' ? {} : S.cands }).then(function (r) {
+        var what = r.records.map(function (x) { return x.action; }).join(' + ');
+        message(what + ' recorded for ' + sampleName() + ' in review.jsonl' +
+          (r.recomputed ? '; Treg % CD4 now ' + fmtPct(r.sample.treg_pct) : ''), 'ok');
+        return refresh().then(function () {
+          return openSample(action === 'adjust' ? i : nextUndecided(i), true);
+        });
+      });
+    }).catch(showError);
+  }
+
+  function showError(e) {
+    message(e.message || String(e), 'error');
+    if (e.stale && S.current !== null) { refresh().then(function () { openSample(S.current, true); }); }
+  }
+
+  // -- one gate across the batch ----------------------------------------------------------------
+
+  function fillBatchControls() {
+    var sel = $('batch-gate');
+    if (sel.options.length) { return; }
+    S.gates.forEach(function (g) {
+      var o = el('option', { value: g, text: g.split('/').slice(1).join(' / ') });
+      if (g === S.numerator) { o.selected = true; }
+      sel.appendChild(o);
+    });
+  }
+
+  function showView(v) {
+    S.view = v;
+    $('sample-view').hidden = v !== 'sample';
+    $('batch-view').hidden = v !== 'batch';
+    $('tab-sample').className = v === 'sample' ? 'on' : '';
+    $('tab-batch').className = v === 'batch' ? 'on' : '';
+    if (v === 'batch') { loadBatch(); }
+  }
+
+  function robustOutliers(values) {
+    var ok = values.filter(function (v) { return v !== null; }).sort(function (a, b) { return a - b; });
+    if (ok.length < 4) { return values.map(function () { return false; }); }
+    var med = function (a) { var m = a.length >> 1; return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2; };
+    var m = med(ok), mad = 1.4826 * med(ok.map(function (v) { return Math.abs(v - m); }).sort(function (a, b) {
+      return a - b;
+    }));
+    return values.map(function (v) { return v !== null && mad > 0 && Math.abs(v - m) / mad > 3.5; });
+  }
+
+  function loadBatch() {
+    var gate = $('batch-gate').value || S.numerator, token = ++S.batchToken;
+    var patient = $('batch-patient').value;
+    message('Loading ' + gate.split('/').pop() + ' for every sample…');
+    return api('GET', '/api/batch?gate=' + encodeURIComponent(gate)).then(function (b) {
+      if (token !== S.batchToken) { return; }
+      S.batch = b;
+      var psel = $('batch-patient');
+      if (psel.options.length === 1) {
+        b.patients.forEach(function (p) { psel.appendChild(el('option', { value: p, text: p })); });
+      }
+      $('batch-axes').textContent = 'Every plot has the same axes: ' + b.axes.map(function (a) { return a.label; })
+        .join(' × ') + '. Red frame: % of parent more than 3.5 robust SDs from the batch median. Click a plot to open it.';
+      var grid = clear($('batch-grid'));
+      var pcts = b.samples.map(function (s) { return s.count === null ? null : pctOf(s.count, s.parent_count); });
+      var out = robustOutliers(pcts);
+      var plots = [];
+      b.samples.forEach(function (s, k) {
+        var g = { path: b.gate, name: s.patient + ' ' + s.visit, axes: b.axes, geometry: null };
+        var p = makePlot(g, { index: k, small: true, prefix: 'b', label: s.patient + ' ' + s.visit });
+        p.card.classList.add('thumb');
+        if (out[k]) { p.card.classList.add('outlier'); }
+        if (s.count !== null) { p.setCount(s.count, s.parent_count); } else { p.card.appendChild(el('p', { text: 'not gated' })); }
+        p.card.setAttribute('data-i', s.i);
+        p.card.addEventListener('click', function () { showView('sample'); openSample(s.i); });
+        grid.appendChild(p.card);
+        plots.push([s, p]);
+      });
+      renderOverlay(b, patient, token);
+      fetchThumbs(plots, gate, token);
+      message('');
+    }).catch(showError);
+  }
+
+  function fetchThumbs(plots, gate, token) {
+    var next = 0;
+    var work = function () {
+      if (token !== S.batchToken || next >= plots.length) { return Promise.resolve(); }
+      var item = plots[next++], s = item[0], p = item[1];
+      if (s.error) { return work(); }
+      return api('GET', '/api/thumb/' + s.i + '?gate=' + encodeURIComponent(gate)).then(function (t) {
+        if (t.image) { p.image(t.image); } else if (t.hist) { p.hist(t.hist, null); }
+        if (t.geometry) { p.drawGate(t.geometry); }
+      }).catch(function (e) { p.card.appendChild(el('p', { 'class': 'error', text: e.message })); }).then(work);
+    };
+    work(); work();  // two at a time: each reads and gates one file
+  }
+
+  function renderOverlay(b, patient, token) {
+    var box = clear($('overlay'));
+    if (!patient) { return; }
+    var visits = b.samples.filter(function (s) { return s.patient === patient; });
+    var g = { path: b.gate, name: patient + ': every visit', axes: b.axes, geometry: null };
+    var p = makePlot(g, { index: 0, prefix: 'o', label: patient });
+    var legend = el('ul', { 'class': 'legend' });
+    box.appendChild(el('h3', { text: 'Patient ' + patient + ', ' + b.gate.split('/').pop() + ' at every visit' }));
+    box.appendChild(p.card);
+    box.appendChild(legend);
+    p.card.firstChild.textContent = '';
+    visits.forEach(function (s, k) {
+      var colour = 'rgb(' + b.tints[k % b.tints.length].join(',') + ')';
+      legend.appendChild(el('li', {}, [el('span', { 'class': 'swatch', 'data-colour': k }),
+        s.visit + ': ' + fmtInt(s.count) + ' (' + fmtPct(pctOf(s.count, s.parent_count), 1) + ' %)']));
+      legend.lastChild.firstChild.style.background = colour;
+      if (s.error) { return; }
+      api('GET', '/api/thumb/' + s.i + '?gate=' + encodeURIComponent(b.gate) + '&tint=' + k).then(function (t) {
+        if (token !== S.batchToken) { return; }
+        if (t.image) { p.image(t.image, 0.75); } else if (t.hist) { p.hist(t.hist, colour); }
+        if (t.geometry) { p.drawGate(t.geometry, colour); }
+      }).catch(showError);
+    });
+  }
+
+  // -- start -----------------------------------------------------------------------------------
+
+  function onKey(e) {
+    if (!$('modal').hidden || e.ctrlKey || e.metaKey || e.altKey) { return; }
+    var tag = (e.target && e.target.tagName) || '';
+    if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
+    var acts = { j: function () { step(1); }, k: function () { step(-1); }, a: function () { decide('approve'); },
+      r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo };
+    if (acts[e.key] && S.view === 'sample') { e.preventDefault(); acts[e.key](); }
+  }
+
+  function init() {
+    $('modal-form').addEventListener('submit', function (e) { e.preventDefault(); closeModal($('modal-input').value); });
+    $('modal-cancel').addEventListener('click', function () { closeModal(null); });
+    $('modal-input').addEventListener('keydown', function (e) { if (e.key === 'Escape') { closeModal(null); } });
+    $('btn-approve').addEventListener('click', function () { decide('approve'); });
+    $('btn-reject').addEventListener('click', function () { decide('reject'); });
+    $('btn-edit').addEventListener('click', function () { decide('adjust'); });
+    $('btn-undo').addEventListener('click', undo);
+    $('tab-sample').addEventListener('click', function () { showView('sample'); });
+    $('tab-batch').addEventListener('click', function () { showView('batch'); });
+    $('batch-gate').addEventListener('change', loadBatch);
+    $('batch-patient').addEventListener('change', loadBatch);
+    document.addEventListener('keydown', onKey);
+    refresh().then(function () {
+      if (S.queue.length) { openSample(S.queue[0].i); }
+      if (!S.reviewer) { return askName(); }
+    }).catch(showError);
+  }
+
+  init();
+}());

@@ -1,0 +1,306 @@
+"""The review station's app through Starlette's TestClient: who gets in, what a request may change,
+what a recount and a saved gate give compared with a real re-run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from cytopipe.cli import cli
+from cytopipe.exceptions import ReviewError
+from cytopipe.station import CSRF_HEADER, Station, check_host, create_app
+
+from .conftest import TREG, XSS
+
+TOKEN = "test-token-123"
+
+
+@pytest.fixture
+def station(run_copy):
+    st = Station(run_copy)
+    yield st
+    st.close()
+
+
+def _client(station, **kw) -> TestClient:
+    return TestClient(create_app(station, token=TOKEN, **kw), base_url="http://127.0.0.1")
+
+
+def _login(client) -> str:
+    """Open the token link; return the page's CSRF token."""
+    page = client.get(f"/?token={TOKEN}")
+    assert page.status_code == 200
+    return re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+
+
+def _index(run_dir, patient, visit) -> int:
+    table = pd.read_parquet(run_dir / "treg_by_visit.parquet")
+    return int(np.flatnonzero((table["patient_id"] == patient) & (table["visit"] == visit))[0])
+
+
+def _treg(opened):
+    return next(g for g in opened["gates"] if g["path"] == TREG)
+
+
+def _lowered(treg, by: float) -> dict:
+    bounds = [list(b) for b in treg["geometry"]["bounds"]]
+    bounds[0][0] -= by  # CD25 (PE-Cy7-A) lower edge, logicle units
+    return {"bounds": bounds}
+
+
+def test_no_token_no_entry(station):
+    client = _client(station)
+    for url in ("/", "/api/state", "/api/sample/0", "/static/app.js", f"/api/batch?gate={TREG}"):
+        r = client.get(url)
+        assert r.status_code == 401, url
+    assert client.get("/?token=wrong").status_code == 403
+    assert client.post("/api/reviewer", json={"name": "x"}).status_code == 401
+    assert "cytopipe_station" not in client.cookies
+
+
+def test_the_token_gives_a_strict_httponly_cookie_and_leaves_the_url(station):
+    client = _client(station)
+    r = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert "http://" not in page.text and "https://" not in page.text and "<script>" not in page.text
+    assert client.get("/static/app.js").status_code == 200
+    # the page builds the DOM from data as text only
+    assert "innerHTML" not in client.get("/static/app.js").text
+    # another host name (DNS rebinding) is refused even with the cookie
+    other = TestClient(create_app(station, token=TOKEN), base_url="http://evil.example")
+    assert other.get(f"/?token={TOKEN}").status_code == 400
+
+
+def test_a_state_change_needs_the_csrf_header(station, run_copy):
+    client = _client(station)
+    csrf = _login(client)
+    assert client.post("/api/reviewer", json={"name": "Dr A"}).status_code == 403
+    assert client.post("/api/reviewer", json={"name": "Dr A"}, headers={CSRF_HEADER: "guess"}).status_code == 403
+    assert client.post("/api/reviewer", json={"name": "Dr A"}, headers={CSRF_HEADER: csrf}).status_code == 200
+    i = _index(run_copy, "P01", "D8")
+    version = client.get(f"/api/sample/{i}").json()["sample"]["version"]
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"})
+    assert r.status_code == 403
+    assert not (run_copy / "review.jsonl").exists()
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.json()
+    line = json.loads((run_copy / "review.jsonl").read_text().splitlines()[-1])
+    assert (line["action"], line["reviewer"], line["visit"]) == ("approve", "Dr A", "D8")
+
+
+def test_a_decision_needs_the_reviewer_name_first(station, run_copy):
+    client = _client(station)
+    csrf = _login(client)
+    version = client.get("/api/sample/0").json()["sample"]["version"]
+    r = client.post("/api/sample/0/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 400 and "name" in r.json()["error"]
+    assert not (run_copy / "review.jsonl").exists()
+
+
+def test_a_decision_on_a_stale_view_is_refused(station, run_copy):
+    client = _client(station)
+    csrf = _login(client)
+    client.post("/api/reviewer", json={"name": "Dr A"}, headers={CSRF_HEADER: csrf})
+    i = _index(run_copy, "P01", "D1")
+    version = client.get(f"/api/sample/{i}").json()["sample"]["version"]
+    # meanwhile another reviewer rejects it from the command line
+    res = CliRunner().invoke(cli, ["review", str(run_copy), "P01:D1", "--reject", "--reason", "clog",
+                                   "--reviewer", "Dr B", "--no-report"])
+    assert res.exit_code == 0, res.output
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 409
+    assert "changed since your view loaded" in r.json()["error"] and "P01 D1" in r.json()["error"]
+    lines = (run_copy / "review.jsonl").read_text().splitlines()
+    assert [json.loads(x)["reviewer"] for x in lines] == ["Dr B"]
+    # a recount on the stale view is refused too; the fresh version is accepted
+    treg = _treg(client.get(f"/api/sample/{i}").json())
+    r = client.post(f"/api/sample/{i}/recount", json={"version": version, "gates": {TREG: _lowered(treg, 0.05)}},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 409
+
+
+def test_a_host_other_machines_reach_needs_a_password(run_copy, station):
+    with pytest.raises(ReviewError, match="without a password"):
+        check_host("0.0.0.0", None)
+    with pytest.raises(ReviewError, match="without a password"):
+        check_host("review.lab.example", "")
+    check_host("0.0.0.0", "s3cret")
+    check_host("::1", None)
+    res = CliRunner().invoke(cli, ["review", str(run_copy), "--serve", "--host", "0.0.0.0", "--no-browser"])
+    assert res.exit_code == 2 and "without a password" in res.output
+    # with a password: the token alone does not open the API; the password does, once
+    client = _client(station, password="s3cret")
+    r = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+    assert client.get("/api/state").status_code == 401
+    assert client.post("/login", data={"password": "guess", "csrf": csrf}).status_code == 403
+    assert client.get("/api/state").status_code == 401
+    assert client.post("/login", data={"password": "s3cret", "csrf": csrf}).status_code == 200
+    assert client.get("/api/state").status_code == 200
+
+
+def test_queue_in_review_order_with_what_is_left(station, run_copy):
+    res = CliRunner().invoke(cli, ["review", str(run_copy), "P01:D60", "--approve", "--reviewer", "Dr B",
+                                   "--no-report"])
+    assert res.exit_code == 0, res.output
+    client = _client(station)
+    _login(client)
+    state = client.get("/api/state").json()
+    rows = state["rows"]
+    assert len(rows) == 7 and state["left"] == 6
+    # the short tube is flagged (low_events): first; the approved sample: last
+    assert (rows[0]["file"], rows[0]["group"]) == ("short.fcs", 1) and "low_events" in rows[0]["flags"]
+    assert (rows[-1]["patient"], rows[-1]["visit"], rows[-1]["review_status"]) == ("P01", "D60", "approved")
+    assert [r["group"] for r in rows] == sorted(r["group"] for r in rows)
+    table = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    for r in rows:
+        t = table[table["file"] == r["file"]].iloc[0]
+        assert r["treg_count"] == t["treg_count"] and r["patient"] == t["patient_id"]
+        assert r["ci"][0] < 100 * t["treg_count"] / t["cd4_count"] < r["ci"][1]
+    assert XSS in {r["patient"] for r in rows}  # sheet text is data; the page puts it in as text
+
+
+def test_the_sample_view_labels_axes_by_marker_and_detector(station, run_copy):
+    client = _client(station)
+    _login(client)
+    i = _index(run_copy, "P01", "D1")
+    opened = client.get(f"/api/sample/{i}").json()
+    treg = _treg(opened)
+    assert [a["label"] for a in treg["axes"]] == ["CD25 (PE-Cy7-A)", "FOXP3 (APC-A)"]
+    from cytopipe.strategy import load_strategy
+
+    logicle = load_strategy("treg@1.0.0").gating_strategy().get_transform("logicle")
+    ticks = {t["label"]: t["v"] for t in treg["axes"][0]["ticks"] if t["major"]}
+    assert set(ticks) == {"-10³", "0", "10³", "10⁴", "10⁵"}
+    assert ticks["10³"] == pytest.approx(float(logicle.apply(np.array([[1000.0]]))[0, 0]))
+    pops = pd.read_parquet(run_copy / "populations.parquet")
+    mine = pops[pops["file"] == opened["sample"]["file"]].set_index("gate_path")
+    for g in opened["gates"]:  # the opened sample counts exactly what the run counted
+        assert (g["count"], g["parent_count"]) == (mine.loc[g["path"], "count"], mine.loc[g["path"], "parent_count"])
+    png = client.get(f"/api/sample/{i}/population", params={"gate": TREG})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    live = client.get(f"/api/sample/{i}/population", params={"gate": "root/Lymphocytes/Singlets/Live"}).json()
+    assert sum(live["hist"]) == mine.loc["root/Lymphocytes/Singlets", "count"]  # every parent event drawn
+
+
+def test_recount_gives_what_a_rerun_with_the_adjusted_gate_gives(station, run_copy, dask_client):
+    from cytopipe.batch.driver import run_batch
+
+    client = _client(station)
+    csrf = _login(client)
+    i = _index(run_copy, "P01", "D1")
+    opened = client.get(f"/api/sample/{i}").json()
+    treg = _treg(opened)
+    r = client.post(f"/api/sample/{i}/recount", json={"version": opened["sample"]["version"],
+                                                     "gates": {TREG: _lowered(treg, 0.08)}},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.json()
+    got = r.json()
+    counts = {c["path"]: c["count"] for c in got["counts"]}
+    assert counts[TREG] > treg["count"]  # a lower CD25 edge can only add Treg events
+    assert {p: c for p, c in counts.items() if p != TREG} == {g["path"]: g["count"] for g in opened["gates"]
+                                                               if g["path"] != TREG}
+    lin = got["linear"][TREG]["bounds"]
+    assert lin["PE-Cy7-A"][0] < 3000 and lin["PE-Cy7-A"][1] is None
+    # the same adjustment typed on the command line, then a real re-run
+    bounds = [f"{det}={'' if lo is None else repr(lo)}:{'' if hi is None else repr(hi)}"
+              for det, (lo, hi) in lin.items()]
+    res = CliRunner().invoke(cli, ["review", str(run_copy), "P01:D1", "--adjust-gate", TREG,
+                                   *[a for b in bounds for a in ("--bound", b)], "--reason", "CD25 edge",
+                                   "--reviewer", "Dr A", "--no-report"])
+    assert res.exit_code == 0, res.output
+    shutil.rmtree(run_copy / "cache")  # gate it afresh
+    run = json.loads((run_copy / "run.json").read_text())
+    run_batch(run["sample_sheet"], run_copy, client=dask_client, strategy="treg@1.0.0", report=False)
+    pops = pd.read_parquet(run_copy / "populations.parquet")
+    rerun = pops[pops["file"] == opened["sample"]["file"]].set_index("gate_path")["count"].to_dict()
+    assert rerun == counts
+    row = pd.read_csv(run_copy / "treg_by_visit.csv").set_index("file").loc[opened["sample"]["file"]]
+    assert row["treg_count"] == got["treg"]["count"] and row["cd4_count"] == got["treg"]["cd4"]
+
+
+def test_saving_a_moved_gate_updates_that_sample_as_a_rerun_would(station, run_copy, dask_client):
+    from cytopipe.batch.driver import run_batch
+    from cytopipe.review import verify_review_chain
+
+    client = _client(station)
+    csrf = _login(client)
+    client.post("/api/reviewer", json={"name": "Dr A"}, headers={CSRF_HEADER: csrf})
+    i = _index(run_copy, "P01", "D8")
+    before = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    opened = client.get(f"/api/sample/{i}").json()
+    treg = _treg(opened)
+    r = client.post(f"/api/sample/{i}/decision", headers={CSRF_HEADER: csrf}, json={
+        "version": opened["sample"]["version"], "action": "adjust", "reason": "CD25-high cells cut off",
+        "gates": {TREG: _lowered(treg, 0.08)}})
+    assert r.status_code == 200, r.json()
+    assert r.json()["recomputed"]
+    after = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    mine = after["file"] == opened["sample"]["file"]
+    assert after.loc[mine, "treg_count"].item() > before.loc[mine, "treg_count"].item()
+    assert after.loc[mine, "review_status"].item() == "adjusted"
+    # every other sample's row is as it was
+    others = [c for c in after.columns if c not in ("review_status", "reviewer", "reviewed_at")]
+    pd.testing.assert_frame_equal(after.loc[~mine, others], before.loc[~mine, others])
+    assert pd.read_parquet(run_copy / "treg_by_visit.parquet")["treg_count"].tolist() == after["treg_count"].tolist()
+    # approving the adjusted numbers needs no re-run (the command line accepts it too)
+    version = r.json()["sample"]["version"]
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.json()
+    assert verify_review_chain(run_copy) == []
+    actions = [json.loads(x)["action"] for x in (run_copy / "review.jsonl").read_text().splitlines()]
+    assert actions == ["adjust", "approve"]
+    # the record names the gates that gave the new numbers, and the whole run still verifies
+    from cytopipe.audit import verify_run
+
+    entry = json.loads((run_copy / "miflowcyt.json").read_text())["samples"][i]
+    assert entry["file"] == opened["sample"]["file"] and entry["adjusted_gates"] == [TREG]
+    station_gates = (run_copy / entry["gates_file"]).read_bytes()
+    assert verify_run(run_copy) == []
+    saved = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    saved_pops = pd.read_parquet(run_copy / "populations.parquet")
+    # a real re-run, gating afresh, gives the same rows (and keeps the approval)
+    shutil.rmtree(run_copy / "cache")
+    run = json.loads((run_copy / "run.json").read_text())
+    run_batch(run["sample_sheet"], run_copy, client=dask_client, strategy="treg@1.0.0", report=False)
+    rerun = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    cols = ["file", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "qc_status", "qc_flags",
+            "review_status", "reviewer"]
+    pd.testing.assert_frame_equal(rerun[cols], saved[cols])
+    pd.testing.assert_frame_equal(pd.read_parquet(run_copy / "populations.parquet")[["file", "gate_path", "count"]],
+                                  saved_pops[["file", "gate_path", "count"]])
+    assert (run_copy / entry["gates_file"]).read_bytes() == station_gates  # the re-run applies the same gates
+
+
+def test_one_gate_across_the_batch(station, run_copy):
+    client = _client(station)
+    _login(client)
+    b = client.get("/api/batch", params={"gate": TREG}).json()
+    assert [a["label"] for a in b["axes"]] == ["CD25 (PE-Cy7-A)", "FOXP3 (APC-A)"]
+    table = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False).set_index("file")
+    assert len(b["samples"]) == 7
+    for s in b["samples"]:
+        assert s["count"] == table.loc[s["file"], "treg_count"]
+        assert s["parent_count"] == table.loc[s["file"], "cd4_count"]
+    t = client.get(f"/api/thumb/{b['samples'][1]['i']}", params={"gate": TREG, "tint": 2}).json()
+    assert t["count"] == table.loc[b["samples"][1]["file"], "treg_count"]
+    assert t["image"].startswith("data:image/png;base64,") and t["geometry"]["type"] == "rect"
+    assert client.get("/api/batch", params={"gate": "root/Nope"}).status_code == 400

@@ -1,0 +1,47 @@
+"""The station's drawing in numbers: PNG encoding, density orientation, axis ticks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from cytopipe.station.render import axis_spec, density_png, png_bytes
+
+
+def test_png_bytes_decode_to_the_same_pixels():
+    from PIL import Image
+
+    rgba = np.random.default_rng(0).integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
+    img = np.asarray(Image.open(io.BytesIO(png_bytes(rgba))).convert("RGBA"))
+    assert img.shape == (7, 5, 4) and (img == rgba).all()
+
+
+def test_density_has_y_up_and_empty_bins_transparent():
+    from PIL import Image
+
+    hist = np.zeros((4, 3))  # x bins x y bins
+    hist[0, 2] = 5  # left column, top row
+    hist[3, 0] = 1  # right column, bottom row
+    img = np.asarray(Image.open(io.BytesIO(density_png(hist))).convert("RGBA"))
+    assert img.shape == (3, 4, 4)
+    assert img[0, 0, 3] == 255 and img[2, 3, 3] == 255
+    assert (img[..., 3] > 0).sum() == 2
+    tinted = np.asarray(Image.open(io.BytesIO(density_png(hist, tint=(10, 20, 30)))).convert("RGBA"))
+    assert (tinted[0, 0, :3] == (10, 20, 30)).all() and tinted[0, 0, 3] > tinted[2, 3, 3] > 0
+
+
+def test_logicle_axis_ticks_sit_where_flowkit_puts_the_values():
+    from cytopipe.strategy import load_strategy
+
+    logicle = load_strategy("treg@1.0.0").gating_strategy().get_transform("logicle")
+    axis = axis_spec("APC-A", logicle, {"APC-A": "FOXP3"})
+    assert axis["label"] == "FOXP3 (APC-A)" and axis["log"]
+    majors = {t["label"]: t["v"] for t in axis["ticks"] if t["major"]}
+    for label, linear in (("0", 0.0), ("10⁴", 1e4), ("-10³", -1e3)):
+        assert np.isclose(majors[label], float(logicle.apply(np.array([[linear]]))[0, 0]))
+    minors = [t["v"] for t in axis["ticks"] if not t["major"]]
+    assert len(minors) > 20 and all(axis["range"][0] <= v <= axis["range"][1] for v in minors)
+    scatter = axis_spec("FSC-A", None, {"APC-A": "FOXP3"})
+    assert scatter["label"] == "FSC-A" and scatter["range"] == [0.0, 262144.0]
+    assert [t["label"] for t in scatter["ticks"]] == ["0", "50k", "100k", "150k", "200k", "250k"]

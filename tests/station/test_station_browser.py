@@ -1,0 +1,144 @@
+"""The review station in headless Chromium: open it with its token, give a name, drag the Treg gate's
+lower CD25 edge, see the count change, approve, and find it all in review.jsonl and treg_by_visit.csv."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import TREG, XSS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _chromium() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium/chromedriver not installed: run scripts/ensure_chromium.sh (make test does)")
+    pytest.importorskip("selenium", reason="selenium is not installed in the venv")
+    return browser, driver
+
+
+def _wait(drv, script: str, timeout: float = 30.0):
+    """Poll a JS expression until it is truthy; return its value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = drv.execute_script("return " + script)
+        if value:
+            return value
+        time.sleep(0.1)
+    shown = drv.execute_script("return document.getElementById('message').textContent")
+    raise AssertionError(f"timed out waiting for: {script}; message: {shown}")
+
+
+@pytest.mark.slow
+def test_review_station_in_headless_chromium(run_copy, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from cytopipe.station import StationServer
+
+    browser, driver_path = _chromium()
+    artefacts = REPO / "test-artifacts"
+    artefacts.mkdir(exist_ok=True)
+    before = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
+    srv = StationServer(run_copy, port=0).start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        # no token: refused
+        base = srv.url.split("?", 1)[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "api/state", timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()  # the error holds the response's socket
+        drv.get(srv.url)
+        assert "token=" not in drv.current_url  # the token leaves the address bar
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("Dr Browser")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, "document.getElementById('who').textContent.indexOf('Dr Browser') >= 0")
+        # a state change without the CSRF header is refused, even from the page itself
+        status = drv.execute_async_script(
+            "var done = arguments[0]; fetch('/api/reviewer', {method: 'POST', headers: {'Content-Type': "
+            "'application/json'}, body: JSON.stringify({name: 'Mallory'})}).then(function (r) { done(r.status); });")
+        assert status == 403
+        # hostile sheet text shows as text and injects nothing
+        assert XSS in drv.find_element("id", "queue").text
+        assert drv.execute_script("return document.querySelectorAll('#queue img').length") == 0
+        # open P01 D8 from the queue
+        row = next(r for r in drv.find_elements("css selector", "#queue tbody tr")
+                   if r.text.startswith("P01 D8"))
+        row.click()
+        treg_card = f'.card[data-gate="{TREG}"]'
+        _wait(drv, f"document.querySelector('{treg_card} line.edge[data-handle=\"x-min\"]') && "
+                   f"document.getElementById('sample-head').textContent.indexOf('D8') >= 0")
+        _wait(drv, f"document.querySelector('{treg_card} image.density').getBBox().width > 0")
+        file = before[(before["patient_id"] == "P01") & (before["visit"] == "D8")]["file"].item()
+        old = int(drv.find_element("css selector", f"{treg_card} .count").get_attribute("data-count"))
+        assert old == before.loc[before["file"] == file, "treg_count"].item()
+        labels = drv.execute_script(f"return Array.from(document.querySelectorAll('{treg_card} text.label'))"
+                                    ".map(function (t) {{ return t.textContent; }})")
+        assert labels == ["CD25 (PE-Cy7-A)", "FOXP3 (APC-A)"]
+        edge = drv.find_element("css selector", f'{treg_card} line.edge[data-handle="x-min"]')
+        x_before = float(edge.get_attribute("x1"))
+        ActionChains(drv).click_and_hold(edge).move_by_offset(-12, 0).move_by_offset(-12, 0) \
+            .move_by_offset(-12, 0).release().perform()
+        new = int(_wait(drv, f"(function () {{ var c = document.querySelector('{treg_card} .count'); "
+                             f"return c.getAttribute('data-count') !== '{old}' && c.getAttribute('data-count'); }})()"))
+        assert new > old  # lowering the CD25 edge can only add Treg events
+        edge = drv.find_element("css selector", f'{treg_card} line.edge[data-handle="x-min"]')
+        assert float(edge.get_attribute("x1")) < x_before - 20
+        assert "saved:" in drv.find_element("css selector", treg_card).text
+        drv.execute_script("window.scrollTo(0, 0)")
+        drv.save_screenshot(str(artefacts / "review_station.png"))
+        # approve: the moved gate is saved with a reason, then the sample approved
+        drv.find_element("tag name", "body").send_keys("a")
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("CD25-high cells left out by the template")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, "document.getElementById('message').textContent.indexOf('recorded') >= 0")
+        lines = [json.loads(x) for x in (run_copy / "review.jsonl").read_text().splitlines()]
+        assert [(d["action"], d["reviewer"], d["file"]) for d in lines] == [
+            ("adjust", "Dr Browser", file), ("approve", "Dr Browser", file)]
+        assert lines[0]["gate_path"] == TREG and lines[0]["reason"] == "CD25-high cells left out by the template"
+        after = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False).set_index("file")
+        assert after.loc[file, "treg_count"] == new
+        assert after.loc[file, "review_status"] == "approved" and after.loc[file, "reviewer"] == "Dr Browser"
+        _wait(drv, f"document.getElementById('left').getAttribute('data-left') === '{len(before) - 1}'")
+        assert drv.find_element("id", "left").text == f"{len(before) - 1} of {len(before)} left to decide"
+        srv.station.report.flush()  # the report is re-rendered off the request's path
+        index = (run_copy / "report" / "index.html").read_text(encoding="utf-8")
+        assert "approved</span> (Dr Browser)" in index
+        # one gate across the batch, a patient's visits overlaid
+        drv.find_element("id", "tab-batch").click()
+        _wait(drv, "document.querySelectorAll('#batch-grid .card image').length >= 6", timeout=60)
+        from selenium.webdriver.support.ui import Select
+
+        Select(drv.find_element("id", "batch-patient")).select_by_value("P01")
+        _wait(drv, "document.querySelectorAll('#overlay image').length == 3", timeout=60)
+        drv.save_screenshot(str(artefacts / "review_station_batch.png"))
+        thumbs = drv.find_elements("css selector", "#batch-grid .card")
+        assert len(thumbs) == len(before)
+        thumbs[0].click()
+        _wait(drv, "!document.getElementById('sample-view').hidden")
+        errors = [e for e in drv.get_log("browser") if e["level"] in ("SEVERE", "ERROR")
+                  and "/api/reviewer" not in e["message"]]  # the refused request above is logged
+        assert errors == []
+    finally:
+        drv.quit()
+        srv.stop()
