@@ -253,6 +253,10 @@ def _check_rows(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame,
             problems.append(f"{run_json}: software set {sha} does not hash to its versions_sha (edited?)")
     every = [d for d in _decisions(run_dir) if d is not None]
     applied = [d for d in _decisions(run_dir)[: int(run.get("review_decisions") or 0)] if d is not None]
+    if len(_decisions(run_dir)) < int(run.get("review_decisions") or 0):
+        # the hash chain cannot see lines cut from its end; the run's count of the lines it applied can
+        problems.append(f"{run_dir / 'review.jsonl'}: {len(_decisions(run_dir))} lines, but {run_json} says the run "
+                        f"applied {run.get('review_decisions')}: lines were removed from its end")
     try:
         thresholds = QCThresholds(**run["qc_thresholds"])
         raw_thresholds = dict(run["qc_thresholds"])
@@ -344,7 +348,8 @@ def _stored_result(run_dir: Path, run: dict[str, Any], row: pd.Series, sha: str,
     candidates = []
     for decisions in histories:
         digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha))
-        key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds)
+        key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds,
+                        manifest_sha=str(run.get("strategy_manifest_sha256", "")))
         path = run_dir / "cache" / f"{key}.json"
         if path.is_file():
             return path
@@ -440,6 +445,10 @@ def _check_strategy(run_dir: Path, run: dict[str, Any], problems: list[str]) -> 
     if used is not None and used.sha256 != run.get("strategy_sha256"):
         problems.append(f"{used.gatingml_path}: sha256 {used.sha256} differs from strategy_sha256 "
                         f"{run.get('strategy_sha256')} in {run_json}: the strategy changed since the run")
+    if used is not None and used.manifest_sha256 != run.get("strategy_manifest_sha256"):
+        problems.append(f"{used.directory / 'manifest.json'}: sha256 {used.manifest_sha256} differs from "
+                        f"strategy_manifest_sha256 {run.get('strategy_manifest_sha256')} in {run_json}: "
+                        "the strategy's manifest changed since the run")
     try:
         registered = strategy_dir(ref)
     except CytopipeError:  # a folder outside the registry, or a version never registered

@@ -209,6 +209,7 @@ def run_batch(
             "strategy": strat.name,
             "strategy_version": strat.version,
             "strategy_sha256": strat.sha256,
+            "strategy_manifest_sha256": strat.manifest_sha256,
             "strategy_status": strat.status,
             "strategy_dir": str(strat.directory.resolve()),  # a run from any strategy folder stays reviewable
             "cytopipe_version": __version__,  # the driver's; each worker's is under software

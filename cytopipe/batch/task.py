@@ -104,13 +104,16 @@ def versions_sha(versions: dict[str, str] | None) -> str | None:
 
 
 def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions: dict[str, str],
-              thresholds: dict[str, Any]) -> str:
+              thresholds: dict[str, Any], manifest_sha: str = "") -> str:
     """The name of a sample's stored result in ``cache/``: a digest of everything that can change its numbers.
 
     Parameters
     ----------
     file_sha, strategy_sha
         sha256 of the FCS file and of the strategy's GatingML.
+    manifest_sha
+        :attr:`~cytopipe.strategy.registry.Strategy.manifest_sha256`: the panel, the
+        numerator and denominator and the placement parameters change numbers too.
     adjusted
         :func:`~cytopipe.review.decisions.adjustments_digest` of the sample's gate adjustments.
     versions
@@ -126,7 +129,7 @@ def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions:
         64 hex digits.
     """
     parts = {
-        "file": file_sha, "strategy": strategy_sha, "adjusted": adjusted,
+        "file": file_sha, "strategy": strategy_sha, "manifest": manifest_sha, "adjusted": adjusted,
         "software": {k: versions.get(k, "not installed") for k in _KEY_SOFTWARE},
         "qc": {k: float(v) for k, v in sorted(thresholds.items()) if k not in _FLAG_ONLY_THRESHOLDS},
     }
@@ -227,9 +230,16 @@ def finish_auto_gates(result: SampleResult) -> None:
     result.qc_flags.extend(f for f in auto.get("qc_flags", []) if f not in result.qc_flags)
 
 
-@lru_cache(maxsize=8)
 def _strategy_in_worker(directory: str, allow_draft: bool) -> Strategy:
-    # Loaded once per worker process; the sha256 check runs there too.
+    # Loaded once per worker process and folder state (the sha256 check runs there too): a long-lived
+    # process (a worker of an existing cluster, the review station) sees a draft edited since it loaded it
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(directory).iterdir())
+                  if p.is_file())
+    return _strategy_loaded(directory, allow_draft, stamp)
+
+
+@lru_cache(maxsize=8)
+def _strategy_loaded(directory: str, allow_draft: bool, stamp: tuple) -> Strategy:
     return load_strategy(directory, allow_draft=allow_draft)
 
 
@@ -341,7 +351,7 @@ def process_sample(
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
         key = cache_key(sha, strategy.sha256, adjusted=adjustments_digest(adjustments), versions=out.versions,
-                        thresholds=asdict(thresholds))
+                        thresholds=asdict(thresholds), manifest_sha=strategy.manifest_sha256)
         cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             stored = SampleResult.from_cache(json.loads(cache_file.read_text(encoding="utf-8")), path, out.worker)

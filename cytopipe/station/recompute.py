@@ -89,13 +89,14 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[st
     from ..batch.task import process_sample, versions_sha
     from ..outputs import replace_sample_gates
     from ..review.decisions import gate_adjustments
-    from ..gating.qc import flag_visit_outliers, load_thresholds
+    from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
     from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, write_json, write_table
     from ..review.decisions import read_decisions, review_fields
 
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    thresholds = load_thresholds()
+    # the run's thresholds, not this process's configuration: a re-run of that run would use them
+    thresholds = QCThresholds(**run["qc_thresholds"]) if run.get("qc_thresholds") else load_thresholds()
     with run_folder_lock(run_dir):
         table = read_treg_table(run_dir)
         hits = [i for i, f in enumerate(table["file"].astype(str)) if f == str(file)]
@@ -108,6 +109,11 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[st
         res = process_sample(str(sample_path(run, file)), str(Path(strategy.directory).resolve()), allow_draft=True,
                              cache_dir=str((run_dir / "cache").resolve()),
                              qc_thresholds=dataclasses.asdict(thresholds), reviews=mine)
+        old_sha = table.at[table.index[pos], "file_sha256"]
+        if res.error or (not pd.isna(old_sha) and res.file_sha256 != old_sha):
+            # the file is gone or changed since the run: nothing is written, the run's numbers stand
+            why = res.error or f"its sha256 is now {res.file_sha256}, the run gated {old_sha}"
+            raise ReviewError(f"{file}: cannot be gated again ({why}); re-run the batch to take the file as it is now.")
         status = "error" if res.error else ("flag" if res.qc_flags else "ok")
         idx = table.index[pos]
         for col, value in {

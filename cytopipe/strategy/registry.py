@@ -108,6 +108,18 @@ class Strategy:
         return f"{self.name}@{self.version}"
 
     @property
+    def manifest_sha256(self) -> str:
+        """sha256 of the manifest as canonical JSON, its ``status`` left out.
+
+        The manifest changes numbers too (the panel, the numerator and
+        denominator, every placement parameter), so a stored result is keyed
+        on it as well as on the GatingML; releasing a version (``status``)
+        changes none.
+        """
+        body = {k: v for k, v in self.manifest.items() if k != "status"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+    @property
     def is_draft(self) -> bool:
         """True when this version is not released."""
         return self.status != "released"

@@ -139,6 +139,27 @@ def test_a_stored_result_is_recomputed_after_an_upgrade_and_carries_the_new_vers
     assert again.cached and again.versions == real and len(gated) == 4
 
 
+def test_a_stored_result_is_recomputed_after_the_strategy_manifest_changes(tmp_path):
+    """The manifest changes numbers too (here the numerator): an edited one is never served from the cache."""
+    import shutil
+
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=20_000, seed=12))
+    folder = tmp_path / "treg_copy"
+    shutil.copytree(load_strategy("treg@1.0.0").directory, folder)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    first = process_sample(str(path), str(folder), cache_dir=str(cache))
+    assert not first.cached and 0 < first.treg_count < first.cd4_count
+    assert process_sample(str(path), str(folder), cache_dir=str(cache)).cached
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["endpoint"]["numerator"] = manifest["endpoint"]["denominator"]  # "Tregs" = every CD4+ cell
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    edited = process_sample(str(path), str(folder), cache_dir=str(cache))
+    assert not edited.cached and edited.treg_count == first.cd4_count  # computed again, from the new numerator
+    assert len(list(cache.glob("*.json"))) == 2
+
+
 def test_the_time_qc_thresholds_are_in_the_cache_key_and_the_flag_only_ones_are_not(tmp_path):
     path = tmp_path / "a.fcs"
     write_fcs(path, SampleSpec(n_events=20_000, seed=13))
