@@ -277,7 +277,9 @@ def test_saving_a_moved_gate_updates_that_sample_as_a_rerun_would(station, run_c
     assert verify_run(run_copy) == []
     saved = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
     saved_pops = pd.read_parquet(run_copy / "populations.parquet")
-    # a real re-run, gating afresh, gives the same rows (and keeps the approval)
+    # a real re-run, gating afresh, gives the same rows (and keeps the approval); the station's report
+    # pages are written first (their thread stores plot data under cache/ while it works)
+    station.report.flush()
     shutil.rmtree(run_copy / "cache")
     run = json.loads((run_copy / "run.json").read_text())
     run_batch(run["sample_sheet"], run_copy, client=dask_client, strategy="treg@1.0.0", report=False)
