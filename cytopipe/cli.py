@@ -415,10 +415,13 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
     action = "adjust" if gate_path else action
     if action is None:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate GATE_PATH.")
-    rec = record_decision(run_dir, sample, action=action, reviewer=reviewer, reason=reason, gate_path=gate_path,
-                          bounds=dict(_parse_bound(b) for b in bounds) or None,
-                          vertices=[_parse_vertex(v) for v in vertices] or None)
-    update_review_columns(run_dir)
+    from .outputs import run_folder_lock
+
+    with run_folder_lock(run_dir, "cytopipe review"):  # never while a run or the station rewrites the tables
+        rec = record_decision(run_dir, sample, action=action, reviewer=reviewer, reason=reason, gate_path=gate_path,
+                              bounds=dict(_parse_bound(b) for b in bounds) or None,
+                              vertices=[_parse_vertex(v) for v in vertices] or None)
+        update_review_columns(run_dir)
     if not no_report:  # this sample's page and the index; the other pages did not change
         from .review import write_report
 

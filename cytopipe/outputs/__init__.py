@@ -13,6 +13,8 @@ from .tables import (
     write_table,
     write_json,
     read_treg_table,
+    RUN_LOCK,
+    run_folder_lock,
     manifest_path,
 )
 from .schema import TABLES, dtypes_for, read_output, validate_table, write_docs, render_markdown, render_json
@@ -40,6 +42,8 @@ __all__ = [
     "write_table",
     "write_json",
     "read_treg_table",
+    "RUN_LOCK",
+    "run_folder_lock",
     "manifest_path",
     "TABLES",
     "dtypes_for",

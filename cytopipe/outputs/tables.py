@@ -12,11 +12,13 @@ left disagreeing no longer match the manifest (``cytopipe verify``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "write_table",
     "write_json",
     "read_treg_table",
+    "RUN_LOCK",
+    "run_folder_lock",
     "manifest_path",
 ]
 
@@ -224,3 +228,40 @@ def read_treg_table(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Read a run's ``treg_by_visit.parquet`` with its documented dtypes."""
     df = pd.read_parquet(Path(run_dir) / "treg_by_visit.parquet")
     return _typed(df, TREG_COLUMNS)
+
+
+#: The lock file ``cytopipe run`` holds on its output folder while it writes it.
+RUN_LOCK = ".cytopipe-run.lock"
+
+
+@contextmanager
+def run_folder_lock(run_dir: str | os.PathLike, holder: str = "cytopipe review"):
+    """Hold a run folder's lock while its tables and review log are changed; refuse while another holds it.
+
+    The same advisory ``flock`` ``cytopipe run`` holds on its output folder:
+    a decision (from the command line or the review station) and a run never
+    rewrite a folder's tables at the same time, so none undoes the other.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the folder; the message names it.
+    """
+    path = Path(run_dir) / RUN_LOCK
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip() or "another process"
+            msg = (f"{run_dir} is being written by another process ({other}); wait for it to finish, "
+                   "then try again.")
+            raise OutputError(msg) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{holder}, pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

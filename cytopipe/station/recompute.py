@@ -16,53 +16,27 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import fcntl
 import json
 import os
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..exceptions import OutputError, ReviewError
+from ..exceptions import ReviewError
+from ..outputs import RUN_LOCK, run_folder_lock
 
 __all__ = ["RUN_LOCK", "recompute_sample", "run_folder_lock", "sample_path"]
 
-#: The lock file ``cytopipe run`` holds on its output folder while it writes it.
-RUN_LOCK = ".cytopipe-run.lock"
 _OUTLIER_FLAG = "treg_outlier"
-
-
-@contextmanager
-def run_folder_lock(run_dir: Path):
-    """Hold the run folder's lock while its tables are rewritten; refuse while a ``cytopipe run`` holds it."""
-    path = Path(run_dir) / RUN_LOCK
-    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            msg = (f"{run_dir} is being written by a cytopipe run ({holder}); wait for it to finish, "
-                   "then reload the review station.")
-            raise OutputError(msg) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"cytopipe review station, pid {os.getpid()}")
-        fh.flush()
-        yield
-    finally:
-        fh.close()
-
 
 def sample_path(run: dict[str, Any], file: str) -> Path:
     """The FCS file of a sheet row, as the run resolved it (relative to the sample sheet's folder)."""
     return (Path(run["sample_sheet"]).parent / str(file)).resolve()
 
 
-def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[str, Any]:
+def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: bool = True) -> dict[str, Any]:
     """Gate one sample of a run again with its recorded decisions and rewrite its rows.
 
     Parameters
@@ -73,6 +47,8 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[st
         The sample's ``file`` as in the sample sheet.
     strategy : cytopipe.strategy.registry.Strategy
         The run's strategy.
+    lock
+        Take the run folder's lock (False: the caller already holds it).
 
     Returns
     -------
@@ -97,7 +73,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy) -> dict[st
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     # the run's thresholds, not this process's configuration: a re-run of that run would use them
     thresholds = QCThresholds(**run["qc_thresholds"]) if run.get("qc_thresholds") else load_thresholds()
-    with run_folder_lock(run_dir):
+    with run_folder_lock(run_dir, "cytopipe review station") if lock else nullcontext():
         table = read_treg_table(run_dir)
         hits = [i for i, f in enumerate(table["file"].astype(str)) if f == str(file)]
         if len(hits) != 1:

@@ -338,7 +338,9 @@ class Station:
         if gates and not (reason or "").strip():
             msg = "Saving a moved gate needs the reason (why the gate was moved)."
             raise ReviewError(msg)
-        with self.decide_lock:
+        # the run folder's lock around the whole decision: its log lines and the tables it rewrites land
+        # together, never while a `cytopipe run` or a command-line decision changes the folder
+        with self.decide_lock, run_folder_lock(self.run_dir, "cytopipe review station"):
             row, opened, decisions, run = self._opened(i, version)
             file = str(row["file"])
             records = []
@@ -356,12 +358,11 @@ class Station:
                                                gate_path=path, **geo))
             recomputed = False
             if linear or (action == "approve" and self._unapplied(row, decisions, run)):
-                recompute_sample(self.run_dir, file, self.strategy)  # the table gets the adjusted numbers now
+                recompute_sample(self.run_dir, file, self.strategy, lock=False)  # the adjusted numbers now
                 recomputed = True
             if action in ("approve", "reject"):
                 records.append(record_decision(self.run_dir, file, action=action, reviewer=reviewer, reason=reason))
-            with run_folder_lock(self.run_dir):
-                update_review_columns(self.run_dir)
+            update_review_columns(self.run_dir)
             self.report.request(file)
             table, decisions, run = self.table(), self._decisions(), self.run()
             return {"records": records, "recomputed": recomputed,

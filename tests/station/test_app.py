@@ -306,3 +306,29 @@ def test_one_gate_across_the_batch(station, run_copy):
     assert t["count"] == table.loc[b["samples"][1]["file"], "treg_count"]
     assert t["image"].startswith("data:image/png;base64,") and t["geometry"]["type"] == "rect"
     assert client.get("/api/batch", params={"gate": "root/Nope"}).status_code == 400
+
+
+def test_no_decision_lands_while_another_process_holds_the_run_folder(station, run_copy):
+    """A decision's log line and the tables it rewrites go together: none while the folder is locked."""
+    from cytopipe.outputs import run_folder_lock
+
+    client = _client(station)
+    csrf = _login(client)
+    client.post("/api/reviewer", json={"name": "Dr A"}, headers={CSRF_HEADER: csrf})
+    i = _index(run_copy, "P01", "D8")
+    opened = client.get(f"/api/sample/{i}").json()
+    table_before = (run_copy / "treg_by_visit.csv").read_bytes()
+    with run_folder_lock(run_copy, "cytopipe run (a test)"):
+        r = client.post(f"/api/sample/{i}/decision", headers={CSRF_HEADER: csrf},
+                        json={"version": opened["sample"]["version"], "action": "approve"})
+        assert r.status_code == 409 and "cytopipe run (a test)" in r.json()["error"]
+        res = CliRunner().invoke(cli, ["review", str(run_copy), "P01:D8", "--approve", "--reviewer", "Dr B",
+                                       "--no-report"])
+        assert res.exit_code == 2 and "cytopipe run (a test)" in res.output
+    assert not (run_copy / "review.jsonl").exists() or (run_copy / "review.jsonl").read_text() == ""
+    assert (run_copy / "treg_by_visit.csv").read_bytes() == table_before
+    # once the folder is free, the same decision lands
+    r = client.post(f"/api/sample/{i}/decision", headers={CSRF_HEADER: csrf},
+                    json={"version": opened["sample"]["version"], "action": "approve"})
+    assert r.status_code == 200, r.json()
+    assert [json.loads(x)["action"] for x in (run_copy / "review.jsonl").read_text().splitlines()] == ["approve"]
