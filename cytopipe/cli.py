@@ -94,8 +94,9 @@ def _rows(sheet: Path) -> int:
 @click.argument("sample_sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (re-runs into it reuse finished samples).")
-@click.option("--strategy", default="treg@1.0.0", show_default=True,
-              help="Strategy as name@version, or a strategy folder.")
+@click.option("--strategy", default=None,
+              help="Strategy as name@version, or a strategy folder [default: treg_adaptive@1.0.0, every gate "
+                   "placed from the file's own data].")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
               help="Workers of the local Dask cluster [default: one per core].")
@@ -127,6 +128,9 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
       2  bad invocation: bad sample sheet, unknown or altered strategy, bad options
       3  internal error (re-run with --debug and report it)
     """
+    from .strategy.registry import DEFAULT_STRATEGY
+
+    strategy = strategy or DEFAULT_STRATEGY
     ahead = contextlib.nullcontext()
     if scheduler is None:  # the workers' forkserver loads FlowKit, and the cluster starts, while this process loads
         from .batch.cluster import cluster_ahead, start_worker_processes

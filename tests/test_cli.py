@@ -19,6 +19,19 @@ def test_run_with_scheduler_address(trial, tmp_path, dask_client):
     assert len(pd.read_csv(out / "treg_by_visit.csv")) == 12
 
 
+def test_run_without_strategy_uses_the_package_default(trial, tmp_path, dask_client):
+    """`cytopipe run` (hence `make demo`) gates with DEFAULT_STRATEGY, the one that places every gate."""
+    from cytopipe.strategy import DEFAULT_STRATEGY
+
+    assert DEFAULT_STRATEGY == "treg_adaptive@1.0.0"
+    assert DEFAULT_STRATEGY in CliRunner().invoke(cli, ["run", "--help"]).output
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["run", str(trial), "--out", str(out), "--scheduler", dask_client.scheduler.address])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "treg_by_visit.csv")
+    assert set(table["strategy"]) == {"treg_adaptive"} and set(table["strategy_version"]) == {"1.0.0"}
+
+
 def test_failed_sample_exits_1(tmp_path, dask_client):
     write_fcs(tmp_path / "bad.fcs", SampleSpec(n_events=3000, seed=2, pns_overrides={"V450-A": "CD8"}))
     (tmp_path / "s.csv").write_text("file,patient_id,visit\nbad.fcs,P01,D1\n")
