@@ -66,4 +66,5 @@ def main(run_dir: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(Path(args[0]) if args else REPO / "demo_out", Path(args[1]) if len(args) > 1 else REPO / "docs" / "review_station.png")
+    main(Path(args[0]) if args else REPO / "demo_out",
+         Path(args[1]) if len(args) > 1 else REPO / "docs" / "review_station.png")
