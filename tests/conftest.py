@@ -50,3 +50,26 @@ def strategies_copy(tmp_path, monkeypatch) -> Path:
     shutil.copytree(REPO / "gating_strategies", dst)
     monkeypatch.setenv("CYTOPIPE_STRATEGIES", str(dst))
     return dst
+
+
+def headless_chromium(profile: Path, window: str = "1600,1000"):
+    """A headless Chromium WebDriver with the browser's console log kept; skips when either is missing.
+
+    Used by the report's and the review station's browser tests. ``make test``
+    installs Debian's ``chromium`` and ``chromium-driver`` when they are missing.
+    """
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium/chromedriver not installed: run scripts/ensure_chromium.sh (make test does)")
+    pytest.importorskip("selenium", reason="selenium is not installed in the venv")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", f"--window-size={window}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)

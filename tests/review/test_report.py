@@ -106,29 +106,12 @@ def test_everything_from_files_and_sheet_is_escaped(flagged_run):
         assert "http://" not in text and "https://" not in text
 
 
-def _chromium() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium/chromedriver not installed: run scripts/ensure_chromium.sh (make test does)")
-    pytest.importorskip("selenium", reason="selenium is not installed in the venv")
-    return browser, driver
-
-
 @pytest.mark.slow
 def test_report_in_headless_chromium(flagged_run, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from ..conftest import headless_chromium
 
-    browser, driver_path = _chromium()
     _, out = flagged_run
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1600"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    drv = headless_chromium(tmp_path / "profile", window="1400,1600")
     artefacts = REPO / "test-artifacts"
     artefacts.mkdir(exist_ok=True)
     try:

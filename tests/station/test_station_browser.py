@@ -4,7 +4,6 @@ lower CD25 edge, see the count change, approve, and find it all in review.jsonl 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -16,14 +15,6 @@ import pytest
 from .conftest import TREG, XSS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _chromium() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium/chromedriver not installed: run scripts/ensure_chromium.sh (make test does)")
-    pytest.importorskip("selenium", reason="selenium is not installed in the venv")
-    return browser, driver
 
 
 def _wait(drv, script: str, timeout: float = 30.0):
@@ -40,25 +31,17 @@ def _wait(drv, script: str, timeout: float = 30.0):
 
 @pytest.mark.slow
 def test_review_station_in_headless_chromium(run_copy, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
-
     from cytopipe.station import StationServer
 
-    browser, driver_path = _chromium()
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")  # skips first when Chromium is missing
+    from selenium.webdriver.common.action_chains import ActionChains
+
     artefacts = REPO / "test-artifacts"
     artefacts.mkdir(exist_ok=True)
     before = pd.read_csv(run_copy / "treg_by_visit.csv", keep_default_na=False)
     srv = StationServer(run_copy, port=0).start()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:
         # no token: refused
         base = srv.url.split("?", 1)[0]
