@@ -531,14 +531,22 @@ def main() -> None:
         code = 0
     except SystemExit as e:
         code = e.code
+    except Exception as e:  # --debug re-raises: the traceback, then the exit status the error has without it
+        import traceback
+
+        traceback.print_exc()
+        code = EXIT_USAGE if isinstance(e, CytopipeError) else EXIT_INTERNAL
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
     # The command is done and has closed its files. Skip the interpreter's teardown of FlowKit, pandas,
     # matplotlib and Dask: ~0.7 s, a tenth of a short run (docs/performance.md, "Start-up and exit").
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away (`cytopipe ... | head`), or it is closed
+            pass
     os._exit(code or 0)
 
 

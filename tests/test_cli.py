@@ -86,3 +86,17 @@ def test_run_prints_where_its_time_went(tmp_path, dask_client):
     found = re.fullmatch(r"timings: start-up ([0-9.]+) s \(until the first sample started\), batch ([0-9.]+) s, "
                          r"outputs ([0-9.]+) s, report ([0-9.]+) s, teardown ([0-9.]+) s", lines[0])
     assert found and float(found.group(4)) > 0  # a report was written
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):
+    """--debug re-raises for the traceback; the command still exits 2 for a user error, not Python's 1."""
+    import subprocess
+    import sys
+
+    sheet = tmp_path / "s.csv"
+    sheet.write_text("file,patient_id,visit\nmissing.fcs,P01,D1\n")  # a sheet naming a file that is not there
+    args = [sys.executable, "-m", "cytopipe", "run", str(sheet), "--out", str(tmp_path / "o")]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    debug = subprocess.run(args[:3] + ["--debug"] + args[3:], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "missing.fcs" in plain.stderr
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
