@@ -38,11 +38,12 @@ __all__ = [
     "worker_versions",
     "BatchResult",
     "run_batch",
+    "applied_gates",
 ]
 
 _LAZY = {"REQUIRED_COLUMNS": "samplesheet", "read_sample_sheet": "samplesheet", "SampleResult": "task",
          "process_sample": "task", "cache_key": "task", "versions_sha": "task", "worker_versions": "task",
-         "BatchResult": "driver", "run_batch": "driver"}
+         "BatchResult": "driver", "run_batch": "driver", "applied_gates": "driver"}
 
 
 def __getattr__(name: str):

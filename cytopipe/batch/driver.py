@@ -45,7 +45,7 @@ from .task import SampleResult, process_sample, versions_sha
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
 
-__all__ = ["BatchResult", "run_batch"]
+__all__ = ["BatchResult", "applied_gates", "run_batch"]
 
 logger = logging.getLogger("cytopipe")
 
@@ -352,6 +352,37 @@ def _one_version(results: dict[int, SampleResult], name: str) -> str | None:
     return found[0] if len(found) == 1 else (", ".join(found) or None)
 
 
+def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[dict[str, Any]],
+                  template: bytes | None = None) -> tuple[str | bytes, dict[str, Any]]:
+    """The GatingML a gated sample was counted with, and what it holds, for its gates file and record.
+
+    Parameters
+    ----------
+    res
+        The sample's result (gated, not an error).
+    strat
+        The run's strategy.
+    decisions
+        The sample's review decisions (their adjustments of this file and strategy count).
+    template
+        ``strat``'s GatingML bytes, when the caller has read them already.
+
+    Returns
+    -------
+    tuple
+        The GatingML (the sample's own: placed, fitted or adjusted gates; else the strategy's) and
+        ``{"gates_applied": <in words>, "adjusted_gates": [...], "placement": [...]}``.
+    """
+    own = res.applied_gatingml()
+    adjusted = sorted(gate_adjustments(list(decisions), None, res.file_sha256, strat.sha256))
+    placed = list((res.auto_gates or {}).get("gates", []))
+    kinds = (["placed from the sample's data"] if placed else []) + (
+        ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
+    text = own if own is not None else (template if template is not None else strat.gatingml_path.read_bytes())
+    return text, {"gates_applied": "; ".join(kinds) or f"the template gates of {strat.ref}",
+                  "adjusted_gates": adjusted, "placement": placed}
+
+
 def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy,
                   table: pd.DataFrame, by_file: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any] | None]:
     """Write every gated sample's applied gates to ``out/sample_gates/``; their entries for the MIFlowCyt record."""
@@ -363,14 +394,9 @@ def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResul
             texts.append(None)
             info.append(None)
             continue
-        own = res.applied_gatingml()
-        adjusted = sorted(gate_adjustments(by_file.get(file, []), None, res.file_sha256, strat.sha256))
-        placed = list((res.auto_gates or {}).get("gates", []))
-        kinds = (["placed from the sample's data"] if placed else []) + (
-            ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
-        texts.append(own if own is not None else template)
-        info.append({"gates_applied": "; ".join(kinds) or f"the template gates of {strat.ref}",
-                     "adjusted_gates": adjusted, "placement": placed})
+        text, extra = applied_gates(res, strat, by_file.get(file, []), template)
+        texts.append(text)
+        info.append(extra)
     written = write_sample_gates(out, list(sheet["file"]), texts)
     return [None if w is None else {**w, **extra, "content": t.encode("utf-8") if isinstance(t, str) else t}
             for w, extra, t in zip(written, info, texts)]

@@ -62,9 +62,9 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
     OutputError
         A ``cytopipe run`` is writing the folder, or a table cannot be written.
     """
+    from ..batch.driver import applied_gates
     from ..batch.task import process_sample, versions_sha
     from ..outputs import replace_sample_gates
-    from ..review.decisions import gate_adjustments
     from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
     from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, write_json, write_table
     from ..review.decisions import read_decisions, review_fields
@@ -113,14 +113,8 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         write_table(table, run_dir / "treg_by_visit", TREG_COLUMNS)
         write_table(pops, run_dir / "populations", POPULATION_COLUMNS, csv=False)
         if not res.error:  # the record names the gates that gave the new numbers, as a re-run's does
-            adjusted = sorted(gate_adjustments(mine, None, res.file_sha256, strategy.sha256))
-            placed = list((res.auto_gates or {}).get("gates", []))
-            kinds = (["placed from the sample's data"] if placed else []) + (
-                ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
-            own = res.applied_gatingml()
-            replace_sample_gates(run_dir, pos, own if own is not None else strategy.gatingml_path.read_bytes(),
-                                 {"gates_applied": "; ".join(kinds) or f"the template gates of {strategy.ref}",
-                                  "adjusted_gates": adjusted, "placement": placed}, table, pops)
+            text, info = applied_gates(res, strategy, mine)
+            replace_sample_gates(run_dir, pos, text, info, table, pops)
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         run.setdefault("recomputed", {})[str(file)] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         write_json(run, run_dir / "run.json")
