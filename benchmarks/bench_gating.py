@@ -293,7 +293,9 @@ def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float
     overhead = (with_fit - base) / base
     print(f"== treg_auto fit on {n_events:,} events: a sample takes {1000 * with_fit:.0f} ms with the fit, "
           f"{1000 * base:.0f} ms without = +{100 * overhead:.1f} % (target <= 20 %)")
-    adaptive = load_strategy("treg_adaptive@1.0.0")
+    from cytopipe.strategy import DEFAULT_STRATEGY
+
+    adaptive = load_strategy(DEFAULT_STRATEGY)
     placed = []
     for _ in range(4):
         t = time.perf_counter()
@@ -301,8 +303,8 @@ def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float
         placed.append(time.perf_counter() - t)
         assert not res.error, res.error
     share = (min(placed) - base) / base
-    print(f"== treg_adaptive (every gate placed from the data, the default) on {n_events:,} events: a sample takes "
-          f"{1000 * min(placed):.0f} ms, {1000 * base:.0f} ms with treg@1.0.0's fixed gates = "
+    print(f"== {DEFAULT_STRATEGY} (every gate placed from the data, the default) on {n_events:,} events: a sample "
+          f"takes {1000 * min(placed):.0f} ms, {1000 * base:.0f} ms with treg@1.0.0's fixed gates = "
           f"+{100 * share:.1f} % for placing the gates (target <= 30 %)")
     rng = np.random.default_rng(2026)
     errs: dict[str, list[float]] = {"treg@1.0.0": [], "treg_auto@1.0.0": []}

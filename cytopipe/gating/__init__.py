@@ -8,6 +8,7 @@ from .adaptive import REVIEW_FLAG, data_driven_gates, needs_review_flags, place_
 from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_values, treg_percent
 from .engine import Context, Unsupported, cascade_rows
 from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates, sample_gatingml
+from .treg_cluster import ridge_unimodal
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "sample_flags",
     "sample_time_qc",
     "time_qc",
+    "ridge_unimodal",
 ]

@@ -29,6 +29,9 @@ gating templates place gates:
     component is the one with the highest FOXP3 mean; the gate is the
     polygon at the posterior level where the expected cells wrongly in and
     wrongly out balance. The next-best mixture must agree on the Treg share.
+``treg_cluster`` and ``treg_split`` (Treg and its child CD127lo)
+    The Treg cluster of a mixture on CD25 x FOXP3 x CD127, its components
+    merged by ridgeline modality; see :mod:`cytopipe.gating.treg_cluster`.
 
 Every placed gate is an ordinary FlowKit gate added as a custom sample gate,
 so the cascade and FlowKit count it alike and a reviewer's adjustment
@@ -53,7 +56,7 @@ __all__ = ["REVIEW_FLAG", "data_driven_gates", "needs_review_flags", "place_gate
 
 #: Flag token of a sample a reviewer must look at before its number counts.
 REVIEW_FLAG = "needs_review"
-_METHODS = ("scatter_cloud", "ratio_band", "density_valley", "treg_mixture")
+_METHODS = ("scatter_cloud", "ratio_band", "density_valley", "treg_mixture", "treg_cluster", "treg_split")
 _DEFAULTS: dict[str, Any] = {
     "prefilter_events": 50_000, "fit_events": 10_000, "seed": 0, "min_events": 200, "grid": 256,
     "min_mode_share": 0.02, "max_dip": 0.7, "edge_sd": 4.0, "edge_margin": 0.02,
@@ -152,6 +155,7 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     by_path = {s["gate_path"]: s for s in specs}
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     skipped = set(skip)
+    state: dict[str, Any] = {}  # what one placement leaves for a later one (the Treg cluster's fit)
     # BLAS/OpenMP threads cost more than they save on the few thousand points each fit sees, and a
     # batch already runs one sample per core: one thread for every fit (the numbers are the same)
     with threadpool_limits(1):
@@ -161,10 +165,15 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
             rec: dict[str, Any] = {"gate_path": "/".join(path)}
             if spec is not None and "/".join(path) in skipped:
                 rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
+                if spec["method"] == "treg_cluster":  # its fit still places the child gate below
+                    try:
+                        _place(spec, ctx, gs, gs.get_gate(path[-1], gate_path=path[:-1]), parent, path, state)
+                    except _Review:
+                        pass
             elif spec is not None:
                 template = gs.get_gate(path[-1], gate_path=path[:-1])
                 try:
-                    gate, info = _place(spec, ctx, gs, template, parent, path)
+                    gate, info = _place(spec, ctx, gs, template, parent, path, state)
                     rec.update(status="placed", **info)
                 except _Review as e:
                     gate = e.candidate
@@ -217,7 +226,11 @@ def _gate_units(gs, dim, linear: float) -> float:
     return float(linear) if xf is None else float(np.asarray(xf.apply(np.array([[linear]]))).ravel()[0])
 
 
-def _place(spec, ctx, gs, template, parent, path):
+def _place(spec, ctx, gs, template, parent, path, state):
+    if spec["method"] == "treg_split":  # drawn from the Treg cluster's fit, on the events its parent keeps
+        from .treg_cluster import treg_split
+
+        return treg_split(spec, ctx, gs, template, parent, path, state)
     # the scatter cloud finds its CD3-bright anchor on more events than its mixture is fitted on
     rows = _subset(parent, ctx.raw.shape[0], {**spec, "fit_events": spec.get("anchor_events", spec["fit_events"])})
     if rows.size < spec["min_events"]:
@@ -229,6 +242,10 @@ def _place(spec, ctx, gs, template, parent, path):
         return _ratio_band(spec, ctx, gs, template, rows, path)
     if method == "scatter_cloud":
         return _scatter_cloud(spec, ctx, gs, template, rows, path)
+    if method == "treg_cluster":
+        from .treg_cluster import treg_cluster
+
+        return treg_cluster(spec, ctx, gs, template, rows, path, state)
     return _treg_mixture(spec, ctx, gs, template, rows, path)
 
 

@@ -35,7 +35,7 @@ def test_table_schema_and_values(trial, trial_run):
     assert err.max() <= 0.3
     np.testing.assert_allclose(merged["treg_pct_cd4"], 100 * merged["treg_count"] / merged["cd4_count"])
     assert (merged["events_total"] == merged["n_events"]).all()
-    assert (table["strategy"] == "treg_adaptive").all() and (table["strategy_version"] == "1.0.0").all()
+    assert (table["strategy"] == "treg_adaptive").all() and (table["strategy_version"] == "1.1.0").all()
     assert table["file_sha256"].str.fullmatch("[0-9a-f]{64}").all()
     assert result.exit_code == 0 and result.n_ok == 12
 
@@ -44,12 +44,14 @@ def test_populations_and_run_json(trial, trial_run):
     result, out = trial_run
     pops = pd.read_parquet(out / "populations.parquet")
     assert list(pops.columns) == list(POPULATION_COLUMNS)
-    assert len(pops) == 12 * 6
+    assert len(pops) == 12 * 7  # the default's gates, CD127lo under Treg the seventh
     table = result.table.set_index("file")
-    treg = pops[pops["gate"] == "Treg"].set_index("file")
+    treg = pops[pops["gate"] == "CD127lo"].set_index("file")  # the default's numerator
     assert (treg["count"].to_numpy() == table.loc[treg.index, "treg_count"].to_numpy()).all()
     cd4 = pops[pops["gate"] == "CD4pos"].set_index("file")
-    assert (treg["parent_count"].to_numpy() == cd4.loc[treg.index, "count"].to_numpy()).all()
+    cd25 = pops[pops["gate"] == "Treg"].set_index("file")  # CD25hi FOXP3+, the numerator's parent
+    assert (treg["parent_count"].to_numpy() == cd25.loc[treg.index, "count"].to_numpy()).all()
+    assert (cd25["parent_count"].to_numpy() == cd4.loc[cd25.index, "count"].to_numpy()).all()
     run = json.loads((out / "run.json").read_text())
     assert run["n_ok"] == 12 and run["n_failed"] == 0
     assert run["strategy"] == "treg_adaptive" and len(run["strategy_sha256"]) == 64
@@ -213,7 +215,7 @@ def test_the_workers_store_the_reports_plots_and_the_run_times_its_phases(tmp_pa
     result = run_batch(tmp_path / "s.csv", tmp_path / "out", client=dask_client)
     wall = time.time() - t0
     stored = sorted((tmp_path / "out" / "cache" / "plots").glob("*.npz"))
-    assert len(stored) == 3 and all(len(load_plots(p).pngs) == 6 for p in stored)
+    assert len(stored) == 3 and all(len(load_plots(p).pngs) == 7 for p in stored)
     t = result.timings
     phases = ("startup_s", "batch_s", "outputs_s", "report_s", "teardown_s")
     assert all(t[k] >= 0 for k in phases) and t["report_s"] > 0

@@ -127,7 +127,7 @@ def test_rows_whose_files_share_a_stem_each_get_their_own_applied_gates(tmp_path
         assert _flowkit_counts(out / sample["gates_file"], tmp_path / fcs) == mine
         treg = next(g for g in sample["applied_gates"] if g["id"] == "Treg")
         assert treg["path"] == "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg"
-        assert [p["gate_path"] for p in sample["placement"]][-1] == treg["path"]
+        assert [p["gate_path"] for p in sample["placement"]][-2:] == [treg["path"], treg["path"] + "/CD127lo"]
 
 
 def test_a_reviewers_adjusted_gate_is_the_applied_gate_of_a_fixed_strategy(tmp_path, dask_client):

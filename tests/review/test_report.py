@@ -130,11 +130,11 @@ def test_report_in_headless_chromium(flagged_run, tmp_path):
             if "mislabelled" in drv.page_source:
                 assert gates == []
                 continue
-            assert len(gates) == 6 and all(ok and w > 0 for ok, w in gates), (url, gates)
+            assert len(gates) == 7 and all(ok and w > 0 for ok, w in gates), (url, gates)
             n_gates += len(gates)
             if "clog" in url:
                 drv.save_screenshot(str(artefacts / "report_sample_clog.png"))
-        assert n_gates == 4 * 6
+        assert n_gates == 4 * 7
         errors = [e for e in drv.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
     finally:
@@ -173,7 +173,7 @@ def test_the_report_reads_no_fcs_file(flagged_run, tmp_path, monkeypatch):
     gated = [t for t in pages.values() if "Not gated:" not in t]
     assert len(gated) == 4
     for text in gated:
-        assert text.count('class="gate"') == 6 and "Cannot re-read" not in text
+        assert text.count('class="gate"') == 7 and "Cannot re-read" not in text
         assert "Time channel: flow-rate anomalies" in text
     assert _pages(out) == pages  # the same pages as the run's own report
 
@@ -216,4 +216,4 @@ def test_an_adjusted_gate_reads_that_one_file_again(flagged_run, tmp_path, monke
     report.write_report(run)
     assert read == ["normal.fcs"]
     normal = next(t for t in _pages(run).values() if "normal.fcs" in t)
-    assert normal.count('class="gate"') == 6
+    assert normal.count('class="gate"') == 7
