@@ -128,15 +128,16 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
       2  bad invocation: bad sample sheet, unknown or altered strategy, bad options
       3  internal error (re-run with --debug and report it)
     """
-    from .strategy.registry import DEFAULT_STRATEGY
-
-    strategy = strategy or DEFAULT_STRATEGY
     ahead = contextlib.nullcontext()
     if scheduler is None:  # the workers' forkserver loads FlowKit, and the cluster starts, while this process loads
         from .batch.cluster import cluster_ahead, start_worker_processes
 
-        start_worker_processes(strategy)
+        # first of all: its imports and warming are the longest path to the first sample
+        start_worker_processes(strategy, default_strategy=strategy is None)
         ahead = cluster_ahead(n_workers, _rows(sample_sheet), memory_limit=memory_limit)
+    from .strategy.registry import DEFAULT_STRATEGY
+
+    strategy = strategy or DEFAULT_STRATEGY
     with ahead:
         from .batch import run_batch
 

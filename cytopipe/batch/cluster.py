@@ -20,8 +20,8 @@ from contextlib import contextmanager
 
 from ..exceptions import CytopipeError
 
-__all__ = ["QUIET_WORKERS", "WORKER_MALLOC", "WORKER_PRELOAD", "cluster_ahead", "make_local_cluster",
-           "start_worker_processes"]
+__all__ = ["QUIET_WORKERS", "WORKER_MALLOC", "WORKER_PRELOAD", "WORKER_THREADS", "cluster_ahead",
+           "make_local_cluster", "start_worker_processes"]
 
 #: Dask settings that keep Dask's own timers (the statistical profiler, the event-loop
 #: tick, the memory and system monitors) from preempting the gating when every core
@@ -42,11 +42,22 @@ QUIET_WORKERS = {
 #: keeps its heap's high-water mark plus 64 MB between samples. docs/performance.md.
 WORKER_MALLOC = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
+#: BLAS and OpenMP threads of a local worker: one, as Dask's nanny sets by default
+#: (``distributed.nanny.pre-spawn-environ``; the gating is one sample per core). The process the
+#: workers are forked from starts with them, before this process has Dask loaded: OpenBLAS reads
+#: them only as it loads, and a forked worker keeps the threads it inherits (two a worker here,
+#: whatever its environment said, when the forkserver was started without them).
+WORKER_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
 #: Modules the local workers have loaded before they start. They are forked from one
 #: ``forkserver`` process that imports these once (~2 s of FlowKit, pandas, matplotlib and
 #: Dask, see :mod:`cytopipe.batch.preload`), instead of each spawned worker importing them
 #: again on its first task; docs/performance.md ("Start-up and exit") has the measurements.
 WORKER_PRELOAD = ("cytopipe.batch.preload",)
+
+#: Names of the forkserver's launch environment, read (and dropped) by :mod:`.preload`: the marker
+#: ("1"), and the run's strategy when known (``name@version``, a folder, or the default's stand-in).
+_MARKER, _STRATEGY, _DEFAULT_STRATEGY = "CYTOPIPE_FORKSERVER", "CYTOPIPE_FORKSERVER_STRATEGY", ":default:"
 
 _FORKSERVER_LOCK = threading.Lock()
 #: Local clusters started ahead of a run (:func:`cluster_ahead`), by (workers, memory limit).
@@ -166,25 +177,32 @@ def _discard_early() -> None:
         _discard_client(future)
 
 
-def _worker_environ() -> dict[str, str]:
-    """The environment a local worker starts with: Dask's pre-spawn settings, our malloc settings."""
-    import dask
+def _worker_environ(*, dask_config: bool = True) -> dict[str, str]:
+    """The environment a local worker starts with: one BLAS thread, Dask's pre-spawn settings, our malloc settings.
 
-    environ = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if not k.startswith("MALLOC_") and v is not None}
+    ``dask_config=False``: without Dask's settings (and without importing Dask, ~0.1 s), for the
+    forkserver's launch; it applies a configured thread count itself (:mod:`.preload`).
+    """
+    environ = dict(WORKER_THREADS)
+    if dask_config:
+        import dask
+
+        environ.update({k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                        if not k.startswith("MALLOC_") and v is not None})
     environ.update(WORKER_MALLOC)
     if environ.get("PYTHONHASHSEED") in (None, "0"):  # as Dask's nanny does: one hash seed for all workers
         environ["PYTHONHASHSEED"] = "6640"
     return environ
 
 
-def start_worker_processes(strategy: str | os.PathLike | None = None) -> None:
+def start_worker_processes(strategy: str | os.PathLike | None = None, *, default_strategy: bool = False) -> None:
     """Start the process local workers are forked from, if it is not running yet; return at once.
 
     It imports :data:`WORKER_PRELOAD` in the background, with the workers'
-    environment (:data:`WORKER_MALLOC`, one BLAS thread), while this process
-    goes on; :func:`make_local_cluster` calls it too, so calling it early
-    only moves those imports earlier. Idempotent.
+    environment (:data:`WORKER_MALLOC`, :data:`WORKER_THREADS`), while this
+    process goes on; :func:`make_local_cluster` calls it too, so calling it
+    early only moves those imports earlier. Idempotent. It imports nothing
+    heavy itself: ``cytopipe run`` calls it before loading anything else.
 
     Parameters
     ----------
@@ -192,6 +210,10 @@ def start_worker_processes(strategy: str | os.PathLike | None = None) -> None:
         The run's strategy (``name@version`` or folder), when known: the
         forkserver also checks and parses it and draws its gate plots'
         frames, once for all workers.
+    default_strategy
+        Without ``strategy``: the run's is the default one
+        (:data:`~cytopipe.strategy.registry.DEFAULT_STRATEGY`), resolved by
+        the forkserver, so the caller need not load the strategy registry first.
 
     Examples
     --------
@@ -200,13 +222,12 @@ def start_worker_processes(strategy: str | os.PathLike | None = None) -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
+    ref = str(strategy) if strategy is not None else (_DEFAULT_STRATEGY if default_strategy else "")
     with _FORKSERVER_LOCK:
         ctx = multiprocessing.get_context("forkserver")
         # no "__main__": a worker needs nothing of the script that started the run
         ctx.set_forkserver_preload(list(WORKER_PRELOAD))
-        # preload.MARKER and preload.STRATEGY: read (and dropped) by the forkserver only
-        environ = {**_worker_environ(), "CYTOPIPE_FORKSERVER": "1",
-                   "CYTOPIPE_FORKSERVER_STRATEGY": "" if strategy is None else str(strategy)}
+        environ = {**_worker_environ(dask_config=False), _MARKER: "1", _STRATEGY: ref}
         saved = {k: os.environ.get(k) for k in environ}
         os.environ.update(environ)  # read by the forkserver (and glibc's malloc there) as it starts
         try:

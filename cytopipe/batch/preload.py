@@ -17,6 +17,13 @@ process only (the launch sets ``CYTOPIPE_FORKSERVER``), importing it also:
 * makes the forkserver exit without tearing those modules down: it holds the
   command's output pipes, so ``cytopipe run | tee log`` waited ~0.7 s more.
 
+It also keeps the garbage collector off until everything is frozen (its
+full collections over the objects being loaded cost the imports and warming
+~0.3 s), and, before NumPy loads its BLAS, applies the thread settings of a Dask
+``distributed.nanny.pre-spawn-environ`` the user configured (the process is
+started before this process has Dask loaded; OpenBLAS reads them only as it
+loads, and the workers inherit its threads).
+
 Anywhere else, importing it only loads the modules.
 docs/performance.md ("Start-up and exit") has the measurements.
 """
@@ -27,16 +34,28 @@ import atexit
 import gc
 import os
 
-import distributed  # noqa: F401  (the worker itself)
+# Set (MARKER to "1") only in the environment the forkserver is launched with; STRATEGY: the run's
+# strategy (name@version or folder) when known, or DEFAULT for the default one, resolved here (the
+# command starts this process before it has loaded the strategy registry)
+from .cluster import _DEFAULT_STRATEGY as DEFAULT, _MARKER as MARKER, _STRATEGY as STRATEGY
 
-from ..review import plots  # noqa: F401  (the report's gate plots, drawn in the worker)
-from . import task
+_FORKSERVER = os.environ.pop(MARKER, None) == "1"  # its children must not see the markers
+if _FORKSERVER:
+    gc.disable()  # until frozen, below: no full collections walking what is being imported
+    import dask  # no NumPy yet
+
+    os.environ.update({k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                       if k.endswith("_NUM_THREADS") and v is not None})
+
+import distributed  # noqa: E402,F401  (the worker itself)
+import flowkit  # noqa: E402,F401  (the gates and the strategy's parse; the readers load it only when used)
+
+from PIL import ImageDraw  # noqa: E402,F401  (each plot's title and labels)
+
+from ..review import plots  # noqa: E402  (the report's gate plots, drawn in the worker)
+from . import task  # noqa: E402
 
 __all__: list[str] = []
-
-#: Set (to "1") only in the environment the forkserver is launched with; with the run's
-#: strategy (``name@version`` or folder) in the second, when known.
-MARKER, STRATEGY = "CYTOPIPE_FORKSERVER", "CYTOPIPE_FORKSERVER_STRATEGY"
 
 
 def _warm(ref: str) -> None:
@@ -49,8 +68,9 @@ def _warm(ref: str) -> None:
     fig.add_subplot().set_title("x")
     fig.canvas.draw()
     if ref:
-        from ..strategy.registry import load_strategy
+        from ..strategy.registry import DEFAULT_STRATEGY, load_strategy
 
+        ref = DEFAULT_STRATEGY if ref == DEFAULT else ref
         try:  # as the workers will: the driver sends the strategy's resolved folder, drafts refused
             strategy = load_strategy(ref)
             task._strategy_in_worker(str(strategy.directory.resolve()), False)  # noqa: SLF001 (same stage)
@@ -59,7 +79,8 @@ def _warm(ref: str) -> None:
             pass
 
 
-if os.environ.pop(MARKER, None) == "1":  # the forkserver: its children must not see the markers
-    _warm(os.environ.pop(STRATEGY, ""))
+if _FORKSERVER:
+    _warm(os.environ.pop(STRATEGY, ""))  # still without collections: they cost it ~0.15 s
     gc.freeze()
+    gc.enable()  # in the forked workers
     atexit.register(os._exit, 0)  # forked workers never run atexit handlers; only the forkserver does

@@ -14,18 +14,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import fcsparser.api
-import flowkit as fk
 import pandas as pd
 
 from cytopipe.exceptions import FCSReadError, one_line
 from cytopipe.fcs.layout import _get, _pnn_list, _precheck, _spill_key
+
+if TYPE_CHECKING:  # FlowKit (~1.5 s to import) is loaded by the readers, not by a header scan
+    import flowkit
 
 __all__ = ["ChannelInfo", "channels", "file_sha256", "scan_header", "scan_headers"]
 
@@ -307,7 +310,7 @@ class ChannelInfo:
     pns: str
 
 
-def channels(sample_or_header: fk.Sample | Mapping[str, str]) -> list[ChannelInfo]:
+def channels(sample_or_header: flowkit.Sample | Mapping[str, str]) -> list[ChannelInfo]:
     """Return the ($PnN, $PnS) pairs of a Sample or of a :func:`scan_header` dict.
 
     Parameters
@@ -333,7 +336,8 @@ def channels(sample_or_header: fk.Sample | Mapping[str, str]) -> list[ChannelInf
     >>> [c.pnn for c in channels(scan_header("sample.fcs"))][:2]  # doctest: +SKIP
     ['FSC-A', 'SSC-A']
     """
-    if isinstance(sample_or_header, fk.Sample):
+    fk = sys.modules.get("flowkit")  # a Sample exists only once FlowKit is loaded: a header needs no import
+    if fk is not None and isinstance(sample_or_header, fk.Sample):
         pns = sample_or_header.pns_labels
         return [
             ChannelInfo(index=i, pnn=str(name), pns=str(pns[i - 1] or ""))

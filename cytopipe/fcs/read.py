@@ -18,10 +18,9 @@ import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flowio
-import flowkit as fk
 import numpy as np
 from flowio.exceptions import (
     DataOffsetDiscrepancyError,
@@ -41,6 +40,9 @@ from cytopipe.fcs.header import (
     scan_header,
     scan_headers,
 )
+
+if TYPE_CHECKING:
+    import flowkit as fk
 
 __all__ = [
     "ChannelInfo",
@@ -213,6 +215,8 @@ def _discrepancy_option(header: Mapping[str, Any], info: Mapping[str, Any]) -> d
 def _build_sample(
     path: Path, flow_data: flowio.FlowData, sample_id: str, notes: list[str]
 ) -> fk.Sample:
+    import flowkit as fk  # here: ~1.5 s to import, and header scans and hashes (the driver's) need none of it
+
     text = flow_data.text
     original_timestep = text.get("timestep")
     try:

@@ -18,7 +18,9 @@ and title on them (matplotlib's blitting), ~10x cheaper than a whole figure
 from __future__ import annotations
 
 import io
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -36,7 +38,7 @@ _TICK_LABELS = ("-10³", "0", "10³", "10⁴", "10⁵")
 _GATE_COLOUR = "#d62728"
 _HIST_COLOUR = "#4c72b0"
 _FIGSIZE, _DPI = (3.4, 3.2), 80
-_PNG_LEVEL = 3  # zlib level: ~2x faster than the default 6, files ~5 % larger
+_PNG_LEVEL = 3  # zlib level: 2.3x faster than the default 6, files ~12 % larger
 _FRAMES_MAX = 32  # gate frames kept per process (~0.4 MB each)
 _BATCH_MAX_WIDTH = 16.0  # inches: the batch figure of a big batch stays readable without scrolling
 
@@ -68,9 +70,25 @@ def _png_of(canvas: FigureCanvasAgg, title: str = "", anchor: tuple[float, float
         draw.text((anchor[0], h - anchor[1]), title, fill="black", font=font, anchor="ms")
     for text, x, y in labels:
         draw.text((x, h - y), text, fill="black", font=label_font, anchor="rm")
-    buf = io.BytesIO()
-    image.save(buf, format="png", compress_level=_PNG_LEVEL)
-    return buf.getvalue()
+    return _rgb_png(image.tobytes(), w, h)
+
+
+def _rgb_png(pixels: bytes, width: int, height: int) -> bytes:
+    """An 8-bit RGB PNG of ``pixels`` (rows top first), every row unfiltered.
+
+    PIL's encoder picks a filter row by row: on these plots (flat colours,
+    a few hundred of them) that took 2.6x as long (1.4 ms a plot) and came
+    out ~15 % larger than no filter. The pixels decode the same.
+    """
+    rows = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width * 3)
+    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()  # filter byte 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, _PNG_LEVEL))
+            + chunk(b"IEND", b""))
 
 
 def _title_font(size_pt: float):
@@ -163,8 +181,9 @@ class _Frame:
         height = self.canvas.get_width_height()[1]
         self.cols = np.arange(int(round(x0)), int(round(x1)))
         self.rows = np.arange(int(round(height - y1)), int(round(height - y0)))  # buffer rows, top first
-        self.xbin = np.clip(((self.cols + 0.5 - x0) / (x1 - x0) * _bins()).astype(int), 0, _bins() - 1)
-        self.ybin = np.clip(((height - self.rows - 0.5 - y0) / (y1 - y0) * _bins()).astype(int), 0, _bins() - 1)
+        xbin = np.clip(((self.cols + 0.5 - x0) / (x1 - x0) * _bins()).astype(int), 0, _bins() - 1)
+        ybin = np.clip(((height - self.rows - 0.5 - y0) / (y1 - y0) * _bins()).astype(int), 0, _bins() - 1)
+        self.pixel_bins = xbin[None, :] * _bins() + ybin[:, None]  # (rows, cols): each pixel's bin, x across, y up
 
     def draw(self, plot: GatePlot) -> bytes:
         canvas, ax = self.canvas, self.ax
@@ -230,13 +249,13 @@ class _Frame:
         peak = float(hist.max())
         if peak <= 0:
             return
-        cells = hist[self.xbin[None, :], self.ybin[:, None]]  # (rows, cols): x across, y up
-        level = np.log(np.maximum(cells, 1)) / np.log(peak) if peak > 1 else np.zeros(cells.shape)
-        rgba = _viridis()[np.minimum((level * 256).astype(int), 255)]
+        counts = hist.ravel()  # each bin's colour once, then each pixel's from its bin's: 2.6x fewer logs
+        level = np.log(np.maximum(counts, 1)) / np.log(peak) if peak > 1 else np.zeros(counts.shape)
+        colour = np.minimum((level * 256).astype(int), 255)
         pixels = np.asarray(self.canvas.buffer_rgba())
         block = pixels[self.rows[0]:self.rows[-1] + 1, self.cols[0]:self.cols[-1] + 1]
-        filled = cells > 0
-        block[filled] = rgba[filled]
+        filled = (counts > 0)[self.pixel_bins]  # empty bins left blank
+        block[filled] = _viridis()[colour[self.pixel_bins[filled]]]
 
 
 def _bins() -> int:

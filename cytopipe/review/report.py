@@ -118,6 +118,9 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
         todo = [i for i, row in enumerate(rows) if str(row["file"]) in wanted]
     common = dict(strategy=strategy, decisions=decisions, t=thresholds, max_events=max_events,
                   plots_dir=run_dir / "cache" / _PLOTS_DIR)
+    # the index's plots first: with a cluster, its workers draw them while the pages are assembled here
+    calls = _index_calls(table)
+    drawing = _memo_start(run_dir / "cache" / _INDEX_DIR, calls, client)
     pages = {i: _sample_page(rows[i], sheet_dir / str(rows[i]["file"]), **common, stored_only=True) for i in todo}
     # pages the workers left no plots for: the file is read again, on the cluster when there is one
     redo = [i for i, page in pages.items() if page is None]
@@ -135,7 +138,7 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
         if old.name not in kept:
             old.unlink()
     rows_html = [_overview_row(row, slug) for row, slug in zip(rows, slugs)]
-    index = _index(table, run, strategy, rows_html, thresholds, run_dir / "cache" / _INDEX_DIR, client)
+    index = _index(table, run, strategy, rows_html, thresholds, calls, _memo_finish(drawing))
     return replace_file(out / "index.html", index.encode("utf-8"))
 
 
@@ -157,18 +160,9 @@ def _overview_row(row: pd.Series, slug: str) -> str:
     return f'<tr class="{_e(row["qc_status"])}">{tds}</tr>'
 
 
-def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds,
-           cache: Path, client=None) -> str:
-    head = ["patient", "visit", "day", "events", "CD4 count", "Treg count", "Treg % CD4 [95 % CI]",
-            "QC", "flags / error", "review", "file"]
-    parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.get('finished'))}: "
-             f"{_e(run.get('n_samples'))} samples, {_e(run.get('n_failed'))} failed. Sample sheet "
-             f"<code>{_e(run.get('sample_sheet'))}</code>. Click a column to sort, a patient to see the gates.</p>",
-             '<h2>Samples</h2><table class="sortable" id="overview"><thead><tr>'
-             + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
-             + "".join(rows_html) + "</tbody></table>"]
+def _index_calls(table: pd.DataFrame) -> list[tuple[str, tuple]]:
+    """The index's plots, as ``(plots function, args)``: each patient's trend, then the batch figure."""
     gated = table[table["qc_status"] != "error"]
-    parts.append("<h2>Treg % CD4 per patient</h2><div class=\"plots\">")
     calls = []
     for patient, rows in gated.groupby("patient_id", sort=False):
         cis = [_ci(r) for _, r in rows.iterrows()]
@@ -181,7 +175,21 @@ def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[s
                   "CD4 count": [float(v) for v in gated["cd4_count"]],
                   "events": [float(v) for v in gated["events_total"]]}
         calls.append(("batch_png", (labels, series)))
-    drawn = _memo_pngs(cache, calls, client)
+    return calls
+
+
+def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds,
+           calls: list[tuple[str, tuple]], drawn: list[Any]) -> str:
+    head = ["patient", "visit", "day", "events", "CD4 count", "Treg count", "Treg % CD4 [95 % CI]",
+            "QC", "flags / error", "review", "file"]
+    parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.get('finished'))}: "
+             f"{_e(run.get('n_samples'))} samples, {_e(run.get('n_failed'))} failed. Sample sheet "
+             f"<code>{_e(run.get('sample_sheet'))}</code>. Click a column to sort, a patient to see the gates.</p>",
+             '<h2>Samples</h2><table class="sortable" id="overview"><thead><tr>'
+             + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(rows_html) + "</tbody></table>"]
+    gated = table[table["qc_status"] != "error"]
+    parts.append("<h2>Treg % CD4 per patient</h2><div class=\"plots\">")
     for (name, args), png in zip(calls, drawn):
         if name == "patient_png":
             parts.append(img_tag(png, f"Treg % CD4 across visits, patient {args[0]}", "trend"))
@@ -200,12 +208,26 @@ def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[s
     return html_page("cytopipe review report", "\n".join(parts))
 
 
-def _memo_pngs(cache: Path, calls: list[tuple[str, tuple]], client=None) -> list[Any]:
-    """``plots.<name>(*args)`` for each ``(name, args)``, kept under ``cache`` by name and args.
+@dataclasses.dataclass
+class _Drawing:
+    """The index's plots as :func:`_memo_start` left them: those kept, and those being drawn."""
+
+    cache: Path
+    calls: list[tuple[str, tuple]]
+    keys: list[str]
+    found: dict[int, Any]
+    missing: list[int]
+    futures: list[Any] | None = None
+    client: Any = None
+
+
+def _memo_start(cache: Path, calls: list[tuple[str, tuple]], client=None) -> _Drawing:
+    """Start ``plots.<name>(*args)`` for each ``(name, args)``, kept under ``cache`` by name and args.
 
     Each is a PNG, or a PNG and a JSON-able extra; drawn once, then read back.
-    What is not kept yet is drawn on ``client``'s workers when there is a
-    client (they have matplotlib loaded already), else here.
+    What is not kept yet is sent to ``client``'s workers when there is a
+    client (they have matplotlib loaded already); :func:`_memo_finish` gets
+    them (or draws them here without a client).
     """
     import base64
 
@@ -219,17 +241,28 @@ def _memo_pngs(cache: Path, calls: list[tuple[str, tuple]], client=None) -> list
             found[i] = (png, kept["extra"]) if "extra" in kept else png
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    missing = [i for i in range(len(calls)) if i not in found]
-    if client is not None and missing:
-        done = client.gather(client.map(_draw, [calls[i] for i in missing], pure=False))
+    drawing = _Drawing(cache, calls, keys, found, [i for i in range(len(calls)) if i not in found], client=client)
+    if client is not None and drawing.missing:
+        # last first: the batch figure, the longest by far, is not left to start after the rest
+        futures = client.map(_draw, [calls[i] for i in reversed(drawing.missing)], pure=False)
+        drawing.futures = futures[::-1]
+    return drawing
+
+
+def _memo_finish(drawing: _Drawing) -> list[Any]:
+    """What a :func:`_memo_start` started, in its order: the drawn ones gathered (or drawn here) and kept."""
+    import base64
+
+    if drawing.futures is not None:
+        done = drawing.client.gather(drawing.futures)
     else:
-        done = [_draw(calls[i]) for i in missing]
-    for i, value in zip(missing, done):
-        found[i] = value
+        done = [_draw(drawing.calls[i]) for i in drawing.missing]
+    for i, value in zip(drawing.missing, done):
+        drawing.found[i] = value
         png, extra = value if isinstance(value, tuple) else (value, None)
         kept = {"png": base64.b64encode(png).decode("ascii"), **({} if extra is None else {"extra": extra})}
-        replace_file(cache / f"{keys[i]}.json", json.dumps(kept).encode())
-    return [found[i] for i in range(len(calls))]
+        replace_file(drawing.cache / f"{drawing.keys[i]}.json", json.dumps(kept).encode())
+    return [drawing.found[i] for i in range(len(drawing.calls))]
 
 
 def _draw(call: tuple[str, tuple]):
@@ -270,7 +303,8 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
         # again (below), since the gates it changed, and those under them, were not what the worker drew.
         stored = None
         if plots_dir is not None and sha:
-            stored = load_plots(plots_dir / f"{plot_key(sha, str(row['strategy_sha256']), adjustments)}.npz")
+            stored = load_plots(plots_dir / f"{plot_key(sha, str(row['strategy_sha256']), adjustments)}.npz",
+                                pngs_only=True)
         usable = (stored is not None and stored.max_events == max_events
                   and stored.thresholds == dataclasses.asdict(t)
                   and [p.path for p in stored.plots] == strategy.gate_paths())

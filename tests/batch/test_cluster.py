@@ -146,3 +146,48 @@ def test_a_cluster_started_ahead_of_a_run_that_never_asks_is_closed(tmp_path):
         client, _ = cluster_mod._EARLY[(1, "auto")].result()
         run_batch(tmp_path / "s.csv", tmp_path / "out")
     assert cluster_mod._EARLY == {} and client.status == "closed"
+
+
+_FRESH_RUN = """
+import sys
+from cytopipe.batch.cluster import make_local_cluster, start_worker_processes
+
+if __name__ == "__main__":
+    start_worker_processes(default_strategy=True)  # as ``cytopipe run`` does, first thing
+    print("dask" in sys.modules)
+    from distributed import Client
+
+    def state():
+        import gc
+        from threadpoolctl import threadpool_info
+
+        from cytopipe.batch import task
+        from cytopipe.review import plots
+
+        blas = sorted({d["num_threads"] for d in threadpool_info()})
+        return blas, gc.isenabled(), len(plots._FRAMES), task._strategy_loaded.cache_info().currsize
+    with make_local_cluster(1) as cluster, Client(cluster) as client:
+        print(list(client.run(state).values()))
+"""
+
+
+@pytest.mark.slow
+def test_the_workers_process_starts_before_dask_loads_with_one_blas_thread_and_the_default_strategy(tmp_path):
+    """``start_worker_processes`` imports no Dask (its settings are read in the forkserver); the forked
+    workers run one BLAS thread (OpenBLAS fixes its threads as it loads: two a worker here when the
+    forkserver started without the setting), have the garbage collector on, and, for a run of the
+    default strategy, start with its gate plots' frames drawn and the strategy loaded.
+
+    A fresh interpreter: the forkserver of this one is running already.
+    """
+    import subprocess
+    import sys
+
+    script = tmp_path / "fresh_run.py"
+    script.write_text(_FRESH_RUN)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "False"
+    (blas, gc_on, frames, strategies), = eval(lines[1])  # noqa: S307 - our own script's repr
+    assert blas == [1] and gc_on and frames >= 4 and strategies == 1

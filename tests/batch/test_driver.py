@@ -223,3 +223,31 @@ def test_the_workers_store_the_reports_plots_and_the_run_times_its_phases(tmp_pa
     assert t0 <= t["started_at"] <= t0 + wall
     bare = run_batch(tmp_path / "s.csv", tmp_path / "bare", client=dask_client, report=False)
     assert not (tmp_path / "bare" / "cache" / "plots").exists() and bare.timings["report_s"] < 0.05
+
+
+def test_the_command_and_the_driver_load_neither_flowkit_nor_sklearn_nor_matplotlib(tmp_path):
+    """What ``cytopipe run`` loads before the workers' process is started, and what the driver's modules load:
+    no FlowKit (~1.5 s), scikit-learn, matplotlib, bokeh or scipy; a header scan and a hash need none either.
+
+    A fresh interpreter: this one has them all loaded.
+    """
+    import subprocess
+    import sys
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=500, seed=1))
+    code = (
+        "import sys\n"
+        "heavy = ('flowkit', 'sklearn', 'matplotlib', 'bokeh', 'scipy')\n"
+        "def loaded(): return sorted(m for m in heavy if m in sys.modules)\n"
+        "import cytopipe.cli\n"
+        "from cytopipe.batch.cluster import cluster_ahead, start_worker_processes\n"
+        "print(loaded(), 'dask' in sys.modules)\n"
+        "from cytopipe.batch import run_batch\n"
+        "import cytopipe.batch.driver, cytopipe.batch.task, cytopipe.review.report, cytopipe.outputs\n"
+        "from cytopipe.fcs import file_sha256, scan_header\n"
+        f"scan_header({str(tmp_path / 'a.fcs')!r}), file_sha256({str(tmp_path / 'a.fcs')!r})\n"
+        "print(loaded())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.splitlines()
+    assert out == ["[] False", "[]"]

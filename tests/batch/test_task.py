@@ -170,3 +170,26 @@ def test_the_time_qc_thresholds_are_in_the_cache_key_and_the_flag_only_ones_are_
     assert not binned.cached and binned.time_qc["n_bins"] == 50 and first.time_qc["n_bins"] == 100
     for flag_only in ({"min_events": 50_000}, {"max_drift_pct": 1.0}, {"outlier_fold": 2.0}):
         assert process_sample(str(path), d, cache_dir=str(cache), qc_thresholds=flag_only).cached, flag_only
+
+
+def test_the_result_is_stored_while_the_plots_are_drawn_and_before_it_is_returned(tmp_path, monkeypatch):
+    """The cache entry's write and sync overlap the plots' drawing, but it is on disk when the task returns;
+    a failing write is the sample's error, as without plots."""
+    from cytopipe.exceptions import OutputError
+
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=8_000, seed=9))
+    d, cache = str(load_strategy("treg@1.0.0").directory), tmp_path / "cache"
+    res = process_sample(str(path), d, cache_dir=str(cache), plots=True)
+    entries = list(cache.glob("*.json"))
+    assert not res.error and len(entries) == 1 and not list(cache.glob(".*.tmp"))
+    assert json.loads(entries[0].read_text())["treg_count"] == res.treg_count
+    again = process_sample(str(path), d, cache_dir=str(cache), plots=True)
+    assert again.cached and again.treg_count == res.treg_count
+
+    def full_disk(target, write):
+        raise OutputError(f"Cannot write {target}: No space left on device.")
+
+    monkeypatch.setattr("cytopipe.batch.task.atomic_write", full_disk)
+    failed = process_sample(str(path), d, cache_dir=str(tmp_path / "other"), plots=True)
+    assert "No space left on device" in failed.error

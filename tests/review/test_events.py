@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -104,3 +105,86 @@ def test_the_plots_key_follows_the_gate_adjustments():
     adjusted = {"root/Lymphocytes": {"type": "RectangleGate", "dimensions": []}}
     assert plot_key(a, b, {}) == plot_key(a, b, {})
     assert len({plot_key(a, b, {}), plot_key(a, b, adjusted), plot_key(b, b, {}), plot_key(a, a, {})}) == 4
+
+
+class _Dim:
+    def __init__(self, compensation_ref):
+        self.compensation_ref = compensation_ref
+
+
+class _Context:
+    """The two compensations of the gating engine's Context: exact (a solve) and fast (within rounding of it)."""
+
+    def __init__(self, exact, fast):
+        self.exact, self.fast = exact, fast
+
+    def values_many(self, dims, rows, *, exact=False):
+        src = self.exact if exact else self.fast
+        return [src[j] if rows is None else src[j][rows] for j in range(len(dims))]
+
+
+def _near_every_edge(edges_linear, rng, n_random, spread):
+    """Values on, just either side of, and well away from every bin edge (in linear units), and random ones."""
+    offsets = np.array([0.0, 1e-12, -1e-12, 1e-9, -1e-9, 1e-7, -1e-7, 1e-4, -1e-4])
+    near = (edges_linear[:, None] * (1 + offsets[None, :]) + offsets[None, :]).ravel()
+    return np.concatenate([near, rng.uniform(*spread, n_random)])
+
+
+@pytest.mark.parametrize("transform", ["logicle", "asinh", "hyperlog"])
+def test_bins_decided_in_linear_units_are_numpys_bins_of_the_exact_values(transform):
+    """The worker's fast binning (review.events._binned) equals np.histogram2d of the exact transformed values,
+    clipped to the axes, bin for bin, also for values on and within rounding of every edge."""
+    import flowkit as fk
+
+    from cytopipe.review.events import LOGICLE_RANGE, SCATTER_RANGE, PlotDim, _binned
+
+    xform = {"logicle": fk.transforms.LogicleTransform(262144, 0.5, 4.5, 0),
+             "asinh": fk.transforms.AsinhTransform(262144, 4.0, 0.5),
+             "hyperlog": fk.transforms.HyperlogTransform(262144, 0.5, 4.5, 0)}[transform]
+    rng = np.random.default_rng(11)
+    fluo_edges = np.asarray(xform.inverse(np.linspace(*LOGICLE_RANGE, PLOT_BINS + 1)[:, None])).ravel()
+    scatter_edges = np.linspace(*SCATTER_RANGE, PLOT_BINS + 1)
+    fluo = _near_every_edge(fluo_edges, rng, 20_000, (-5_000.0, 300_000.0))
+    scatter = _near_every_edge(scatter_edges, rng, fluo.size - scatter_edges.size * 9, (-10_000.0, 280_000.0))
+    rng.shuffle(scatter)
+    # the fast compensation: within a few units in the last place of the exact one
+    fast = [v * (1 + rng.uniform(-4e-16, 4e-16, v.size)) for v in (fluo, scatter)]
+    dims = [PlotDim("PE-Cy7-A", ticks=(0.0,)), PlotDim("FSC-A")]
+    for comp in ("FCS", None):  # scatter compensated (fast values inexact), or not (values exact)
+        exact = [fluo, scatter if comp else fast[1]]
+        got = _binned(_Context(exact, fast), [_Dim("FCS"), _Dim(comp)], [xform, None], dims)
+        t = np.asarray(xform.apply(fluo[:, None])).ravel()
+        want = np.histogram2d(np.clip(t, *LOGICLE_RANGE), np.clip(exact[1], *SCATTER_RANGE), bins=PLOT_BINS,
+                              range=(LOGICLE_RANGE, SCATTER_RANGE))[0]
+        np.testing.assert_array_equal(got, want)
+        one = _binned(_Context(exact[1:], fast[1:]), [_Dim(comp)], [None], dims[1:])
+        np.testing.assert_array_equal(one, np.histogram(np.clip(exact[1], *SCATTER_RANGE), bins=PLOT_BINS,
+                                                        range=SCATTER_RANGE)[0])
+
+
+@pytest.mark.parametrize("ref", ["treg_auto@1.0.0", "treg_cd127lo@1.0.0"])
+def test_stored_plots_equal_a_re_reads_on_varied_files(tmp_path, ref):
+    """Bin for bin, on files with staining-run variation and drift, of several sizes."""
+    strategy = load_strategy(ref)
+    for i, n in enumerate((3_000, 25_000, 90_000)):
+        path = tmp_path / f"h{i}.fcs"
+        write_fcs(path, SampleSpec(n_events=n, seed=300 + i, hard=True, drift=0.4))
+        cache = tmp_path / f"cache{i}"
+        res = process_sample(str(path), str(strategy.directory), cache_dir=str(cache), plots=True)
+        assert not res.error
+        views, _ = gate_views(str(path), strategy, {})
+        for plot, view in zip(_stored(cache, res, strategy).plots, views):
+            np.testing.assert_array_equal(plot.hist, _hist(view.values, plot.dims))
+
+
+def test_a_report_page_loads_the_pngs_without_the_histograms(tmp_path):
+    strategy = load_strategy("treg@1.0.0")
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=5_000, seed=1))
+    res = process_sample(str(path), str(strategy.directory), cache_dir=str(tmp_path), plots=True)
+    target = tmp_path / PLOTS_DIR / f"{plot_key(res.file_sha256, strategy.sha256, {})}.npz"
+    full, light = load_plots(target), load_plots(target, pngs_only=True)
+    assert light.pngs == full.pngs and [p.path for p in light.plots] == [p.path for p in full.plots]
+    assert all(p.hist.size == 0 and p.points is None for p in light.plots) and full.plots[0].hist.size > 0
+    save_plots(target, dataclasses.replace(full, pngs=[]))  # no PNGs stored: everything is loaded
+    assert all(p.hist.size for p in load_plots(target, pngs_only=True).plots)
