@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from cytopipe.batch.task import process_sample
-from cytopipe.fcs.read import read_fcs
-from cytopipe.gating.adaptive import REVIEW_FLAG, modes, needs_review_flags, place_gates
-from cytopipe.gating.api import gate_sample, treg_percent
+from cytopipe.gating.adaptive import REVIEW_FLAG, modes, needs_review_flags
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.sim.world import World
 from cytopipe.strategy.registry import DEFAULT_STRATEGY, load_strategy
+
+from .pinned import pinned_errors
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +32,7 @@ def test_the_first_data_driven_version_stays_released_and_places_every_gate(adap
 def test_pinned_worlds_with_usual_staining_land_within_target_or_go_to_review(tmp_path, adaptive):
     """Labs' geometries the strategy never saw: a tube not sent to review is within 0.3 pp of the truth,
     and few tubes are sent to review (the flag is never a way to pass this test)."""
-    reviewed, errors = [], []
-    for world in (424_242, 31_337, 77_001):
-        w = World.draw(world)
-        for i, pct in enumerate((4.0, 15.0)):
-            path = tmp_path / f"{world}_{i}.fcs"
-            truth = write_fcs(path, SampleSpec(n_events=40_000, seed=world + i, world=w, treg_pct_cd4=pct, drift=0.5))
-            sample = read_fcs(path)
-            placed = place_gates(sample, adaptive)
-            if needs_review_flags(placed.qc_flags):
-                reviewed.append((world, i, placed.qc_flags))
-                continue
-            counts = gate_sample(sample, adaptive, gating_strategy=placed.gating_strategy)
-            errors.append((world, i, treg_percent(counts, adaptive)[2] - truth["treg_pct_cd4"]))
+    reviewed, errors = pinned_errors(tmp_path, adaptive, (424_242, 31_337, 77_001), (4.0, 15.0))
     assert len(reviewed) <= 1, reviewed
     assert all(abs(e) <= 0.3 for _, _, e in errors), errors
 
