@@ -11,13 +11,17 @@ on CD25 and FOXP3 as before, and the count is the same either way (below).
 The cluster
     Gaussian mixtures (scikit-learn, ``components`` tried, the lowest BIC).
     One population need not be one Gaussian (a low-intensity marker near the
-    noise is skewed on any log-like scale), so components are merged into
-    clusters the way Ray and Lindsay's ridgeline defines modality: two
-    components are one cluster when their two-component density along the
-    ridgeline between them has no dip deeper than ``ridge_ratio`` of the
-    lower of its two maxima (a shoulder, not a valley). The Treg cluster is
-    the one holding the component with the highest FOXP3 mean (only the
-    order of populations is known: FOXP3+ above FOXP3-dim above negative).
+    noise is skewed on any log-like scale), so the mixture has more
+    components than there are populations, and the Treg cluster is grown
+    from the component with the highest FOXP3 mean (only the order of
+    populations is known: FOXP3+ above FOXP3-dim above negative). A
+    component joins when the cluster's density along the ridgeline between
+    it and that top component (Ray and Lindsay's exact modality path) has no
+    dip deeper than ``ridge_ratio`` of the lower of its maxima: a shoulder,
+    not a valley. The cluster's density, not the pair's: a small component
+    between two clusters is unimodal with each, and pairwise tests would
+    chain them. A component at the top component's place on CD25 x FOXP3
+    (``same_position_sd``) joins whatever its CD127.
 The count
     The mixture's expected number of Tregs: the sum of the Treg cluster's
     posterior over the fitted events.
@@ -78,7 +82,32 @@ def _no_dip(f: np.ndarray, ratio: float) -> bool:
 
 
 def ridge_unimodal(m1, s1, w1, m2, s2, w2, ratio: float, n: int = 101) -> bool:
-    """Whether two weighted Gaussians form one mode: no dip below ``ratio`` of the lower maximum on their ridgeline."""
+    """Whether two weighted Gaussians form one mode: no dip below ``ratio`` of the lower maximum on their ridgeline.
+
+    Parameters
+    ----------
+    m1, s1, w1, m2, s2, w2
+        Mean (d,), covariance (d, d) and weight of each Gaussian.
+    ratio : float
+        The shallowest dip that counts as a valley, as a fraction of the
+        lower of the two maxima either side: 1.0 is strict unimodality.
+    n : int
+        Points along the ridgeline.
+
+    Returns
+    -------
+    bool
+        True when the two form one mode (or a shoulder).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> one = np.eye(1)
+    >>> ridge_unimodal(np.zeros(1), one, 0.5, np.full(1, 1.9), one, 0.5, 1.0)  # at most 2 SD apart
+    True
+    >>> ridge_unimodal(np.zeros(1), one, 0.5, np.full(1, 3.0), one, 0.5, 1.0)
+    False
+    """
     return _no_dip(_ridge_density(m1, s1, m2, s2, [(m1, s1, w1), (m2, s2, w2)], n), ratio)
 
 
