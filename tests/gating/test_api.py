@@ -150,3 +150,78 @@ def test_cascade_in_event_blocks_equals_flowkit_memberships(tmp_path, strategy, 
             member = np.flatnonzero(reference.get_gate_membership(path[-1], gate_path=path[:-1]))
             np.testing.assert_array_equal(rows[path], member)
             assert np.all(np.diff(rows[path]) > 0)
+
+
+@pytest.mark.parametrize("block", [7_919, 1 << 20])  # several blocks sharing one raster; one block building it
+def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypatch, block):
+    """A polygon on logicle axes with its vertices on events: the raster's lookups give FlowKit's memberships.
+
+    Events sit exactly on the vertices, and a thin spike of the polygon passes
+    between events, where a raster decided by its cells' centres alone
+    would be wrong; the test also checks that the raster decided most events.
+    """
+    import flowkit as fk
+
+    from cytopipe.gating import api as gating
+    from cytopipe.gating import engine as cascade
+
+    monkeypatch.setattr(cascade, "_EVENT_BLOCK", block)
+    write_fcs(tmp_path / "p.fcs", SampleSpec(n_events=60_000, seed=31, hard=True))
+    sample = read_fcs(tmp_path / "p.fcs")
+    gs = strategy.gating_strategy()
+    dims = [fk.Dimension(d, compensation_ref="FCS", transformation_ref="logicle") for d in ("PE-Cy7-A", "APC-A")]
+    at = gating.gate_values(sample, gs, fk.gates.PolygonGate("probe", dims, [[0, 0], [1, 0], [1, 1]]),
+                            np.arange(sample.event_count))
+    rng = np.random.default_rng(5)
+    centre = np.median(at, axis=0)
+    picks = at[rng.choice(len(at), 40, replace=False)]
+    angle = np.arctan2(*(picks - centre).T[::-1])
+    vertices = picks[np.argsort(angle)]  # a star polygon through 40 events
+    spike = vertices[5] + 3 * (vertices[5] - centre)  # a thin spike out to far events
+    vertices = np.vstack([vertices[:6], spike, vertices[5] + 1e-7, vertices[6:]])
+    gs.add_gate(fk.gates.PolygonGate("star", dims, vertices.tolist()), ("root",))
+    built = []
+    real = cascade.Context._raster
+    monkeypatch.setattr(cascade.Context, "_raster",
+                        lambda self, *a: built.append(real(self, *a)) or built[-1])
+    rows = gating.gate_rows(sample, gs, [("root", "star")])[("root", "star")]
+    member = gs.gate_sample(sample).get_gate_membership("star", gate_path=("root",))
+    np.testing.assert_array_equal(rows, np.flatnonzero(member))
+    states = built[-1][1]
+    assert states is not None and {0, 1, 2} <= set(np.unique(states).tolist())
+    assert 0 < rows.size < sample.event_count
+
+
+def test_transformed_polygon_raster_on_events_hugging_the_edges(strategy):
+    """Events 1e-5 either side of every edge, on logicle axes: each decided as FlowKit decides it.
+
+    Where an edge only clips a raster cell's corner, no sample of the edge
+    falls in that cell: only the cells grown around the sampled ones keep
+    such events from being decided by a centre on the wrong side.
+    """
+    import flowkit as fk
+
+    from cytopipe.gating import api as gating
+
+    xform = strategy.gating_strategy().get_transform("logicle")
+    gs = fk.GatingStrategy()
+    gs.add_transform("logicle", xform)
+    rng = np.random.default_rng(11)
+    angle = np.sort(rng.uniform(0, 2 * np.pi, 24))
+    radius = rng.uniform(0.05, 0.3, 24)
+    vertices = np.column_stack([0.5 + radius * np.cos(angle), 0.5 + radius * np.sin(angle)])
+    a, b = vertices, np.roll(vertices, -1, axis=0)
+    t = rng.uniform(0, 1, (24, 2000, 1))
+    normal = np.stack([-(b - a)[:, 1], (b - a)[:, 0]], axis=1) / np.linalg.norm(b - a, axis=1)[:, None]
+    side = rng.choice([-1e-5, 1e-5], (24, 2000, 1))
+    hugging = (a[:, None, :] + t * (b - a)[:, None, :] + side * normal[:, None, :]).reshape(-1, 2)
+    spread = rng.uniform(vertices.min(axis=0) - 0.05, vertices.max(axis=0) + 0.05, (20_000, 2))
+    at = np.vstack([hugging, spread])
+    linear = np.column_stack([np.asarray(xform.inverse(at[:, [j]])).ravel() for j in range(2)])
+    sample = fk.Sample(linear, sample_id="hug", channel_labels=["X", "Y"])
+    dims = [fk.Dimension(d, compensation_ref="uncompensated", transformation_ref="logicle") for d in ("X", "Y")]
+    gs.add_gate(fk.gates.PolygonGate("star", dims, vertices.tolist()), ("root",))
+    rows = gating.gate_rows(sample, gs, [("root", "star")])[("root", "star")]
+    member = gs.gate_sample(sample).get_gate_membership("star", gate_path=("root",))
+    np.testing.assert_array_equal(rows, np.flatnonzero(member))
+    assert 0.2 < rows.size / len(at) < 0.8
