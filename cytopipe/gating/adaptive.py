@@ -135,8 +135,6 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
         ``needs_review:<gate>:<reason>`` flags.
     """
 
-    from threadpoolctl import threadpool_limits
-
     from .engine import Context
 
     specs = placement_specs(strategy)
@@ -151,6 +149,7 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     sub = np.take(raw, np.arange(0, n, step), axis=0) if step > 1 else raw  # spans the whole acquisition
     ctx = Context(sample, gs, sub)
     paths = strategy.gate_paths()
+    parents = {p[:-1] for p in paths}
     ctx.prepare([gs.get_gate(p[-1], gate_path=p[:-1]) for p in paths])
     by_path = {s["gate_path"]: s for s in specs}
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
@@ -158,7 +157,7 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     state: dict[str, Any] = {}  # what one placement leaves for a later one (the Treg cluster's fit)
     # BLAS/OpenMP threads cost more than they save on the few thousand points each fit sees, and a
     # batch already runs one sample per core: one thread for every fit (the numbers are the same)
-    with threadpool_limits(1):
+    with _one_thread():
         for path in paths:
             parent = rows.get(path[:-1])
             spec = by_path.get(path)
@@ -183,6 +182,8 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
                     gs.add_gate(gate, path[:-1], sample_id=sample.id)
             if spec is not None:
                 result.gates.append(rec)
+            if path not in parents:  # a leaf: no gate is placed on its events
+                continue
             gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)
             inside = ctx.inside(gate, parent)
             rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
@@ -190,12 +191,34 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     return result
 
 
+_CONTROLLER: list = []
+
+
+def _one_thread():
+    """A context limiting BLAS and OpenMP to one thread, from one controller per process.
+
+    ``threadpool_limits`` looks up the loaded libraries anew each time (about
+    4 ms, a tenth of placing every gate); the controller is made once, after
+    scikit-learn has loaded its own OpenMP runtime.
+    """
+    if not _CONTROLLER:
+        import sklearn.cluster  # noqa: F401  (its OpenMP runtime, and scipy's BLAS, loaded first)
+        import sklearn.mixture  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1)
+
+
 def _subset(rows: np.ndarray | None, n_all: int, spec) -> np.ndarray:
     """At most ``fit_events`` of the parent's rows, a fixed-seed choice."""
     idx = np.arange(n_all) if rows is None else rows
     if idx.size > spec["fit_events"]:
         rng = np.random.default_rng(spec["seed"])
-        idx = np.sort(rng.choice(idx, int(spec["fit_events"]), replace=False))
+        # the rows are ascending, so a mask gives the chosen rows sorted, without sorting them
+        chosen = np.zeros(idx.size, dtype=bool)
+        chosen[rng.choice(idx.size, int(spec["fit_events"]), replace=False)] = True
+        idx = idx[chosen]
     return idx
 
 
@@ -224,6 +247,20 @@ def _gate_units(gs, dim, linear: float) -> float:
     """A compensated linear value in the units of the gate's dimension (its transform applied)."""
     xf = gs.get_transform(dim.transformation_ref) if dim.transformation_ref else None
     return float(linear) if xf is None else float(np.asarray(xf.apply(np.array([[linear]]))).ravel()[0])
+
+
+def _polygon_vertices(gs, dims, axes, vertices) -> list[list[float]]:
+    """Polygon vertices on the fitting axes (arcsinh) in the units of the gate's dimensions.
+
+    One transform call a dimension: the values are :func:`_gate_units`' (the
+    transform works element by element), at a fraction of FlowKit's per-call cost.
+    """
+    cols = []
+    for j, (d, ax) in enumerate(zip(dims, axes)):
+        linear = np.array([[ax.linear(v[j])] for v in vertices], dtype=float)
+        xf = gs.get_transform(d.transformation_ref) if d.transformation_ref else None
+        cols.append(linear.ravel() if xf is None else np.asarray(xf.apply(linear), dtype=float).ravel())
+    return [[float(c[i]) for c in cols] for i in range(len(vertices))]
 
 
 def _place(spec, ctx, gs, template, parent, path, state):
@@ -262,7 +299,9 @@ def density(values: np.ndarray, lo: float, hi: float, grid: int = 256):
     """
     v = values[np.isfinite(values)]
     edges = np.linspace(lo, hi, grid + 1)
-    counts, _ = np.histogram(v, bins=edges)  # events off the axis are left out, never piled on its ends
+    # equal bins: numpy's fast path, which counts against these same edges; events off the axis are left
+    # out, never piled on its ends
+    counts, _ = np.histogram(v, bins=grid, range=(lo, hi))
     x = (edges[:-1] + edges[1:]) / 2
     iqr = np.subtract(*np.percentile(v, [75, 25])) if v.size else 0.0
     sd = min(np.std(v), iqr / 1.349) if iqr > 0 else np.std(v)
@@ -404,8 +443,11 @@ def _scatter_cloud(spec, ctx, gs, template, rows, path):
     fx, fy = template.dimensions
     pts = np.column_stack([ctx.values(fx, bright), ctx.values(fy, bright)])
     scale = np.maximum(pts.std(axis=0), 1.0)
+    # tol: scikit-learn's default unless the manifest says (the cloud's box is generous: a looser stop moves
+    # it by a small fraction of its width)
     gm = GaussianMixture(int(spec.get("components", 3)), covariance_type="full", random_state=int(spec["seed"]),
-                         init_params="k-means++", reg_covar=1e-4).fit(pts / scale)  # k-means++: no Lloyd threads
+                         init_params="k-means++", reg_covar=1e-4,  # k-means++: no Lloyd threads
+                         tol=float(spec.get("tol", 1e-3))).fit(pts / scale)
     k = int(np.argmax(gm.weights_))
     mean, cov = gm.means_[k] * scale, gm.covariances_[k] * np.outer(scale, scale)
     # the box around the cloud's ellipse: the events of a rectangle are decided by two comparisons each
@@ -474,8 +516,7 @@ def _treg_mixture(spec, ctx, gs, template, rows, path):
     inside = _Path(vertices).contains_points(pts)
     ambiguous = 100.0 * ((1 - post[inside]).sum() + post[~inside].sum()) / len(pts)
     info["ambiguous_pct"] = round(float(ambiguous), 3)
-    gate_vertices = [[_gate_units(gs, d, ax.linear(v[j])) for j, (d, ax) in enumerate(zip(dims, axes))]
-                     for v in vertices]
+    gate_vertices = _polygon_vertices(gs, dims, axes, vertices)
     new = [fk.Dimension(d.id, compensation_ref=d.compensation_ref, transformation_ref=d.transformation_ref)
            for d in dims]
     gate = fk.gates.PolygonGate(path[-1], new, gate_vertices)

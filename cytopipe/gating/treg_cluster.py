@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .adaptive import _Axis, _gate_units, _Review, _simplify
+from .adaptive import _Axis, _polygon_vertices, _Review, _simplify
 
 __all__ = ["ridge_unimodal"]
 
@@ -60,17 +60,22 @@ def _log_normal_pdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndar
     return -0.5 * (z * z).sum(axis=0) - np.log(np.diag(chol)).sum() - 0.5 * len(mean) * np.log(2 * np.pi)
 
 
-def _ridge_density(m1, s1, m2, s2, comps, n: int = 101) -> np.ndarray:
-    """The density of the weighted Gaussians ``comps`` along the ridgeline of (m1, s1) and (m2, s2).
+def _ridgeline(m1, s1, m2, s2, n: int = 101) -> np.ndarray:
+    """``n`` points of the ridgeline of (m1, s1) and (m2, s2), from m1 to m2.
 
-    The ridgeline ``x(a) = [(1-a) S1^-1 + a S2^-1]^-1 [(1-a) S1^-1 m1 + a S2^-1 m2]``,
-    ``a`` in [0, 1], holds every mode and saddle of a two-component density
-    (Ray and Lindsay 2005), so the density along it decides their modality
-    exactly in any dimension.
+    ``x(a) = [(1-a) S1^-1 + a S2^-1]^-1 [(1-a) S1^-1 m1 + a S2^-1 m2]``, ``a`` in
+    [0, 1], holds every mode and saddle of a two-component density (Ray and
+    Lindsay 2005), so the density along it decides their modality exactly in
+    any dimension.
     """
     p1, p2 = np.linalg.inv(s1), np.linalg.inv(s2)
     a = np.linspace(0.0, 1.0, n)[:, None, None]
-    xs = np.linalg.solve((1 - a) * p1 + a * p2, (1 - a) * (p1 @ m1)[:, None] + a * (p2 @ m2)[:, None])[..., 0]
+    return np.linalg.solve((1 - a) * p1 + a * p2, (1 - a) * (p1 @ m1)[:, None] + a * (p2 @ m2)[:, None])[..., 0]
+
+
+def _ridge_density(m1, s1, m2, s2, comps, n: int = 101) -> np.ndarray:
+    """The density of the weighted Gaussians ``comps`` along the ridgeline (:func:`_ridgeline`) of two of them."""
+    xs = _ridgeline(m1, s1, m2, s2, n)
     return sum(w * np.exp(_log_normal_pdf(xs, m, s)) for m, s, w in comps)
 
 
@@ -121,16 +126,24 @@ def _treg_group(gm, k_axis: int, ratio: float, same_sd: float, defining: list[in
     mixture cuts its tail into a component of its own.
     """
     top = int(np.argmax(gm.means_[:, k_axis]))
-    comp = [(gm.means_[j], gm.covariances_[j], gm.weights_[j]) for j in range(gm.n_components)]
     # the cluster grown from the top component: a component joins when the cluster's density with it has no
     # dip on its ridgeline with the top component. The cluster's density, not the pair's: a small component
     # between two clusters is unimodal with each, and pairwise it would chain them into one
+    lines: dict[int, np.ndarray] = {}  # each candidate's ridgeline with the top component, and
+    dens: dict[tuple[int, int], np.ndarray] = {}  # each component's weighted density along it: computed once
+
+    def along(i: int, j: int) -> np.ndarray:
+        if j not in lines:
+            lines[j] = _ridgeline(gm.means_[top], gm.covariances_[top], gm.means_[j], gm.covariances_[j])
+        if (i, j) not in dens:
+            dens[i, j] = gm.weights_[i] * np.exp(_log_normal_pdf(lines[j], gm.means_[i], gm.covariances_[i]))
+        return dens[i, j]
+
     group, grown = {top}, True
     while grown:
         grown = False
         for j in sorted(set(range(gm.n_components)) - group, key=lambda j: _distance(gm, top, j)):
-            f = _ridge_density(gm.means_[top], gm.covariances_[top], gm.means_[j], gm.covariances_[j],
-                               [comp[i] for i in group | {j}])
+            f = sum(along(i, j) for i in group | {j})
             if _no_dip(f, ratio):
                 group.add(j)
                 grown = True
@@ -191,8 +204,7 @@ def _polygon(gm, group, pts2: np.ndarray, dims: list[int], floor: float, f_axis:
 def _polygon_gate(name, dims, axes, gs, vertices):
     import flowkit as fk
 
-    gate_vertices = [[_gate_units(gs, d, ax.linear(v[j])) for j, (d, ax) in enumerate(zip(dims, axes))]
-                     for v in vertices]
+    gate_vertices = _polygon_vertices(gs, dims, axes, vertices)
     new = [fk.Dimension(d.id, compensation_ref=d.compensation_ref, transformation_ref=d.transformation_ref)
            for d in dims]
     return fk.gates.PolygonGate(name, new, gate_vertices)
@@ -212,6 +224,8 @@ def _fit(spec, fit: np.ndarray):
     fits = [GaussianMixture(k, covariance_type="full", random_state=int(spec["seed"]), reg_covar=1e-5,
                             max_iter=200, tol=float(spec.get("tol", 1e-3))).fit(fit)
             for k in spec.get("components", (2, 3, 4, 5)) if k < len(fit)]
+    if len(fits) == 1:  # nothing to choose between (the BIC scores every event once more)
+        return fits, [0.0]
     bics = [g.bic(fit) for g in fits]
     order = np.argsort(bics)
     return [fits[i] for i in order], [bics[i] for i in order]
