@@ -144,9 +144,7 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
         return result
     raw = sample.get_events(source="raw")
     n = raw.shape[0]
-    cap = int(specs[0]["prefilter_events"])
-    step = -(-n // cap) if n > cap else 1
-    sub = np.take(raw, np.arange(0, n, step), axis=0) if step > 1 else raw  # spans the whole acquisition
+    sub = raw if n <= int(specs[0]["prefilter_events"]) else np.take(raw, _prefilter_rows(n, specs[0]), axis=0)
     ctx = Context(sample, gs, sub)
     paths = strategy.gate_paths()
     parents = {p[:-1] for p in paths}
@@ -189,6 +187,19 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
             rows[path] = np.flatnonzero(inside) if parent is None else parent[inside]
     result.gatingml = sample_gatingml(gs, sample.id)
     return result
+
+
+def _prefilter_rows(n: int, spec) -> np.ndarray:
+    """The rows of an ``n``-event file that placement sees, spread evenly over the whole acquisition.
+
+    With ``prefilter_exact`` exactly ``prefilter_events`` of them; otherwise
+    (1.0.0, 1.1.0) every k-th event, k = ceil(n / prefilter_events), which
+    leaves a file of 1.5 times the cap only half of it.
+    """
+    cap = int(spec["prefilter_events"])
+    if spec.get("prefilter_exact"):
+        return (np.arange(cap, dtype=np.int64) * n) // cap
+    return np.arange(0, n, -(-n // cap))
 
 
 _CONTROLLER: list = []

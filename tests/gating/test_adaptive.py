@@ -80,3 +80,22 @@ def test_flowkit_alone_reproduces_the_counts_from_the_written_sample_gates(tmp_p
     for gate_path, count, _ in res.gates:
         parts = tuple(gate_path.split("/"))
         assert flowkit.get_gate_count(parts[-1], gate_path=parts[:-1]) == count, gate_path
+
+
+@pytest.mark.parametrize("n", [30_001, 40_000, 59_999, 1_000_003])
+def test_a_larger_file_is_placed_on_exactly_the_cap_of_events_spread_over_its_acquisition(n):
+    """1.2.0 places on 30,000 events of any larger file, from its first to its last stretch; the every-k-th
+    rule of 1.0.0 and 1.1.0 leaves a file of 40,000 events 20,000."""
+    from cytopipe.gating.adaptive import _prefilter_rows
+
+    spec = {"prefilter_events": 30_000}
+    rows = _prefilter_rows(n, {**spec, "prefilter_exact": True})
+    assert rows.size == 30_000 and rows[0] == 0 and rows[-1] >= n - n // 30_000 - 1
+    gaps = np.diff(rows)
+    assert gaps.min() >= 1 and gaps.max() <= -(-n // 30_000)  # increasing, none further apart than ceil(n/cap)
+    old = _prefilter_rows(n, spec)
+    assert old.size == len(range(0, n, -(-n // 30_000)))
+    if n == 40_000:
+        assert old.size == 20_000
+    placed = load_strategy("treg_adaptive@1.2.0").manifest["placement"]
+    assert all(p["prefilter_events"] == 30_000 and p["prefilter_exact"] for p in placed)

@@ -116,7 +116,7 @@ def test_miflowcyt_record_of_the_run(trial_endpoint):
     path = write_miflowcyt(base / "run", strat, run.table, run.populations, paths=paths)
     rec = json.loads(path.read_text())
     assert {i["cytometer"] for i in rec["instrument"]} == {"LSRFortessa"}
-    treg = next(g for g in rec["gates"] if g["id"] == strat.numerator[-1])  # CD127lo under Treg in 1.1.0
+    treg = next(g for g in rec["gates"] if g["id"] == strat.numerator[-1])  # CD127lo under Treg since 1.1.0
     assert treg["path"] == "/".join(strat.numerator) and len(treg["per_sample"]) == 48
     cd4 = {s["file"]: s["count"] for s in next(g for g in rec["gates"] if g["id"] == "CD4pos")["per_sample"]}
     by_file = run.table.set_index("file")
