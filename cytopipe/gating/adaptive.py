@@ -233,6 +233,12 @@ def _subset(rows: np.ndarray | None, n_all: int, spec) -> np.ndarray:
     return idx
 
 
+def _negative_spread(linear: np.ndarray) -> float:
+    """The SD of the negative population, from the values below 0 (half-normal: median |x| is 0.6745 SD)."""
+    below = -linear[linear < 0]
+    return float(max(np.median(below) / 0.6745 if below.size >= 20 else np.std(linear) / 10, 1.0))
+
+
 class _Axis:
     """A fluorescence dimension on the scale its populations are found on: arcsinh(x / c).
 
@@ -241,13 +247,13 @@ class _Axis:
     that is not there. Here the cofactor ``c`` is the sample's own spread of
     negatives (from the values below 0, which only negative populations
     reach), so a negative population is one mode near 0 and positive ones are
-    on a log-like scale, whatever the instrument's gains.
+    on a log-like scale, whatever the instrument's gains. ``c`` may be given
+    instead, measured on other events (:func:`_negative_spread`) when these
+    have no negative population of their own.
     """
 
-    def __init__(self, linear: np.ndarray):
-        below = -linear[linear < 0]
-        # half-normal: the median of |x| over the negative half is 0.6745 SD
-        self.c = float(max(np.median(below) / 0.6745 if below.size >= 20 else np.std(linear) / 10, 1.0))
+    def __init__(self, linear: np.ndarray, c: float | None = None):
+        self.c = _negative_spread(linear) if c is None else float(c)
         self.u = np.arcsinh(linear / self.c)
 
     def linear(self, u: float) -> float:

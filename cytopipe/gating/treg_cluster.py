@@ -4,7 +4,10 @@ Where activated conventional cells are CD25-positive and FOXP3-dim, they and
 the Tregs overlap on CD25 x FOXP3, and a mixture on those two markers alone
 mistakes one for the other by up to several percentage points. Tregs are
 "usually CD127 low" (``PANEL.md``), so the mixture here is fitted on CD25 x
-FOXP3 x CD127 of the CD4+ cells above the FOXP3-negative population. Nothing
+FOXP3 x CD127 of the CD4+ cells above the FOXP3-negative population, each on
+arcsinh(x / c) with ``c`` the marker's negative spread (since 1.3.0, with
+``cofactor_from = "all_events"``, measured on all the events placement sees,
+where every marker has negative cells; before, on the CD4 cells). Nothing
 assumes CD127 does separate them: where it does not, the mixture separates
 on CD25 and FOXP3 as before, and the count is the same either way (below).
 
@@ -47,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .adaptive import _Axis, _polygon_vertices, _Review, _simplify
+from .adaptive import _Axis, _negative_spread, _polygon_vertices, _Review, _simplify
 
 __all__ = ["ridge_unimodal"]
 
@@ -236,7 +239,15 @@ def treg_cluster(spec, ctx, gs, template, rows, path, state: dict[str, Any]):
     dims = list(template.dimensions) + [_dimension(ref, template.dimensions[0]) for ref in spec["support_axes"]]
     ids = [d.id for d in dims]
     k_axis = ids.index(spec["treg_axis"])
-    axes = [_Axis(v) for v in ctx.values_many(dims, rows)]
+    if spec.get("cofactor_from") == "all_events":
+        # CD4 cells have no CD25- or CD127-negative population: the values below 0 there are the left tail
+        # of a dim positive one, and their spread is no detector's negative spread (1.1.0 and 1.2.0 took it
+        # so, and a dim population then lay on the log part of its axis, skewed). Every marker has its
+        # negative events among all the events placement sees
+        every = ctx.values_many(dims, None)
+        axes = [_Axis(v[rows], _negative_spread(v)) for v in every]
+    else:
+        axes = [_Axis(v) for v in ctx.values_many(dims, rows)]
     pts = np.column_stack([a.u for a in axes])
     # FOXP3-negative cells (most conventional CD4 cells) are below ``window_sd`` of the sample's own
     # negative spread on FOXP3: their broad continuum would take the components from the clusters that matter
@@ -275,6 +286,7 @@ def treg_cluster(spec, ctx, gs, template, rows, path, state: dict[str, Any]):
         "n_fit": int(rows.size), "n_window": int(keep.sum()), "components": gm.n_components,
         "group": [int(j) for j in group], "weights": np.round(gm.weights_, 4).tolist(),
         "means": np.round(gm.means_, 4).tolist(), "dimensions": ids,
+        "cofactors": [round(a.c, 2) for a in axes],
         "separation": round(sep, 3) if np.isfinite(sep) else None, "truncated_pct": round(truncated, 3),
         "treg_pct_by_model": [round(v, 3) for v in shares], "posterior_level": round(level, 4)}
     state["treg_cluster"] = {"gm": gm, "group": group, "pts": pts, "axes": axes, "dims": dims, "rows": rows,

@@ -36,7 +36,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
 ]
 
-DEFAULT_STRATEGY = "treg_adaptive@1.2.0"
+DEFAULT_STRATEGY = "treg_adaptive@1.3.0"
 _MANIFEST = "manifest.json"
 
 

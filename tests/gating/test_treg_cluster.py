@@ -1,9 +1,9 @@
 """The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (cytopipe.gating.treg_cluster, the default
-treg_adaptive@1.2.0; 1.1.0 differs only in how many events its gates are placed on and is pinned by its
-golden counts).
+treg_adaptive@1.3.0; 1.1.0 and 1.2.0 differ in how many events the gates are placed on and where the axes'
+cofactors are measured, and are pinned by their golden counts).
 
 Worlds are drawn from seeds no number of the strategy was chosen on (it was
-developed on worlds 300000-300019, 500000-500019 and 700000-700019); the
+developed on the worlds of seeds 100000, 200000, 300000, 500000 and 700000, 20 each); the
 truth is the generator's labels.
 """
 
@@ -30,7 +30,7 @@ TREG = ("root", "Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos", "Treg")
 
 @pytest.fixture(scope="module")
 def strategy():
-    return load_strategy("treg_adaptive@1.2.0")
+    return load_strategy("treg_adaptive@1.3.0")
 
 
 def test_the_default_places_every_gate_and_counts_cd127lo(strategy):
@@ -111,6 +111,41 @@ def test_cd127_that_separates_nothing_leaves_the_count_right(tmp_path, strategy)
         counts = gate_sample(sample, strategy, gating_strategy=placed.gating_strategy)
         errors.append(treg_percent(counts, strategy)[2] - truth["treg_pct_cd4"])
     assert all(abs(e) <= 0.3 for e in errors), errors
+
+
+@pytest.mark.parametrize("world", [424_242, 8_675_309])
+def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_skewed(tmp_path, strategy, world):
+    """1.3.0 measures each axis' cofactor on all the events placement sees. On the CD4 cells alone (1.2.0)
+    the values below 0 on CD127 are the left tail of the Tregs' dim CD127, a fraction of the detector's
+    negative spread, and the Tregs then lie skewed on the log part of the axis, where one Gaussian is too
+    wide towards the activated cells. Checked with the generator's labels: the Tregs' CD127 skew on each
+    version's fitting axis (a Gaussian needs it near 0)."""
+    import flowkit as fk
+    from scipy.stats import skew
+
+    from cytopipe.gating.api import gate_rows, gate_values
+    from cytopipe.sim.sample import simulate_events
+
+    spec = SampleSpec(n_events=30_000, seed=world % 1000, world=World.draw(world), hard=True, treg_pct_cd4=6.0,
+                      drift=0.4)
+    write_fcs(tmp_path / "c.fcs", spec)
+    _, labels = simulate_events(spec)
+    sample = read_fcs(tmp_path / "c.fcs")
+    probe = fk.gates.RectangleGate("probe", [fk.Dimension("PE-A", compensation_ref="FCS", range_min=0.0)])
+    found = {}
+    for ref in ("treg_adaptive@1.2.0", strategy.ref):
+        s = load_strategy(ref)
+        placed = place_gates(sample, s)
+        rec = next(g for g in placed.gates if g["gate_path"].endswith("/Treg"))
+        c = rec["cofactors"][rec["dimensions"].index("PE-A")]
+        cd4 = gate_rows(sample, placed.gating_strategy, s.gate_paths())[TREG[:-1]]
+        tregs = cd4[labels[cd4] == "treg"]
+        cd127 = gate_values(sample, placed.gating_strategy, probe, tregs)[:, 0]
+        found[ref] = (c, float(skew(np.arcsinh(cd127 / c))))
+    (c_old, skew_old), (c_new, skew_new) = found["treg_adaptive@1.2.0"], found[strategy.ref]
+    # at these two worlds: c 94 -> 316 and 120 -> 238; skew -1.11 -> -0.21 and -0.86 -> -0.46
+    assert c_new > 1.5 * c_old, found  # a detector's negative spread against a dim population's tail
+    assert abs(skew_new) < 0.5 and abs(skew_new) < 0.6 * abs(skew_old), found
 
 
 def test_a_reviewers_treg_gate_still_gets_its_cd127lo_child_placed(tmp_path, strategy):
