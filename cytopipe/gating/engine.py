@@ -313,7 +313,12 @@ class Context:
         n = self.raw.shape[0] if rows is None else rows.size
         edges, states = self._raster(gate, vertices, self._shared_rasters or n >= _RASTER_MIN)
         cheap = self.values_many(dims, rows)  # inverse-column compensation: the raster's margin covers its rounding
-        near = np.ones(n, dtype=bool)
+        # NaN, infinities and values beyond 1e100 are not where monotonicity puts them (flowutils' logicle
+        # maps them to -1): FlowKit's own test decides them
+        odd = np.zeros(n, dtype=bool)
+        for v in cheap:
+            odd |= ~(np.abs(v) <= 1e100)
+        near = ~odd
         for v, e in zip(cheap, edges or ()):
             near &= (v >= e[0]) & (v < e[-1])
         idx = np.flatnonzero(near)
@@ -323,6 +328,8 @@ class Context:
             state = states[cells[0], cells[1]]  # 0 outside, 1 inside, 2 near an edge
             inside[idx[state == 1]] = True
             idx = idx[state == 2]
+        if odd.any():
+            idx = np.union1d(idx, np.flatnonzero(odd))
         sub_rows = idx if rows is None else rows[idx]
         points = np.empty((idx.size, 2))
         for j, (dim, v) in enumerate(zip(dims, self.values_many(dims, sub_rows, exact=True))):

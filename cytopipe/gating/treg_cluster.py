@@ -286,9 +286,10 @@ def treg_cluster(spec, ctx, gs, template, rows, path, state: dict[str, Any]):
         "n_fit": int(rows.size), "n_window": int(keep.sum()), "components": gm.n_components,
         "group": [int(j) for j in group], "weights": np.round(gm.weights_, 4).tolist(),
         "means": np.round(gm.means_, 4).tolist(), "dimensions": ids,
-        "cofactors": [round(a.c, 2) for a in axes],
         "separation": round(sep, 3) if np.isfinite(sep) else None, "truncated_pct": round(truncated, 3),
         "treg_pct_by_model": [round(v, 3) for v in shares], "posterior_level": round(level, 4)}
+    if "cofactor_from" in spec:  # 1.3.0 on; the records of released 1.1.0 and 1.2.0 stay as they were
+        info["cofactors"] = [round(a.c, 2) for a in axes]
     state["treg_cluster"] = {"gm": gm, "group": group, "pts": pts, "axes": axes, "dims": dims, "rows": rows,
                              "keep": keep, "post": post, "expected": expected, "floor": floor, "k_axis": k_axis}
     vertices = _polygon(gm, group, pts[:, two], two, floor, k_axis, level, spec)

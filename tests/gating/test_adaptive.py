@@ -84,18 +84,38 @@ def test_flowkit_alone_reproduces_the_counts_from_the_written_sample_gates(tmp_p
 
 @pytest.mark.parametrize("n", [30_001, 40_000, 59_999, 1_000_003])
 def test_a_larger_file_is_placed_on_exactly_the_cap_of_events_spread_over_its_acquisition(n):
-    """1.2.0 places on 30,000 events of any larger file, from its first to its last stretch; the every-k-th
-    rule of 1.0.0 and 1.1.0 leaves a file of 40,000 events 20,000."""
+    """1.2.0 on places on 30,000 events of any larger file, from its first to its last stretch. The
+    every-k-th rule of 1.0.0 and 1.1.0 (k = ceil(n / cap)) would leave a 40,000-event file 20,000 of them
+    under that cap (and a 60,000-event one 30,000 under their cap of 50,000)."""
     from cytopipe.gating.adaptive import _prefilter_rows
 
-    spec = {"prefilter_events": 30_000}
-    rows = _prefilter_rows(n, {**spec, "prefilter_exact": True})
-    assert rows.size == 30_000 and rows[0] == 0 and rows[-1] >= n - n // 30_000 - 1
+    rows = _prefilter_rows(n, {"prefilter_events": 30_000, "prefilter_exact": True})
+    assert rows.size == 30_000 and rows[0] == 0 and rows[-1] >= n - 2 - n // 30_000
     gaps = np.diff(rows)
-    assert gaps.min() >= 1 and gaps.max() <= -(-n // 30_000)  # increasing, none further apart than ceil(n/cap)
-    old = _prefilter_rows(n, spec)
-    assert old.size == len(range(0, n, -(-n // 30_000)))
+    assert gaps.min() >= 1 and gaps.max() <= 2 + n // 30_000  # increasing, no stretch of the file skipped
     if n == 40_000:
-        assert old.size == 20_000
-    placed = load_strategy("treg_adaptive@1.2.0").manifest["placement"]
-    assert all(p["prefilter_events"] == 30_000 and p["prefilter_exact"] for p in placed)
+        assert _prefilter_rows(n, {"prefilter_events": 30_000}).size == 20_000
+        assert _prefilter_rows(60_000, {"prefilter_events": 50_000}).size == 30_000
+
+
+def test_placement_sees_30000_events_of_a_larger_file(tmp_path, monkeypatch):
+    """What place_gates hands its methods: 30,000 rows of a 75,000-event file under 1.3.0 (1.1.0: every 2nd)."""
+    from cytopipe.gating import engine
+    from cytopipe.gating.adaptive import place_gates
+
+    seen = []
+    real = engine.Context.__init__
+
+    def spy(self, sample, gs, raw, *a, **k):
+        seen.append(raw.shape[0])
+        real(self, sample, gs, raw, *a, **k)
+
+    monkeypatch.setattr(engine.Context, "__init__", spy)
+    write_fcs(tmp_path / "big.fcs", SampleSpec(n_events=75_000, seed=8))
+    from cytopipe.fcs.read import read_fcs
+
+    sample = read_fcs(tmp_path / "big.fcs")
+    for ref, want in (("treg_adaptive@1.3.0", 30_000), ("treg_adaptive@1.1.0", 37_500)):
+        seen.clear()
+        res = place_gates(sample, load_strategy(ref))
+        assert seen[0] == want and not needs_review_flags(res.qc_flags), (ref, seen, res.qc_flags)

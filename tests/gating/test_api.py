@@ -152,13 +152,18 @@ def test_cascade_in_event_blocks_equals_flowkit_memberships(tmp_path, strategy, 
             assert np.all(np.diff(rows[path]) > 0)
 
 
-@pytest.mark.parametrize("block", [7_919, 1 << 20])  # several blocks sharing one raster; one block building it
-def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypatch, block):
-    """A polygon on logicle axes with its vertices on events: the raster's lookups give FlowKit's memberships.
+@pytest.mark.parametrize(("block", "foxp3_xform", "complement"), [
+    (7_919, "logicle", False),  # several blocks sharing one raster
+    (1 << 20, "logicle", False),  # one block building it
+    (7_919, None, True),  # a compensated axis without a transform, and the complement
+])
+def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypatch, block, foxp3_xform, complement):
+    """A polygon with its vertices on events: the raster's lookups give FlowKit's memberships.
 
     Events sit exactly on the vertices, and a thin spike of the polygon passes
     between events, where a raster decided by its cells' centres alone
-    would be wrong; the test also checks that the raster decided most events.
+    would be wrong; the test also checks that a raster with cells inside,
+    outside and near an edge was built.
     """
     import flowkit as fk
 
@@ -169,7 +174,8 @@ def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypat
     write_fcs(tmp_path / "p.fcs", SampleSpec(n_events=60_000, seed=31, hard=True))
     sample = read_fcs(tmp_path / "p.fcs")
     gs = strategy.gating_strategy()
-    dims = [fk.Dimension(d, compensation_ref="FCS", transformation_ref="logicle") for d in ("PE-Cy7-A", "APC-A")]
+    dims = [fk.Dimension("PE-Cy7-A", compensation_ref="FCS", transformation_ref="logicle"),
+            fk.Dimension("APC-A", compensation_ref="FCS", transformation_ref=foxp3_xform)]
     at = gating.gate_values(sample, gs, fk.gates.PolygonGate("probe", dims, [[0, 0], [1, 0], [1, 1]]),
                             np.arange(sample.event_count))
     rng = np.random.default_rng(5)
@@ -179,7 +185,7 @@ def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypat
     vertices = picks[np.argsort(angle)]  # a star polygon through 40 events
     spike = vertices[5] + 3 * (vertices[5] - centre)  # a thin spike out to far events
     vertices = np.vstack([vertices[:6], spike, vertices[5] + 1e-7, vertices[6:]])
-    gs.add_gate(fk.gates.PolygonGate("star", dims, vertices.tolist()), ("root",))
+    gs.add_gate(fk.gates.PolygonGate("star", dims, vertices.tolist(), use_complement=complement), ("root",))
     built = []
     real = cascade.Context._raster
     monkeypatch.setattr(cascade.Context, "_raster",
@@ -190,6 +196,31 @@ def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypat
     states = built[-1][1]
     assert states is not None and {0, 1, 2} <= set(np.unique(states).tolist())
     assert 0 < rows.size < sample.event_count
+
+
+def test_transformed_polygon_leaves_non_finite_and_huge_values_to_flowkit(strategy):
+    """NaN, infinities and values beyond 1e100 are not where a monotone transform puts them (flowutils' logicle
+    maps them to -1): with the polygon reaching below -1 they are inside for FlowKit, and so here."""
+    import flowkit as fk
+
+    from cytopipe.gating import api as gating
+
+    rng = np.random.default_rng(3)
+    linear = rng.normal(0, 2000, (20_000, 2))
+    linear[:5, 0] = [np.nan, np.inf, -np.inf, -1e250, 1e250]
+    linear[:5, 1] = 0.0  # inside the box on Y
+    gs = fk.GatingStrategy()
+    gs.add_transform("logicle", strategy.gating_strategy().get_transform("logicle"))
+    dims = [fk.Dimension(d, compensation_ref="uncompensated", transformation_ref="logicle") for d in ("X", "Y")]
+    for complement in (False, True):
+        name = f"box{int(complement)}"
+        gs.add_gate(fk.gates.PolygonGate(name, dims, [[-1.5, -0.3], [0.6, -0.3], [0.6, 0.6], [-1.5, 0.6]],
+                                         use_complement=complement), ("root",))
+        sample = fk.Sample(linear, sample_id="odd", channel_labels=["X", "Y"])
+        rows = gating.gate_rows(sample, gs, [("root", name)])[("root", name)]
+        member = gs.gate_sample(sample).get_gate_membership(name, gate_path=("root",))
+        np.testing.assert_array_equal(rows, np.flatnonzero(member))
+        assert set(range(5)) <= set(rows.tolist()) if not complement else not set(range(5)) & set(rows.tolist())
 
 
 def test_transformed_polygon_raster_on_events_hugging_the_edges(strategy):

@@ -65,19 +65,18 @@ def test_ridgeline_sees_a_valley_off_the_line_between_the_means():
     assert ridge_unimodal(m1, s1, 0.5, m2, s2, 0.5, 1.0) == (int(peaks.sum()) == 1)
 
 
-@pytest.mark.parametrize(("hard", "worst"), [(False, 0.3), (True, 0.35)])
-def test_pinned_worlds_land_within_target(tmp_path, strategy, hard, worst):
-    """Labs' geometries it never saw: every tube not sent to review is within ``worst`` pp of the truth (mean
-    within 0.1 pp), and at most one of twelve goes to review.
+@pytest.mark.parametrize("hard", [False, True])
+def test_pinned_worlds_land_within_target(tmp_path, strategy, hard):
+    """Labs' geometries it never saw: every tube not sent to review is within the 0.3 pp target of the truth
+    (mean within 0.1 pp), and at most one of twelve goes to review.
 
-    The target is 0.3 pp. With staining variation one of these tubes (world 77001, the first) lands at
-    +0.33 pp: activated cells the Tregs' Gaussian claims (1.1.0, placed on all 40,000 events rather than
-    30,000, has it at +0.12 and its worst at +0.28). The bound says what is measured, not the target.
+    Measured with 1.3.0: worst 0.02 pp with usual staining, 0.21 pp with staining variation (world 77001;
+    1.2.0, its cofactors from the CD4 cells, had +0.33 pp there and 1.1.0 +0.28 pp).
     """
     reviewed, errors = pinned_errors(tmp_path, strategy, (424_242, 31_337, 77_001, 8_675_309), (4.0, 11.0, 19.0),
                                      hard=hard)
     assert len(reviewed) <= 1, reviewed
-    assert all(abs(e) <= worst for _, _, e in errors), errors
+    assert all(abs(e) <= 0.3 for _, _, e in errors), errors
     assert np.mean([abs(e) for _, _, e in errors]) <= 0.1, errors
 
 
@@ -123,6 +122,7 @@ def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_sk
     import flowkit as fk
     from scipy.stats import skew
 
+    from cytopipe.gating.adaptive import _negative_spread
     from cytopipe.gating.api import gate_rows, gate_values
     from cytopipe.sim.sample import simulate_events
 
@@ -137,8 +137,11 @@ def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_sk
         s = load_strategy(ref)
         placed = place_gates(sample, s)
         rec = next(g for g in placed.gates if g["gate_path"].endswith("/Treg"))
-        c = rec["cofactors"][rec["dimensions"].index("PE-A")]
         cd4 = gate_rows(sample, placed.gating_strategy, s.gate_paths())[TREG[:-1]]
+        if "cofactors" in rec:  # 1.3.0 records its cofactors
+            c = rec["cofactors"][rec["dimensions"].index("PE-A")]
+        else:  # 1.2.0's: the negative spread measured on the CD4 cells' CD127
+            c = _negative_spread(gate_values(sample, placed.gating_strategy, probe, cd4)[:, 0])
         tregs = cd4[labels[cd4] == "treg"]
         cd127 = gate_values(sample, placed.gating_strategy, probe, tregs)[:, 0]
         found[ref] = (c, float(skew(np.arcsinh(cd127 / c))))
