@@ -460,8 +460,7 @@ def _scatter_cloud(spec, ctx, gs, template, rows, path):
     fx, fy = template.dimensions
     pts = np.column_stack([ctx.values(fx, bright), ctx.values(fy, bright)])
     scale = np.maximum(pts.std(axis=0), 1.0)
-    # tol: scikit-learn's default unless the manifest says (the cloud's box is generous: a looser stop moves
-    # it by a small fraction of its width)
+    # tol: scikit-learn's default unless the manifest says (1.2.0 on: 0.01; what that moves is in its CHANGELOG)
     gm = GaussianMixture(int(spec.get("components", 3)), covariance_type="full", random_state=int(spec["seed"]),
                          init_params="k-means++", reg_covar=1e-4,  # k-means++: no Lloyd threads
                          tol=float(spec.get("tol", 1e-3))).fit(pts / scale)
