@@ -368,7 +368,7 @@ class Context:
         edges = []
         for dim, g in zip(gate.dimensions, grid_t):
             xform = self._xform(dim)
-            edges.append(g if xform is None else np.asarray(xform.inverse(g.reshape(-1, 1)), dtype=float).ravel())
+            edges.append(g if xform is None else np.asarray(_inverse(xform)(g.reshape(-1, 1)), dtype=float).ravel())
         if not all(np.all(np.diff(e) > 0) for e in edges):
             self._rasters[key] = (None, None)
             return self._rasters[key]
@@ -418,6 +418,14 @@ class Context:
         return ~inside if gate.use_complement else inside
 
 
+def _inverse(xform):
+    """The transform's inverse, which deciding in linear units needs; FlowKit decides where there is none."""
+    inverse = getattr(xform, "inverse", None)
+    if not callable(inverse):  # e.g. FlowKit's WSPLogTransform (FlowJo workspaces)
+        raise Unsupported(f"{type(xform).__name__} has no inverse")
+    return inverse
+
+
 def _compare(v: np.ndarray, bound: float, xform, *, lower: bool, exact=None) -> np.ndarray:
     """``xform(v) >= bound`` (lower) or ``xform(v) < bound``, deciding near-bound events exactly.
 
@@ -432,7 +440,7 @@ def _compare(v: np.ndarray, bound: float, xform, *, lower: bool, exact=None) -> 
         tol = 1e-9 * max(1.0, abs(bound))
         lo, hi = bound - tol, bound + tol
     else:
-        lo, hi = np.asarray(xform.inverse(np.array([[bound - _BAND], [bound + _BAND]], dtype=float))).ravel()
+        lo, hi = np.asarray(_inverse(xform)(np.array([[bound - _BAND], [bound + _BAND]], dtype=float))).ravel()
         if not lo < hi:  # not increasing here: decide every event exactly
             t = np.asarray(xform.apply(v.reshape(-1, 1))).ravel()
             return t >= bound if lower else t < bound

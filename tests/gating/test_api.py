@@ -256,3 +256,26 @@ def test_transformed_polygon_raster_on_events_hugging_the_edges(strategy):
     member = gs.gate_sample(sample).get_gate_membership("star", gate_path=("root",))
     np.testing.assert_array_equal(rows, np.flatnonzero(member))
     assert 0.2 < rows.size / len(at) < 0.8
+
+
+def test_a_transform_without_an_inverse_is_left_to_flowkit():
+    """FlowKit's WSPLogTransform (FlowJo workspaces) has no inverse, which deciding bounds in linear units
+    needs: polygons and rectangles on it are counted by FlowKit, not refused with an AttributeError."""
+    import flowkit as fk
+
+    from cytopipe.gating import api as gating
+
+    rng = np.random.default_rng(0)
+    sample = fk.Sample(np.abs(rng.normal(0, 2000, (20_000, 2))) + 1, sample_id="wsp", channel_labels=["X", "Y"])
+    gs = fk.GatingStrategy()
+    gs.add_transform("wl", fk.transforms.WSPLogTransform(offset=1.0, decades=4.5))
+    dims = [fk.Dimension(d, compensation_ref="uncompensated", transformation_ref="wl") for d in ("X", "Y")]
+    gs.add_gate(fk.gates.PolygonGate("poly", dims, [[0.1, 0.1], [0.7, 0.1], [0.7, 0.7]]), ("root",))
+    box = [fk.Dimension("X", compensation_ref="uncompensated", transformation_ref="wl", range_min=0.5)]
+    gs.add_gate(fk.gates.RectangleGate("box", box), ("root",))
+    reference = gs.gate_sample(sample)
+    for name in ("poly", "box"):
+        rows = gating.gate_rows(sample, gs, [("root", name)])[("root", name)]
+        member = np.flatnonzero(reference.get_gate_membership(name, gate_path=("root",)))
+        assert 0 < member.size < 20_000
+        np.testing.assert_array_equal(rows, member)
