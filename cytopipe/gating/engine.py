@@ -359,7 +359,9 @@ class Context:
         from flowutils import gating as fu_gating
 
         key = (id(gate), vertices.tobytes())
-        if key in self._rasters and (self._rasters[key][1] is not None or not with_states):
+        # reuse it: its states are built, none are wanted, or it has no edges (a transform not increasing)
+        if key in self._rasters and (self._rasters[key][1] is not None or not with_states
+                                     or self._rasters[key][0] is None):
             return self._rasters[key]
         pad, cells = 4, _RASTER_CELLS
         lo, hi = vertices.min(axis=0), vertices.max(axis=0)
