@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .adaptive import _Axis, _negative_spread, _polygon_vertices, _Review, _simplify
+from .adaptive import _Axis, _distance, _negative_spread, _polygon_vertices, _Review, _simplify
 
 __all__ = ["ridge_unimodal"]
 
@@ -166,11 +166,6 @@ def _marginal_posterior(gm, group, x: np.ndarray, dims: list[int]) -> np.ndarray
     logs -= logs.max(axis=1, keepdims=True)
     dens = np.exp(logs)
     return dens[:, group].sum(axis=1) / dens.sum(axis=1)
-
-
-def _distance(gm, i: int, j: int) -> float:
-    d = gm.means_[i] - gm.means_[j]
-    return float(np.sqrt(d @ np.linalg.solve((gm.covariances_[i] + gm.covariances_[j]) / 2, d)))
 
 
 def _truncated(gm, group, k_axis: int, floor: float) -> float:
