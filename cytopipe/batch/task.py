@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..gating.adaptive import data_driven_gates
+from ..gating.placement import data_driven_gates
 from .cluster import _check_memory
 from ..exceptions import CytopipeError, one_line
 from ..fcs.read import default_sample_id, file_sha256, read_fcs

@@ -4,11 +4,23 @@ placement, and the per-sample QC flags.
 
 from __future__ import annotations
 
-from .adaptive import REVIEW_FLAG, data_driven_gates, needs_review_flags, place_gates, placement_specs
 from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_values, treg_percent
 from .engine import Context, Unsupported, cascade_rows
-from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates, sample_gatingml
-from .treg_cluster import ridge_unimodal
+from .placement import (
+    FALLBACK_FLAG,
+    METHODS,
+    REVIEW_FLAG,
+    AutoGateResult,
+    auto_gate_specs,
+    data_driven_gates,
+    fit_auto_gates,
+    needs_review_flags,
+    place_gates,
+    placement_problems,
+    placement_specs,
+    ridge_unimodal,
+    sample_gatingml,
+)
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -17,6 +29,8 @@ __all__ = [
     "needs_review_flags",
     "place_gates",
     "placement_specs",
+    "placement_problems",
+    "METHODS",
     "ENGINES",
     "GateCount",
     "gate_cascade",

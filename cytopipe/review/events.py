@@ -213,7 +213,7 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
     cytopipe.exceptions.CytopipeError
         The file cannot be read.
     """
-    from ..gating.adaptive import data_driven_gates
+    from ..gating.placement import data_driven_gates
     from ..fcs.read import default_sample_id
     from ..fcs.lean import read_for_gating
     from ..gating.api import gate_rows

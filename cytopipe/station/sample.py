@@ -74,9 +74,8 @@ class OpenSample:
     def __init__(self, path: str, strategy, adjustments: dict[str, dict[str, Any]]):
         from ..fcs.lean import read_for_gating
         from ..fcs.read import default_sample_id
-        from ..gating.adaptive import data_driven_gates, placement_specs
         from ..gating.api import gate_rows
-        from ..gating.placement import auto_gate_specs
+        from ..gating.placement import auto_gate_specs, data_driven_gates, placement_specs
         from ..review.decisions import adjusted_gating_strategy
 
         self.path, self.strategy = str(path), strategy
@@ -85,8 +84,8 @@ class OpenSample:
         self.paths: list[tuple[str, ...]] = strategy.gate_paths()
         self.markers = {m.detector: m.marker for m in strategy.markers}
         # gates the strategy places from each sample's data (none for a fixed template)
-        self.data_driven = [s["gate_path"] for s in placement_specs(strategy)] + \
-            [s["gate_path"] for s in auto_gate_specs(strategy)]
+        self.data_driven = [s.gate_path for s in placement_specs(strategy)] + \
+            [s.gate_path for s in auto_gate_specs(strategy)]
         gs = adjusted_gating_strategy(strategy, self.sample_id, self.adjustments)
         self.sample = read_for_gating(self.path, gs)
         with warnings.catch_warnings():
@@ -265,7 +264,7 @@ class OpenSample:
             A handle on the candidate's rows (for :meth:`population`; None
             when FlowKit's own engine had to count) and :meth:`counts`.
         """
-        from ..gating.adaptive import data_driven_gates
+        from ..gating.placement import data_driven_gates
         from ..gating.api import gate_sample
         from ..gating.engine import cascade_rows
         from ..review.decisions import adjusted_gating_strategy

@@ -1,4 +1,4 @@
-"""Gates placed from each sample's own data (cytopipe.gating.adaptive, treg_adaptive@1.0.0).
+"""Gates placed from each sample's own data (cytopipe.gating.placement: the driver, and treg_adaptive@1.0.0).
 
 Worlds are drawn from seeds no number of the strategy was chosen on; the truth
 is the generator's labels.
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cytopipe.batch.task import process_sample
-from cytopipe.gating.adaptive import REVIEW_FLAG, modes, needs_review_flags
+from cytopipe.gating.placement import REVIEW_FLAG, needs_review_flags
+from cytopipe.gating.placement._maths import modes
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.sim.world import World
 from cytopipe.strategy.registry import DEFAULT_STRATEGY, load_strategy
@@ -87,21 +88,21 @@ def test_a_larger_file_is_placed_on_exactly_the_cap_of_events_spread_over_its_ac
     """1.2.0 on places on 30,000 events of any larger file, from its first to its last stretch. The
     every-k-th rule of 1.0.0 and 1.1.0 (k = ceil(n / cap)) would leave a 40,000-event file 20,000 of them
     under that cap (and a 60,000-event one 30,000 under their cap of 50,000)."""
-    from cytopipe.gating.adaptive import _prefilter_rows
+    from cytopipe.gating.placement import prefilter_rows
 
-    rows = _prefilter_rows(n, {"prefilter_events": 30_000, "prefilter_exact": True})
+    rows = prefilter_rows(n, 30_000, exact=True)
     assert rows.size == 30_000 and rows[0] == 0 and rows[-1] >= n - 2 - n // 30_000
     gaps = np.diff(rows)
     assert gaps.min() >= 1 and gaps.max() <= 2 + n // 30_000  # increasing, no stretch of the file skipped
     if n == 40_000:
-        assert _prefilter_rows(n, {"prefilter_events": 30_000}).size == 20_000
-        assert _prefilter_rows(60_000, {"prefilter_events": 50_000}).size == 30_000
+        assert prefilter_rows(n, 30_000).size == 20_000
+        assert prefilter_rows(60_000, 50_000).size == 30_000
 
 
 def test_placement_sees_30000_events_of_a_larger_file(tmp_path, monkeypatch):
     """What place_gates hands its methods: 30,000 rows of a 75,000-event file under 1.3.0 (1.1.0: every 2nd)."""
     from cytopipe.gating import engine
-    from cytopipe.gating.adaptive import place_gates
+    from cytopipe.gating.placement import place_gates
 
     seen = []
     real = engine.Context.__init__

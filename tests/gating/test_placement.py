@@ -1,4 +1,4 @@
-"""The data-driven Treg gate of treg_auto@1.0.0 (cytopipe.gating.placement), on hard generated files."""
+"""The data-driven Treg gate of treg_auto@1.0.0 (cytopipe.gating.placement.treg_auto), on hard generated files."""
 
 from __future__ import annotations
 

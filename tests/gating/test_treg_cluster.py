@@ -1,4 +1,4 @@
-"""The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (cytopipe.gating.treg_cluster, the default
+"""The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (cytopipe.gating.placement.treg_cluster and treg_split, the default
 treg_adaptive@1.3.0; 1.1.0 and 1.2.0 differ in how many events the gates are placed on and where the axes'
 cofactors are measured, and are pinned by their golden counts).
 
@@ -16,9 +16,8 @@ from scipy.stats import norm
 
 from cytopipe.batch.task import process_sample
 from cytopipe.fcs.read import read_fcs
-from cytopipe.gating.adaptive import needs_review_flags, place_gates
+from cytopipe.gating.placement import needs_review_flags, place_gates, ridge_unimodal
 from cytopipe.gating.api import gate_sample, treg_percent
-from cytopipe.gating.treg_cluster import ridge_unimodal
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.sim.world import World
 from cytopipe.strategy.registry import DEFAULT_STRATEGY, load_strategy
@@ -122,7 +121,7 @@ def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_sk
     import flowkit as fk
     from scipy.stats import skew
 
-    from cytopipe.gating.adaptive import _negative_spread
+    from cytopipe.gating.placement._maths import negative_spread as _negative_spread
     from cytopipe.gating.api import gate_rows, gate_values
     from cytopipe.sim.sample import simulate_events
 

@@ -1,4 +1,4 @@
-"""Data-driven gates placed per sample: the CD4 -> Treg rectangle of ``treg_auto``.
+"""The CD4 -> Treg rectangle of ``treg_auto@1.0.0``, declared under ``auto_gates`` in its manifest.
 
 FOXP3 staining brightness changes from one staining run to the next (0.5x to
 1.5x), CD25 is a continuum and activated conventional CD4 cells are CD25+
@@ -58,72 +58,134 @@ window: the template gate is kept and the sample gets the QC flag
 
 from __future__ import annotations
 
-import io
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..exceptions import StrategyError
+from ...exceptions import StrategyError
+from ._base import _Bad, as_float, as_int, as_str, as_strs, build_params, entry_where, param
+from .result import AutoGateResult, sample_gatingml
 
-__all__ = ["AutoGateResult", "FALLBACK_FLAG", "auto_gate_specs", "fit_auto_gates", "sample_gatingml"]
+__all__ = ["AutoGateParams", "FALLBACK_FLAG", "auto_gate_problems", "auto_gate_specs", "fit_auto_gates"]
 
 FALLBACK_FLAG = "auto_gate_fallback"
-_DEFAULTS: dict[str, Any] = {
-    "method": "binned_em_rectangle", "prefilter_events": 80_000, "subsample_events": 20_000,
-    "seed": 0, "bins": 100, "max_iter": 100, "min_parent_events": 1000, "min_window_events": 100,
-    "min_separation": 2.0, "min_weight": 0.01,
-}
 
 
-@dataclass
-class AutoGateResult:
-    """What fitting a sample's auto gates gave.
+def _as_window(v) -> dict[str, tuple[float, float | None]]:
+    expected = "an object {detector: [low, high or null]}"
+    if not isinstance(v, dict) or not v:
+        raise _Bad(expected)
+    out = {}
+    for k, pair in v.items():
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise _Bad(expected)
+        out[k] = (as_float(pair[0]), None if pair[1] is None else as_float(pair[1]))
+    return out
+
+
+def _as_ranges(v) -> dict[str, tuple[float, float]]:
+    expected = "an object {detector: [low, high]} with low <= high"
+    if not isinstance(v, dict) or not v:
+        raise _Bad(expected)
+    out = {}
+    for k, pair in v.items():
+        if not isinstance(pair, list | tuple) or len(pair) != 2 or pair[1] is None:
+            raise _Bad(expected)
+        lo, hi = as_float(pair[0]), as_float(pair[1])
+        if lo > hi:
+            raise _Bad(expected)
+        out[k] = (pair[0], pair[1])  # as written: the fallback reason quotes them
+    return out
+
+
+def _as_means(v) -> tuple[tuple[float, float], ...]:
+    expected = "a list of at least two [x, y] starting means"
+    if not isinstance(v, list | tuple) or len(v) < 2 or not all(isinstance(m, list | tuple) and len(m) == 2
+                                                                 for m in v):
+        raise _Bad(expected)
+    return tuple((as_float(m[0]), as_float(m[1])) for m in v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoGateParams:
+    """The keys of an ``auto_gates`` entry of the manifest.
 
     Attributes
     ----------
-    gating_strategy : flowkit.GatingStrategy
-        The strategy to gate the sample with (fitted gates added as custom
-        sample gates; reviewer adjustments already in it are kept).
-    gates
-        One record per auto gate: ``gate_path, status`` (``fitted``,
-        ``fallback`` or ``reviewer``), ``reason``, thresholds in gate units
-        (``bounds``) and compensated linear units (``bounds_linear``),
-        ``n_fit`` events fitted, component ``weights`` and ``means``.
-    qc_flags
-        ``["auto_gate_fallback"]`` when any gate fell back to the template.
-    gatingml
-        GatingML 2.0 text of the strategy with this sample's custom gates.
+    gate_path, method, description
+        The gate fitted; the method (only ``binned_em_rectangle``); words for readers.
+    treg_component
+        The detector whose highest-mean component is the Tregs' (FOXP3).
+    fit_window
+        ``{detector: [low, high or null]}`` in the gate's transformed units: the events fitted.
+    init_means
+        The components' starting means (Treg, activated conventional, conventional tail).
+    plausible
+        ``{detector: [low, high]}``: a fitted threshold outside falls back to the template.
+    prefilter_events, subsample_events, seed
+        The file's events gated for the fit, the parent's events kept, the seed of that choice.
+    bins, max_iter
+        The histogram's bins a dimension; EM's iterations at most.
+    min_parent_events, min_window_events, min_separation, min_weight
+        Guard rails: fewer events, a Treg component closer (pooled FOXP3 SDs)
+        or lighter than these fall back to the template.
     """
 
-    gating_strategy: Any
-    gates: list[dict[str, Any]] = field(default_factory=list)
-    qc_flags: list[str] = field(default_factory=list)
-    gatingml: str = ""
+    gate_path: tuple[str, ...] = param(kind=as_strs)
+    method: str = param("binned_em_rectangle", as_str, choices=("binned_em_rectangle",))
+    description: str = param("", kind=lambda v: v if isinstance(v, str) else as_str(v))
+    treg_component: str = param(kind=as_str)
+    fit_window: dict[str, tuple[float, float | None]] = param(kind=_as_window)
+    init_means: tuple[tuple[float, float], ...] = param(kind=_as_means)
+    plausible: dict[str, tuple[float, float]] = param(kind=_as_ranges)
+    prefilter_events: int = param(80_000, as_int, lo=1)
+    subsample_events: int = param(20_000, as_int, lo=1)
+    seed: int = param(0, as_int, lo=0)
+    bins: int = param(100, as_int, lo=2)
+    max_iter: int = param(100, as_int, lo=1)
+    min_parent_events: int = param(1000, as_int, lo=0)
+    min_window_events: int = param(100, as_int, lo=0)
+    min_separation: float = param(2.0, as_float, lo=0)
+    min_weight: float = param(0.01, as_float, lo=0, hi=1)
 
-    def record(self) -> dict[str, Any]:
-        """JSON-able summary stored with the sample's result."""
-        return {"gates": self.gates, "qc_flags": list(self.qc_flags), "gatingml": self.gatingml}
+    def check(self) -> list[tuple[str, str]]:
+        if set(self.fit_window) != set(self.plausible) or self.treg_component not in self.fit_window:
+            return [("fit_window", f"names {sorted(self.fit_window)}, 'plausible' {sorted(self.plausible)} "
+                                   f"and 'treg_component' {self.treg_component!r}: all must name the gate's "
+                                   "two dimensions.")]
+        return []
 
 
-def auto_gate_specs(strategy) -> list[dict[str, Any]]:
-    """The strategy's ``auto_gates`` manifest entries with defaults filled (empty if none).
+def auto_gate_problems(manifest: dict[str, Any], where) -> tuple[list[AutoGateParams], list[str]]:
+    """``(params, problems)`` of the manifest's ``auto_gates`` entries; ``where`` is the manifest file."""
+    out, problems = [], []
+    for i, spec in enumerate(manifest.get("auto_gates") or []):
+        at = entry_where(where, "auto_gates", i, spec)
+        if not isinstance(spec, dict):
+            problems.append(f"{at}: an entry must be an object, got {spec!r}.")
+            continue
+        params, found = build_params(AutoGateParams, spec, at)
+        problems += found
+        if params is not None:
+            out.append(params)
+    return out, problems
+
+
+def auto_gate_specs(strategy) -> list[AutoGateParams]:
+    """The strategy's ``auto_gates`` manifest entries as checked parameters (empty if none).
 
     Raises
     ------
     StrategyError
-        An entry lacks ``gate_path``, ``fit_window``, ``init_means`` or ``plausible``.
+        An entry has an unknown key, lacks a required one (``gate_path``,
+        ``fit_window``, ``init_means``, ``plausible``, ``treg_component``) or
+        has a value of the wrong type or out of range.
     """
-    out = []
-    for i, spec in enumerate(strategy.manifest.get("auto_gates") or []):
-        missing = [k for k in ("gate_path", "fit_window", "init_means", "plausible", "treg_component")
-                   if k not in spec]
-        if missing:
-            msg = (f"{strategy.directory / 'manifest.json'}: auto_gates[{i}] lacks {missing}; "
-                   f"see cytopipe/autogate.py for the keys of an auto gate.")
-            raise StrategyError(msg)
-        out.append({**_DEFAULTS, **spec, "gate_path": tuple(spec["gate_path"])})
+    out, problems = auto_gate_problems(strategy.manifest, strategy.directory / "manifest.json")
+    if problems:
+        more = f" ({len(problems) - 1} more: see `cytopipe strategy validate`)" if len(problems) > 1 else ""
+        raise StrategyError(problems[0] + more)
     return out
 
 
@@ -165,7 +227,7 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None
     result = AutoGateResult(gating_strategy=gs)
     fitted: list[tuple[str, ...]] = []
     for spec in auto_gate_specs(strategy):
-        path = spec["gate_path"]
+        path = spec.gate_path
         rec: dict[str, Any] = {"gate_path": "/".join(path), "status": "fallback", "reason": ""}
         if "/".join(path) in set(skip):
             rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
@@ -191,17 +253,6 @@ def fit_auto_gates(sample, strategy, *, gating_strategy=None, skip=(), rows=None
     return result
 
 
-def sample_gatingml(gs, sample_id: str) -> str:
-    """GatingML 2.0 text of ``gs`` with ``sample_id``'s custom gates in place of the template's."""
-    import flowkit as fk
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # FlowKit's export warns about gate ids it rewrites
-        warnings.simplefilter("ignore")
-        fk.export_gatingml(gs, buf, sample_id=sample_id)
-    return buf.getvalue().decode("utf-8")
-
-
 class _Fallback(Exception):
     """No clear population: keep the template gate (the message is the reason)."""
 
@@ -212,74 +263,74 @@ def _parent_subset(sample, gs, strategy, parent: tuple[str, ...], spec, known=No
     The subset is every k-th event; its parent rows are gated here, or taken
     from ``known`` (the whole sample's rows of ``parent``) when given.
     """
-    from .engine import Context
+    from ..engine import Context
 
     raw = sample.get_events(source="raw")
     n = raw.shape[0]
-    rng = np.random.default_rng(spec["seed"])
-    step = -(-n // spec["prefilter_events"]) if n > spec["prefilter_events"] else 1
+    rng = np.random.default_rng(spec.seed)
+    step = -(-n // spec.prefilter_events) if n > spec.prefilter_events else 1
     if step > 1:  # every k-th event: spans the whole acquisition, no sort
         raw = np.take(raw, np.arange(0, n, step), axis=0)  # one pass (np.take: 2x a strided copy); then cache-resident
     ctx = Context(sample, gs, raw)
     if known is not None and known.get(parent) is not None:
         full = known[parent]
         kept = full[full % step == 0] // step if step > 1 else full
-        ctx.prepare([gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])])
-        if kept.size > spec["subsample_events"]:
-            kept = np.sort(rng.choice(kept, spec["subsample_events"], replace=False))
+        ctx.prepare([gs.get_gate(spec.gate_path[-1], gate_path=spec.gate_path[:-1])])
+        if kept.size > spec.subsample_events:
+            kept = np.sort(rng.choice(kept, spec.subsample_events, replace=False))
         return ctx, kept
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     upstream = [p for p in strategy.gate_paths() if len(p) <= len(parent) and p == parent[: len(p)]]
     gates = [gs.get_gate(p[-1], gate_path=p[:-1], sample_id=sample.id) for p in upstream]
-    ctx.prepare(gates + [gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])])
+    ctx.prepare(gates + [gs.get_gate(spec.gate_path[-1], gate_path=spec.gate_path[:-1])])
     for p, gate in zip(upstream, gates):
         before = rows[p[:-1]]
         inside = ctx.inside(gate, before)
         rows[p] = np.flatnonzero(inside) if before is None else before[inside]
     kept = rows[parent]
-    if kept.size > spec["subsample_events"]:
-        kept = np.sort(rng.choice(kept, spec["subsample_events"], replace=False))
+    if kept.size > spec.subsample_events:
+        kept = np.sort(rng.choice(kept, spec.subsample_events, replace=False))
     return ctx, kept
 
 
 def _fit_rectangle(sample, gs, strategy, path, template, spec, known=None):
     dims = list(template.dimensions)
     ids = [d.id for d in dims]
-    if len(dims) != 2 or set(spec["fit_window"]) != set(ids) or spec["treg_component"] not in ids:
+    if len(dims) != 2 or set(spec.fit_window) != set(ids) or spec.treg_component not in ids:
         msg = (f"auto gate {'/'.join(path)}: fit_window and treg_component must name the gate's two "
                f"dimensions {ids}.")
         raise StrategyError(msg)
     ctx, rows = _parent_subset(sample, gs, strategy, path[:-1], spec, known)
-    if rows.size < spec["min_parent_events"]:
-        raise _Fallback(f"too few parent events to fit ({rows.size} < {spec['min_parent_events']})")
+    if rows.size < spec.min_parent_events:
+        raise _Fallback(f"too few parent events to fit ({rows.size} < {spec.min_parent_events})")
     xforms = [gs.get_transform(d.transformation_ref) if d.transformation_ref else None for d in dims]
     vals = []
     for d, xf in zip(dims, xforms):
         v = ctx.values(d, rows)
         vals.append(v if xf is None else np.asarray(xf.apply(v.reshape(-1, 1))).ravel())
-    lo = [float(spec["fit_window"][i][0]) for i in ids]
-    hi = [float(spec["fit_window"][i][1]) if spec["fit_window"][i][1] is not None else 1.0 for i in ids]
+    lo = [float(spec.fit_window[i][0]) for i in ids]
+    hi = [float(spec.fit_window[i][1]) if spec.fit_window[i][1] is not None else 1.0 for i in ids]
     inwin = (vals[0] >= lo[0]) & (vals[1] >= lo[1])
-    if int(inwin.sum()) < spec["min_window_events"]:
-        raise _Fallback(f"too few events in the fit window ({int(inwin.sum())} < {spec['min_window_events']})")
-    nb = int(spec["bins"])
+    if int(inwin.sum()) < spec.min_window_events:
+        raise _Fallback(f"too few events in the fit window ({int(inwin.sum())} < {spec.min_window_events})")
+    nb = int(spec.bins)
     h, ex, ey = np.histogram2d(vals[0][inwin], vals[1][inwin], bins=nb, range=[[lo[0], hi[0]], [lo[1], hi[1]]])
     ii, jj = np.nonzero(h)
     w = h[ii, jj]
     centres = np.column_stack([(ex[ii] + ex[ii + 1]) / 2, (ey[jj] + ey[jj + 1]) / 2])
-    weights, means, covs, resp = _em(centres, w, np.asarray(spec["init_means"], dtype=float), spec["max_iter"])
-    k_axis = ids.index(spec["treg_component"])
+    weights, means, covs, resp = _em(centres, w, np.asarray(spec.init_means, dtype=float), spec.max_iter)
+    k_axis = ids.index(spec.treg_component)
     order = np.argsort(means[:, k_axis])[::-1]
     k, nxt = order[0], order[1]
     sep = (means[k, k_axis] - means[nxt, k_axis]) / np.sqrt(
         (covs[k][k_axis, k_axis] + covs[nxt][k_axis, k_axis]) / 2)
-    if not np.isfinite(sep) or sep < spec["min_separation"] or weights[k] < spec["min_weight"]:
+    if not np.isfinite(sep) or sep < spec.min_separation or weights[k] < spec.min_weight:
         raise _Fallback(f"one mode only (Treg component {sep:.2f} pooled SDs from the next on "
-                        f"{spec['treg_component']}, weight {weights[k]:.3f})")
+                        f"{spec.treg_component}, weight {weights[k]:.3f})")
     a, b = _best_rectangle(ex[ii], ey[jj], resp[:, k], w)
     bounds = {ids[0]: float(a), ids[1]: float(b)}
     for i, val in bounds.items():
-        plo, phi = spec["plausible"][i]
+        plo, phi = spec.plausible[i]
         if not plo <= val <= phi:
             raise _Fallback(f"fitted {i} threshold {val:.4f} outside the plausible window [{plo}, {phi}]")
     linear = {i: (float(np.asarray(xf.inverse(np.array([[v]]))).ravel()[0]) if xf is not None else v)
