@@ -242,11 +242,13 @@ def strategy_validate(path: str) -> None:
 
     GatingML 2.0 schema errors are listed with their line; for a strategy
     folder the manifest is checked too (markers cover every gated detector,
-    endpoint gate paths exist, sha256, CHANGELOG entry). Exit 2 on any error.
+    endpoint gate paths exist, sha256, CHANGELOG entry, and every key and
+    value of its placement entries). Exit 2 on any error.
     """
+    from .gating.placement import placement_problems
     from .strategy import validate_strategy
 
-    report = validate_strategy(path)
+    report = validate_strategy(path, manifest_checks=[placement_problems])
     for note in report.notes:
         click.echo(f"  {note}")
     for err in report.errors:

@@ -38,6 +38,7 @@ from .dispatch import run_each
 from ..exceptions import CytopipeError, OutputError, one_line
 from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
+from ..gating.placement import auto_gate_specs, placement_specs
 from ..gating.qc import flag_visit_outliers, load_thresholds
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
 from ..review.decisions import gate_adjustments, read_decisions, review_fields
@@ -167,6 +168,7 @@ def run_batch(
     lock = None
     try:
         strat = load_strategy(strategy, allow_draft=allow_draft)
+        placement_specs(strat), auto_gate_specs(strat)  # a misspelt placement key stops the run here, not each task
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock_folder(out)  # held until the run's outputs are written

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,19 +118,28 @@ def _xml_problems(gml: Path) -> list[str]:
     return [f"{gml}: line {err.line}: {err.message}" for err in gml_schema.error_log]
 
 
-def validate_strategy(path: str | os.PathLike) -> ValidationReport:
+def validate_strategy(path: str | os.PathLike, *,
+                      manifest_checks: Iterable[Callable[[dict[str, Any], Path], list[str]]] = ()
+                      ) -> ValidationReport:
     """Validate a GatingML file or a strategy version folder; collect every problem.
 
     Checks, in order: XML well-formed and without DOCTYPE; GatingML 2.0 XSD
     (each error with its line); FlowKit can build the gate tree; and for a
     version folder the manifest: required keys, every gate detector covered by
     a panel marker or scatter channel, numerator and denominator gate paths
-    exist, the recorded sha256, and (for a released version) its CHANGELOG entry.
+    exist, the recorded sha256, (for a released version) its CHANGELOG entry,
+    and whatever ``manifest_checks`` find.
 
     Parameters
     ----------
     path
         A ``.xml`` GatingML file, a version folder, or ``name@version``.
+    manifest_checks
+        Checks of the manifest's sections a later stage reads, each called as
+        ``check(manifest, manifest_path)`` and returning its problems. This
+        stage comes before ``gating/`` and cannot import it: the command line
+        passes :func:`cytopipe.gating.placement_problems` (the ``placement``
+        and ``auto_gates`` entries: unknown keys, values out of range).
 
     Returns
     -------
@@ -185,6 +195,8 @@ def validate_strategy(path: str | os.PathLike) -> ValidationReport:
             report.notes.append(f"{gml.name}: draft, sha256 now {digest} (recorded at release)")
     if man["status"] == "released":
         report.errors += _changelog_problems(p, man["version"])
+    for check in manifest_checks:
+        report.errors += check(man, where)
     return report
 
 
