@@ -342,20 +342,20 @@ def _sklearn_gmm_pct(sample, strategy) -> tuple[float, float]:
     spec = auto_gate_specs(strategy)[0]
     gs = strategy.gating_strategy()
     rows = gate_rows(sample, gs, strategy.gate_paths())
-    gate = gs.get_gate(spec["gate_path"][-1], gate_path=spec["gate_path"][:-1])
-    parent = rows[spec["gate_path"][:-1]]
+    gate = gs.get_gate(spec.gate_path[-1], gate_path=spec.gate_path[:-1])
+    parent = rows[spec.gate_path[:-1]]
     ids = [d.id for d in gate.dimensions]
     xy = gate_values(sample, gs, gate, parent)
-    lo = np.array([spec["fit_window"][i][0] for i in ids], dtype=float)
+    lo = np.array([spec.fit_window[i][0] for i in ids], dtype=float)
     inwin = (xy >= lo).all(axis=1)
     fit_rows = np.flatnonzero(inwin)
-    rng = np.random.default_rng(spec["seed"])
-    if fit_rows.size > spec["subsample_events"]:
-        fit_rows = rng.choice(fit_rows, spec["subsample_events"], replace=False)
+    rng = np.random.default_rng(spec.seed)
+    if fit_rows.size > spec.subsample_events:
+        fit_rows = rng.choice(fit_rows, spec.subsample_events, replace=False)
     t = time.perf_counter()
     gmm = GaussianMixture(n_components=3, random_state=0).fit(xy[fit_rows])
     seconds = time.perf_counter() - t
-    k = int(np.argmax(gmm.means_[:, ids.index(spec["treg_component"])]))
+    k = int(np.argmax(gmm.means_[:, ids.index(spec.treg_component)]))
     treg = inwin.copy()
     treg[inwin] = gmm.predict(xy[inwin]) == k
     return 100.0 * treg.sum() / max(parent.size, 1), seconds

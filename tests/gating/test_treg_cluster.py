@@ -1,4 +1,4 @@
-"""The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (cytopipe.gating.placement.treg_cluster and treg_split, the default
+"""The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (gating.placement.treg_cluster, treg_split; the default
 treg_adaptive@1.3.0; 1.1.0 and 1.2.0 differ in how many events the gates are placed on and where the axes'
 cofactors are measured, and are pinned by their golden counts).
 

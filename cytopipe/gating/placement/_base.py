@@ -92,14 +92,14 @@ def as_range(v: Any) -> tuple[float, float]:
 
 def param(default: Any = dataclasses.MISSING, kind: Callable[[Any], Any] = as_float, *,
           lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-          choices: tuple | None = None):
+          choices: tuple | None = None, repr: bool = True):
     """A parameter field: its default (none: required), how its manifest value is read, its allowed range.
 
     ``lo``/``hi`` bound the value (each element of a list), closed unless
     ``lo_open``/``hi_open``; ``choices`` lists the allowed values.
     """
     meta = {"kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=repr)
 
 
 def _range_text(m: Mapping[str, Any]) -> str | None:
@@ -158,7 +158,7 @@ class PlacementParams:
 
     gate_path: tuple[str, ...] = param(kind=as_strs)
     method: str = param(kind=as_str)
-    description: str = param("", kind=lambda v: v if isinstance(v, str) else as_str(v))
+    description: str = param("", kind=lambda v: v if isinstance(v, str) else as_str(v), repr=False)
     prefilter_events: int = param(50_000, as_int, lo=1)
     prefilter_exact: bool = param(False, as_bool)
     fit_events: int = param(10_000, as_int, lo=1)

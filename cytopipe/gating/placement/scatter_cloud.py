@@ -29,14 +29,12 @@ class Anchor:
 
 
 def _as_anchor(v) -> Anchor:
-    expected = ('an object {"dimension": detector, "compensation_ref": ..., "transformation_ref": ...} '
-                "with no other keys")
-    if not isinstance(v, dict) or not isinstance(v.get("dimension"), str) or set(v) - {
-            "dimension", "compensation_ref", "transformation_ref"}:
-        raise _Bad(expected)
-    if not all(isinstance(v.get(k, ""), str) for k in ("compensation_ref",)) or not (
-            v.get("transformation_ref") is None or isinstance(v["transformation_ref"], str)):
-        raise _Bad(expected)
+    ok = (isinstance(v, dict) and not set(v) - {"dimension", "compensation_ref", "transformation_ref"}
+          and isinstance(v.get("dimension"), str) and isinstance(v.get("compensation_ref", ""), str)
+          and isinstance(v.get("transformation_ref", ""), str | None))
+    if not ok:
+        raise _Bad('an object {"dimension": detector, "compensation_ref": ..., "transformation_ref": ...} '
+                   "with no other keys")
     return Anchor(**v)
 
 

@@ -134,7 +134,7 @@ class AutoGateParams:
 
     gate_path: tuple[str, ...] = param(kind=as_strs)
     method: str = param("binned_em_rectangle", as_str, choices=("binned_em_rectangle",))
-    description: str = param("", kind=lambda v: v if isinstance(v, str) else as_str(v))
+    description: str = param("", kind=lambda v: v if isinstance(v, str) else as_str(v), repr=False)
     treg_component: str = param(kind=as_str)
     fit_window: dict[str, tuple[float, float | None]] = param(kind=_as_window)
     init_means: tuple[tuple[float, float], ...] = param(kind=_as_means)
