@@ -110,9 +110,15 @@ def _rows(sheet: Path) -> int:
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
 @click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report).")
+@click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Lab panel CSV (columns marker,detector): each marker's detector, for files whose $PnS are "
+                   "empty; wins over $PnS. A 'panel' column of the sheet names one per row.")
+@click.option("--starts-at", "starts_at", default=None, metavar="GATE",
+              help="The files are pre-gated exports holding only GATE's events (e.g. CD4pos); the gates down "
+                   "to it are not applied. A 'starts_at' column of the sheet sets it per row.")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
         allow_draft: bool, allow_outside: bool, log_file: Path | None, include_keywords: str,
-        memory_limit: str, timings: bool) -> None:
+        memory_limit: str, timings: bool, panel: Path | None, starts_at: str | None) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -148,7 +154,8 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
         result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
                            allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
                            log_file=log_file, memory_limit=memory_limit,
-                           include_keywords=[k for k in include_keywords.split(",") if k.strip()])
+                           include_keywords=[k for k in include_keywords.split(",") if k.strip()],
+                           panel=panel, starts_at=starts_at)
     if timings:
         t = result.timings
         click.echo(f"timings: start-up {t['started_at'] - _STARTED + t['startup_s']:.2f} s (until the first "
@@ -159,6 +166,38 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():
         click.echo(f"  failed: {row['error']}", err=True)  # the error names the file
     sys.exit(result.exit_code)
+
+
+@cli.command("panel")
+@click.argument("sample_sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--strategy", default=None, help="NAME@VERSION or a folder [default: the default strategy].")
+@click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Lab panel CSV (columns marker,detector) for rows without their own.")
+@click.option("--starts-at", "starts_at", default=None, metavar="GATE", help="Pre-gated files start at GATE.")
+@click.option("--allow-draft", is_flag=True, help="Accept a draft (unreleased) strategy.")
+def panel_cmd(sample_sheet: Path, strategy: str | None, panel: Path | None, starts_at: str | None,
+              allow_draft: bool) -> None:
+    """Print each file's marker-to-detector resolution, how each was found, and what is missing.
+
+    Reads headers only; nothing is gated. Exit status 1 when a file cannot be resolved.
+    """
+    from .batch import check_panels
+    from .strategy.registry import DEFAULT_STRATEGY
+
+    table = check_panels(sample_sheet, strategy=strategy or DEFAULT_STRATEGY, panel=panel, starts_at=starts_at,
+                         allow_draft=allow_draft)
+    bad = 0
+    for file, rows in table.groupby("file", sort=False):
+        click.echo(file)
+        for _, r in rows.iterrows():
+            if r["error"]:
+                bad += 1
+                click.echo(f"  ERROR {r['error']}")
+                continue
+            flags = f"  [{r['flags']}]" if r["flags"] else ""
+            click.echo(f"  {r['marker']:<10} {r['detector'] or '-':<16} {r['found_by']}{flags}")
+    click.echo(f"{table['file'].nunique() - bad} of {table['file'].nunique()} files resolved")
+    sys.exit(1 if bad else 0)
 
 
 @cli.command()
@@ -204,8 +243,14 @@ def strategy_list() -> None:
     """List every strategy version with its status, release date and sha256."""
     from .strategy import list_strategies
 
+    from .strategy import load_strategy
+
     for s in list_strategies():
-        click.echo(f"{s['ref']:<24} {s['status']:<9} {s['released']:<11} {s['sha256']}")
+        try:
+            markers = ",".join(m.marker for m in load_strategy(s["ref"], allow_draft=True).markers)
+        except Exception:  # noqa: BLE001 - the listing names the others all the same
+            markers = "?"
+        click.echo(f"{s['ref']:<24} {s['status']:<9} {s['released']:<11} {s['sha256']}  markers: {markers}")
 
 
 @strategy.command("show")

@@ -41,11 +41,14 @@ __all__ = [
     "BatchResult",
     "run_batch",
     "applied_gates",
+    "check_panels",
+    "PANEL_COLUMNS",
 ]
 
 _LAZY = {"REQUIRED_COLUMNS": "samplesheet", "read_sample_sheet": "samplesheet", "SampleResult": "task",
          "process_sample": "task", "cache_key": "task", "versions_sha": "task", "worker_versions": "task",
-         "BatchResult": "driver", "run_batch": "driver", "applied_gates": "driver"}
+         "BatchResult": "driver", "run_batch": "driver", "applied_gates": "driver",
+         "check_panels": "panels", "PANEL_COLUMNS": "panels"}
 
 
 def __getattr__(name: str):

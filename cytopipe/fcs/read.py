@@ -52,6 +52,7 @@ __all__ = [
     "read_fcs",
     "scan_header",
     "scan_headers",
+    "spillover_channels",
 ]
 
 
@@ -275,6 +276,12 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
     """
     meta = sample.metadata
     key = next((k for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), None)
+    if key is None and str(meta.get("comp", "")).strip():
+        # $COMP (an older keyword some instruments still write) holds the same matrix: FlowKit reads only
+        # $SPILLOVER/SPILL, so it is given under the standard name
+        meta["spillover"] = meta["comp"]
+        notes.append("spillover read from $COMP")
+        key = "spillover"
     if key is None:
         return
     parts = [p.strip() for p in str(meta[key]).split(",")]
@@ -301,6 +308,24 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
     unknown = [name for name in names if name not in pnn]
     if unknown:
         notes.append(f"spillover in ${key.upper()} names channels not in $PnN: {unknown!r}")
+
+
+def spillover_channels(sample) -> list[str]:
+    """The ``$PnN`` the sample's spillover matrix compensates ([] without one).
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or LeanSample
+        As read (channel numbers in the matrix already translated to ``$PnN``).
+    """
+    meta = sample.metadata
+    text = next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), "")
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        n = int(parts[0])
+    except ValueError:
+        return []
+    return parts[1 : n + 1]
 
 
 def default_sample_id(path: PathLike) -> str:

@@ -9,6 +9,8 @@ from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_
 from .engine import Context, Unsupported, cascade_rows
 from .placement import AutoGateResult, FALLBACK_FLAG, auto_gate_specs, fit_auto_gates, sample_gatingml
 from .treg_cluster import ridge_unimodal
+from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
+from .pregated import PREGATED_STATUS, pregated_paths
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -40,4 +42,11 @@ __all__ = [
     "sample_time_qc",
     "time_qc",
     "ridge_unimodal",
+    "ChannelMap",
+    "ConformedSample",
+    "channel_map",
+    "conform_sample",
+    "file_units_gatingml",
+    "PREGATED_STATUS",
+    "pregated_paths",
 ]
