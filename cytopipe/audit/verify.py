@@ -43,7 +43,7 @@ from ..outputs.schema import read_output, validate_table
 from ..outputs.tables import SCHEMA_VERSION, manifest_path
 from ..review.decisions import REVIEW_FILE, adjustments_digest, gate_adjustments, review_fields, verify_review_chain
 from ..strategy.registry import load_strategy, strategy_dir
-from ..batch.task import SampleResult, cache_key, versions_sha
+from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 
 __all__ = ["verify_run"]
 
@@ -349,12 +349,18 @@ def _stored_result(run_dir: Path, run: dict[str, Any], row: pd.Series, sha: str,
     for decisions in histories:
         digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha))
         key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds,
-                        manifest_sha=str(run.get("strategy_manifest_sha256", "")))
+                        manifest_sha=str(run.get("strategy_manifest_sha256", "")),
+                        conform=conform_digest(_text(row.get("panel_digest")), _text(row.get("starts_at"))))
         path = run_dir / "cache" / f"{key}.json"
         if path.is_file():
             return path
         candidates.append(path)
     return candidates[0]
+
+
+def _text(value: Any) -> str:
+    """A table cell as text: "" for an empty or missing one (NaN, None, pandas' NA)."""
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
 def _time(text: Any) -> _dt.datetime | None:

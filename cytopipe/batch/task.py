@@ -38,6 +38,7 @@ from ..gating.api import gate_rows, gate_sample, treg_percent
 from ..gating.engine import cascade_rows
 from ..gating.placement import sample_gatingml
 from ..outputs.miflowcyt import instrument_fields
+from ..gating.stain import stain_flags
 from ..gating.conform import ConformedSample, conform_sample, file_units_gatingml
 from ..gating.pregated import (mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
                                pregated_paths)
@@ -128,6 +129,28 @@ def panel_digest(lab_panel: dict[str, str] | None) -> str:
     if not lab_panel:
         return ""
     return hashlib.sha256(json.dumps(sorted(lab_panel.items())).encode()).hexdigest()[:16]
+
+
+def site_options(run: dict[str, Any], row) -> dict[str, Any]:
+    """The ``lab_panel`` and ``starts_at`` a run gated one table row with (for gating it again).
+
+    Parameters
+    ----------
+    run
+        The run's ``run.json`` (its ``lab_panels`` by digest).
+    row
+        The row of ``treg_by_visit`` (its ``panel_digest`` and ``starts_at``, where the run used them).
+    """
+    def text(key: str) -> str:
+        value = row.get(key) if hasattr(row, "get") else None
+        return "" if value is None or (not isinstance(value, str) and value != value) else str(value)
+
+    out: dict[str, Any] = {}
+    if text("panel_digest"):
+        out["lab_panel"] = (run.get("lab_panels") or {}).get(text("panel_digest"))
+    if text("starts_at"):
+        out["starts_at"] = text("starts_at")
+    return out
 
 
 def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions: dict[str, str],
@@ -446,6 +469,8 @@ def process_sample(
         # the gates' events, kept for the report's plots; gate_sample then only counts them
         rows = _gate_rows_or_none(sample, gs, strategy) if plots and cache_dir else None
         counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
+        # a failed or missing stain (an unstained or isotype control) never yields a number
+        out.panel_flags += stain_flags(sample, gs, strategy, rows=None if rows is None else rows.get(strategy.denominator))
         plot_data = None if rows is None else _plot_data(sample, gs, strategy, rows, out)
         del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)

@@ -63,7 +63,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         A ``cytopipe run`` is writing the folder, or a table cannot be written.
     """
     from ..batch.driver import applied_gates
-    from ..batch.task import process_sample, versions_sha
+    from ..batch.task import process_sample, site_options, versions_sha
     from ..outputs import replace_sample_gates
     from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
     from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, write_json, write_table
@@ -82,9 +82,10 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         pos = hits[0]
         decisions = read_decisions(run_dir)
         mine = [d for d in decisions if d.get("file") == str(file)]
+        site = site_options(run, table.iloc[pos])  # the lab panel and pre-gated start the run used
         res = process_sample(str(sample_path(run, file)), str(Path(strategy.directory).resolve()), allow_draft=True,
                              cache_dir=str((run_dir / "cache").resolve()),
-                             qc_thresholds=dataclasses.asdict(thresholds), reviews=mine)
+                             qc_thresholds=dataclasses.asdict(thresholds), reviews=mine, **site)
         old_sha = table.at[table.index[pos], "file_sha256"]
         if res.error or (not pd.isna(old_sha) and res.file_sha256 != old_sha):
             # the file is gone or changed since the run: nothing is written, the run's numbers stand

@@ -328,11 +328,11 @@ def resolve_panel(
         named_by[name] = [m.marker for m in strategy.markers if runs & spellings[m.marker]]
         generic[name] = [c for c in _cd_markers(tokens) if normalise_label(c) not in panel_names]
     lab = {}
-    for written, detector in (lab_panel or {}).items():
-        key = normalise_label(written)
-        marker = next((m.marker for m in strategy.markers if key in spellings[m.marker]), None)
-        if marker is not None:
-            lab[marker] = detector
+    for written, detector in (lab_panel or {}).items():  # a marker written as in $PnS: "IL7Ra-PE" is CD127
+        runs = _runs(_tokens(written, fluors), longest)
+        named = [m.marker for m in strategy.markers if runs & spellings[m.marker]]
+        if len(named) == 1:
+            lab[named[0]] = detector
     detectors: dict[str, str] = {}
     how: dict[str, str] = {}
     flags: list[str] = []
