@@ -500,7 +500,7 @@ def _simulate(spec: SampleSpec):
     return true, noise, order, np.repeat(label_of, counts)[order]
 
 
-_CD25_TRAIL = {"cd4_conv": "cd4_activated", "doublet_t": "cd4_activated", "dead_t": "cd4_activated",
+_CD25_TRAIL = {"cd4_conv": "treg", "doublet_t": "treg", "dead_t": "treg",
                "cd4_activated": "treg"}
 
 
@@ -519,8 +519,12 @@ def _real_values(z, c, j, components, p_pos, centre, sigma, mean, sd, real: Real
         names = [nm for nm, _, _, _ in components]
         target = centre[names.index(_CD25_TRAIL[name]), j]
         log_shift = shape_rng.beta(1.0, real.trail_b, size=len(z)) * max(0.0, np.log(target / centre[c, j]))
-    alpha = real.treg_alpha if ch == "PE-Cy7-A" and name in ("treg", "doublet_treg") else real.alpha[ch]
-    positive = centre[c, j] * np.exp(log_shift + sigma[c, j] * skew_t(z, shape_rng, alpha, real.df))
+    alpha, spread = real.alpha[ch], sigma[c, j]
+    if ch == "PE-Cy7-A" and name in ("treg", "doublet_treg"):
+        # sigma[c, j] carries the world's width factor on the default 0.25 (0.4 when hard)
+        alpha, spread = real.treg_alpha, sigma[c, j] / 0.25 * real.treg_sigma if sigma[c, j] < 0.4 else (
+            sigma[c, j] / 0.4 * real.treg_sigma)
+    positive = centre[c, j] * np.exp(log_shift + spread * skew_t(z, shape_rng, alpha, real.df))
     z[:] = positive if pos is None else np.where(pos, positive, sd[c, j] * z)
 
 

@@ -6,18 +6,20 @@ skew-t variate, standardised to unit spread, so clouds lean to one side and
 have tails. On CD25 the CD4 cells form one continuum:
 
 - conventional CD4 cells sit at their CD25 position, and a share of them
-  (memory cells) trails continuously up to the CD25-intermediate level: their
-  log CD25 moves up by a Beta(1, b) fraction of the distance to the
-  activated cells;
+  (memory cells) trails continuously up through the CD25-intermediate level:
+  their log CD25 moves up by a Beta(1, b) fraction of the distance to the Tregs;
 - activated (CD25-intermediate) cells trail likewise, by a Beta(1, b) fraction of the distance to the Tregs;
-- Tregs are CD25-high with a skew-normal log CD25 leaning down, towards the conventional cells.
+- Tregs are CD25-high with a skew-t log CD25 leaning down, towards the conventional cells,
+  and as wide as FOXP3+ cells are on real blood, where they span one to one and a half
+  decades of CD25 (a log-CD25 spread of 0.5-0.8 natural-log units, drawn).
 
-So the Tregs are a shoulder of the CD4 cloud along CD25, with no density
-valley of their own; they stand apart only in CD25 x CD127 (CD127-low) and,
+So the Tregs are a shoulder of the CD4 cloud along CD25, in most worlds with
+no density valley of their own (a world that puts the Tregs some hundred-fold
+above the conventional cells can keep a shallow dip); they stand apart only in CD25 x CD127 (CD127-low) and,
 on the FOXP3 panel, FOXP3. Every number of a shape is drawn from ranges of
 shapes (no number is chosen to suit a gate): skewness parameter alpha
 uniform in -4..4 per channel, t degrees of freedom 3-10, the trailing Beta's
-b 1-4, the Tregs' CD25 alpha -6..-2.
+b 1-4, the Tregs' CD25 alpha -6..-2 and spread 0.5-0.8.
 
 Examples
 --------
@@ -79,12 +81,15 @@ class RealShape:
         ``b`` of the Beta(1, b) fraction by which conventional and activated cells trail up CD25 (1-4).
     treg_alpha
         Skewness parameter of the Tregs' log CD25 (-6..-2: leaning towards the conventional cells).
+    treg_sigma
+        Spread of the Tregs' log CD25 (0.5-0.8), before the world's width factor.
     """
 
     alpha: dict
     df: float
     trail_b: float
     treg_alpha: float
+    treg_sigma: float
 
     def __hash__(self) -> int:
         return hash((self.df, self.trail_b, self.treg_alpha))
@@ -95,4 +100,4 @@ class RealShape:
         rng = np.random.default_rng(seed)
         alpha = {ch: float(rng.uniform(-4, 4)) for ch in channels}
         return cls(alpha=alpha, df=float(rng.uniform(3, 10)), trail_b=float(rng.uniform(1, 4)),
-                   treg_alpha=float(rng.uniform(-6, -2)))
+                   treg_alpha=float(rng.uniform(-6, -2)), treg_sigma=float(rng.uniform(0.5, 0.8)))
