@@ -1,4 +1,4 @@
-"""Accuracy of the strategies over many random worlds: labs, instruments, panels and reagent lots they were not tuned to.
+"""Accuracy of the strategies over many random worlds: labs, instruments, panels, reagent lots they were not tuned to.
 
 Each of ``--worlds`` worlds (:class:`cytopipe.sim.World`, one lab's geometry
 drawn from a seed) is also one kind of lab on four axes, cycled so that over
