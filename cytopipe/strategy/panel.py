@@ -217,7 +217,7 @@ def _others_that_fit(strategy: Strategy, found: Collection[str]) -> list[str]:
 
     names = []
     for row in list_strategies():
-        if row.get("name") == strategy.name or row.get("status") != "released":
+        if row.get("name") == strategy.name:
             continue
         names.append((row["name"], row["version"]))
     newest: dict[str, str] = {}
@@ -227,11 +227,11 @@ def _others_that_fit(strategy: Strategy, found: Collection[str]) -> list[str]:
     fits = []
     for name, version in sorted(newest.items()):
         try:
-            other = load_strategy(f"{name}@{version}")
+            other = load_strategy(f"{name}@{version}", allow_draft=True)
         except Exception:  # noqa: BLE001 - a hint only
             continue
         if {m.marker for m in other.markers} <= set(found):
-            fits.append(other.ref)
+            fits.append(other.ref + (" (a draft: --allow-draft)" if other.is_draft else ""))
     return fits
 
 
