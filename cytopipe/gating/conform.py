@@ -154,6 +154,15 @@ def _renamed_spill(text: str, renames: dict[str, str]) -> str:
     return ",".join([parts[0], *names, *parts[n + 1 :]])
 
 
+def _spill_names(meta: dict[str, Any]) -> list[str]:
+    text = next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), "")
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return parts[1 : int(parts[0]) + 1]
+    except ValueError:
+        return []
+
+
 class ConformedSample:
     """A read sample with its channels renamed and scaled as a :class:`ChannelMap` says.
 
@@ -182,6 +191,11 @@ class ConformedSample:
             if key in meta:
                 meta[key] = _renamed_spill(meta[key], r)
         self.metadata = meta
+        # an instrument that writes -A and -H of every detector compensates one kind only: the others are
+        # not fluorescence to compensate (FlowKit's Matrix wants every fluorescence channel in the matrix)
+        spill = _spill_names(meta)
+        if spill:
+            self.fluoro_indices = [i for i in getattr(base, "fluoro_indices", []) if self.pnn_labels[i] in spill]
         self._events: np.ndarray | None = None
 
     def get_events(self, source: str = "raw") -> np.ndarray:
@@ -194,7 +208,7 @@ class ConformedSample:
             cm = self.channel_map
             if cm.fluorescence_scale != 1.0 or cm.scatter_scale != 1.0:
                 events = np.array(events, copy=True)
-                fl = list(getattr(self.base, "fluoro_indices", []))
+                fl = list(getattr(self.base, "fluoro_indices", []))  # every fluorescence channel, compensated or not
                 sc = list(getattr(self.base, "scatter_indices", []))
                 if fl and cm.fluorescence_scale != 1.0:
                     events[:, fl] *= events.dtype.type(cm.fluorescence_scale)
@@ -317,7 +331,8 @@ def file_units_gatingml(text: str, sample) -> str:
             if k != 1.0:
                 for attr in ("min", "max"):
                     value = dim.get(_q("gating", attr))
-                    if value is not None:
+                    # an open bound (a pre-gated gate's -1.8e308) stays as it is: divided it would overflow
+                    if value is not None and math.isfinite(float(value) / k):
                         dim.set(_q("gating", attr), repr(float(value) / k))
         for vertex in gate.iter(_q("gating", "vertex")):
             for i, coord in enumerate(vertex.findall(_q("gating", "coordinate"))):

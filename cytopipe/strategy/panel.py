@@ -337,6 +337,7 @@ def resolve_panel(
     how: dict[str, str] = {}
     flags: list[str] = []
     missing: list[str] = []
+    mislabelled: list[str] = []
     for marker in strategy.markers:
         m = marker.marker
         if m in lab:
@@ -373,11 +374,12 @@ def resolve_panel(
                 continue
             hint = f" (that is the {other[0]} marker: a mislabelled tube?)"
             accepted = list(marker.aliases)
-            msg = (
+            mislabelled.append(
                 f"{where}detector {marker.detector} should carry {m} but the file "
                 f"says {label!r}{hint}; accepted $PnS spellings: {accepted}."
             )
-            raise PanelError(msg)
+            missing.append(m)
+            continue
         if m in need:
             missing.append(m)
     if missing or missing_scatter:
@@ -387,8 +389,13 @@ def resolve_panel(
             what.append(f"no detector for marker(s) {missing}: no $PnS names them and the file has no "
                         f"{[m.detector for m in strategy.markers if m.marker in missing]}")
         if missing_scatter:
-            what.append(f"missing scatter detector(s) {missing_scatter}")
+            heights = [d[:-2] + "-H" for d in missing_scatter if d.endswith("-A") and d[:-2] + "-H" in by_name]
+            why = (f" (the file has only heights {heights}: the Singlets gate needs FSC-A / FSC-H; gate such files "
+                   f"from a pre-gated export with --starts-at)" if heights else "")
+            what.append(f"missing scatter detector(s) {missing_scatter}{why}")
         fits = _others_that_fit(strategy, set(detectors)) if missing else []
+        if mislabelled:
+            raise PanelError(mislabelled[0] + (f" {', '.join(fits)} needs only markers this file has." if fits else ""))
         hint = (f" {', '.join(fits)} needs only markers this file has." if fits else "")
         msg = (f"{where}{'; '.join(what)} (required by {strategy.ref}); the file's channels: {channels}. "
                f"Name each marker's detector in a panel file (--panel PANEL.csv, columns marker,detector)."
