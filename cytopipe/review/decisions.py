@@ -7,6 +7,12 @@ when it was made: a re-run keeps an approval (and applies a gate adjustment)
 only while both are unchanged. Gate adjustments are FlowKit *custom sample
 gates*: the template gate is replaced for that one sample.
 
+Every decision, from the command line or the review station, goes through
+:func:`decide`: the checks, the run folder's lock, the append and the
+rewrite of the review columns. The folder's files are read and written
+through :class:`cytopipe.outputs.RunFolder`; a line is a
+:class:`cytopipe.outputs.Decision`.
+
 ``review_status`` of a sample is the latest of its valid decisions:
 ``approved``, ``rejected``, ``adjusted`` (a gate was changed and the result
 awaits approval) or ``pending`` (no valid decision).
@@ -63,18 +69,18 @@ def read_decisions(run_dir: str | os.PathLike) -> list[Decision]:
     return RunFolder(run_dir).decisions()
 
 
-def _as_decisions(decisions: Sequence[Decision | Mapping[str, Any]]) -> list[Decision]:
-    """Decisions as :class:`Decision` (the dicts of review.jsonl lines are accepted too)."""
-    return [d if isinstance(d, Decision) else Decision.from_dict(dict(d)) for d in decisions]
+def _field(d: Decision | Mapping[str, Any], name: str) -> Any:
+    # a Decision, or a dict as a caller may build one (only the keys used here need be there)
+    return d.get(name) if isinstance(d, Mapping) else getattr(d, name)
 
 
 def _valid(decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, file_sha: str | None,
-           strategy_sha: str | None) -> list[Decision]:
+           strategy_sha: str | None) -> list[Decision | Mapping[str, Any]]:
     # file None: the decisions are already those of one sample (as batch workers get them)
     return [
-        d for d in _as_decisions(decisions)
-        if (file is None or d.file == file) and file_sha and d.file_sha256 == file_sha
-        and d.strategy_sha256 == strategy_sha
+        d for d in decisions
+        if (file is None or _field(d, "file") == file) and file_sha and _field(d, "file_sha256") == file_sha
+        and _field(d, "strategy_sha256") == strategy_sha
     ]
 
 
@@ -89,7 +95,8 @@ def review_fields(
     if not valid:
         return {"review_status": "pending", "reviewer": "", "reviewed_at": ""}
     last = valid[-1]
-    return {"review_status": _STATUS[last.action], "reviewer": last.reviewer, "reviewed_at": last.time}
+    return {"review_status": _STATUS[_field(last, "action")], "reviewer": _field(last, "reviewer"),
+            "reviewed_at": _field(last, "time")}
 
 
 def gate_adjustments(
@@ -103,8 +110,8 @@ def gate_adjustments(
     """
     out: dict[str, dict[str, Any]] = {}
     for d in _valid(decisions, file, file_sha, strategy_sha):
-        if d.action == "adjust":
-            out[d.gate_path] = d.gate
+        if _field(d, "action") == "adjust":
+            out[_field(d, "gate_path")] = _field(d, "gate")
     return out
 
 
@@ -434,10 +441,12 @@ def decide(
             if row["qc_status"] == "error":
                 msg = f"{file} could not be gated ({row['error']}); it can be rejected, not approved."
                 raise ReviewError(msg)
-            pending = [d for d in _valid(decisions, file, sha, str(row["strategy_sha256"])) if d.action == "adjust"]
-            unapplied = bool(pending) and _dt.datetime.fromisoformat(pending[-1].time) >= record.last_gated(file)
+            pending = [d for d in _valid(decisions, file, sha, str(row["strategy_sha256"]))
+                       if _field(d, "action") == "adjust"]
+            unapplied = bool(pending) and (_dt.datetime.fromisoformat(_field(pending[-1], "time"))
+                                           >= record.last_gated(file))
             if recompute is None and (unapplied or moved):
-                last = moved[-1][0] if moved else pending[-1].gate_path
+                last = moved[-1][0] if moved else _field(pending[-1], "gate_path")
                 msg = (f"{file}: its {last} gate was adjusted after the last run; "
                        f"re-run 'cytopipe run' so the numbers use it, then approve.")
                 raise ReviewError(msg)
