@@ -458,27 +458,25 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
                                "or --serve.")
     if not reviewer:
         raise click.UsageError("Missing option '--reviewer': who decides.")
-    from .review import record_decision, update_review_columns
+    from .review import decide
 
     if gate_path and action:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate.")
     action = "adjust" if gate_path else action
     if action is None:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate GATE_PATH.")
-    from .outputs import run_folder_lock
-
-    with run_folder_lock(run_dir, "cytopipe review"):  # never while a run or the station rewrites the tables
-        rec = record_decision(run_dir, sample, action=action, reviewer=reviewer, reason=reason, gate_path=gate_path,
-                              bounds=dict(_parse_bound(b) for b in bounds) or None,
-                              vertices=[_parse_vertex(v) for v in vertices] or None)
-        update_review_columns(run_dir)
+    gates = {gate_path: {"bounds": dict(_parse_bound(b) for b in bounds) or None,
+                         "vertices": [_parse_vertex(v) for v in vertices] or None}} if gate_path else None
+    # under the folder's lock: never while a run or the station rewrites the tables
+    rec = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates,
+                 holder="cytopipe review").records[-1]
     if not no_report:  # this sample's page and the index; the other pages did not change
         from .review import write_report
 
-        write_report(run_dir, samples=[rec["file"]])
-    click.echo(f"{rec['action']} {rec['file']} by {rec['reviewer']} recorded in {run_dir / 'review.jsonl'}")
+        write_report(run_dir, samples=[rec.file])
+    click.echo(f"{rec.action} {rec.file} by {rec.reviewer} recorded in {run_dir / 'review.jsonl'}")
     if action == "adjust":
-        click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec['file']} with the adjusted gate")
+        click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec.file} with the adjusted gate")
 
 
 @cli.command()

@@ -39,8 +39,9 @@ from ..exceptions import CytopipeError, OutputError, one_line
 from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.qc import flag_visit_outliers, load_thresholds
-from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
-from ..review.decisions import gate_adjustments, read_decisions, review_fields
+from ..outputs.runfolder import Decision, RunFolder
+from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_table
+from ..review.decisions import gate_adjustments, review_fields
 from .task import SampleResult, process_sample, versions_sha
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
@@ -184,7 +185,7 @@ def run_batch(
         cache_dir = out / "cache"
         cache_dir.mkdir(exist_ok=True)
         qc = load_thresholds()  # read here, not in workers, whose environment may differ
-        decisions = read_decisions(out)
+        decisions = RunFolder(out).decisions()
         own_client = own_cluster = None
         if starting is not None:
             own_client, own_cluster = starting.result()
@@ -197,9 +198,9 @@ def run_batch(
     if getattr(client, "dashboard_link", None):
         logger.info("Dask dashboard: %s", client.dashboard_link)
     try:
-        by_file: dict[str, list[dict[str, Any]]] = {}
+        by_file: dict[str, list[Decision]] = {}
         for d in decisions:
-            by_file.setdefault(d.get("file"), []).append(d)
+            by_file.setdefault(d.file, []).append(d)
         common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
                       qc_thresholds=dataclasses.asdict(qc), plots=report)  # the report's plots from the workers
         tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
@@ -245,7 +246,7 @@ def run_batch(
         }
         if lab_panels:  # each lab panel used, by the digest in the rows' panel_digest
             run["lab_panels"] = lab_panels
-        files.append(write_json(run, out / "run.json"))
+        files.append(RunFolder(out).write_record(run))
         gates = _sample_gates(out, sheet, results, strat, table, by_file)
         files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
                                      instruments=[results[i].instrument if i in results else None
@@ -423,7 +424,7 @@ def _one_version(results: dict[int, SampleResult], name: str) -> str | None:
     return found[0] if len(found) == 1 else (", ".join(found) or None)
 
 
-def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[dict[str, Any]],
+def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[Decision],
                   template: bytes | None = None) -> tuple[str | bytes, dict[str, Any]]:
     """The GatingML a gated sample was counted with, and what it holds, for its gates file and record.
 
@@ -455,7 +456,7 @@ def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[dict[s
 
 
 def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy,
-                  table: pd.DataFrame, by_file: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any] | None]:
+                  table: pd.DataFrame, by_file: dict[str, list[Decision]]) -> list[dict[str, Any] | None]:
     """Write every gated sample's applied gates to ``out/sample_gates/``; their entries for the MIFlowCyt record."""
     template = strat.gatingml_path.read_bytes()
     texts, info = [], []

@@ -45,6 +45,7 @@ from ..gating.pregated import (mark_pregated, needed_markers, pregated_flags, pr
 from ..fcs.read import spillover_channels
 from ..strategy.panel import resolve_panel
 from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
+from ..outputs.runfolder import Decision
 from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
 from ..review.events import gate_plots, plot_key, store_sample_plots
@@ -380,7 +381,7 @@ def process_sample(
     allow_draft: bool = False,
     cache_dir: str | None = None,
     qc_thresholds: dict[str, Any] | None = None,
-    reviews: list[dict[str, Any]] | None = None,
+    reviews: list[Decision] | list[dict[str, Any]] | None = None,
     plots: bool = False,
     lab_panel: dict[str, str] | None = None,
     starts_at: str | None = None,
@@ -400,7 +401,8 @@ def process_sample(
     qc_thresholds
         :class:`~cytopipe.gating.qc.QCThresholds` fields (defaults when omitted).
     reviews
-        This sample's review decisions; its gate adjustments are applied as
+        This sample's review decisions (:class:`~cytopipe.outputs.Decision`, or
+        the dicts of their ``review.jsonl`` lines); its gate adjustments are applied as
         FlowKit custom sample gates while file and strategy are unchanged.
     plots
         Also compute and render the review report's plots of a freshly gated

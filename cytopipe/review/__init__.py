@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from .decisions import (
     REVIEW_FILE,
+    Decided,
+    GateChange,
+    StaleError,
+    decide,
+    sample_version,
     adjusted_gating_strategy,
     adjustments_digest,
     build_gate_spec,
@@ -36,6 +41,11 @@ from .events import (
 
 __all__ = [
     "REVIEW_FILE",
+    "Decided",
+    "GateChange",
+    "StaleError",
+    "decide",
+    "sample_version",
     "adjusted_gating_strategy",
     "adjustments_digest",
     "build_gate_spec",
