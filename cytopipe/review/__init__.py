@@ -5,6 +5,7 @@ The report's names load on first use: they bring in matplotlib.
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 from .decisions import (
     REVIEW_FILE,
     adjusted_gating_strategy,
@@ -70,10 +71,4 @@ _LAZY = {"write_report": "report", "gate_png": "plots", "patient_png": "plots", 
          "draw_frames": "plots"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

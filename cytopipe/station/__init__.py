@@ -10,6 +10,7 @@ uvicorn and FlowKit.
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 __all__ = [
     "COOKIE",
     "CSP",
@@ -50,10 +51,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
