@@ -42,7 +42,8 @@ from ..strategy.panel import resolve_panel
 from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
 from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
-from ..review.events import gate_plots, plot_key, store_sample_plots
+from ..review.plotdata import gate_plots
+from ..review.plotstore import plot_key, store_sample_plots
 from ..strategy.registry import Strategy, load_strategy
 
 __all__ = ["SampleResult", "cache_key", "process_sample", "versions_sha", "worker_versions"]
@@ -349,7 +350,7 @@ def process_sample(
     plots
         Also compute and render the review report's plots of a freshly gated
         sample, while its events are in memory, into ``cache_dir/plots/``
-        (:func:`~cytopipe.review.events.store_sample_plots`).
+        (:func:`~cytopipe.review.plotstore.store_sample_plots`).
 
     Returns
     -------

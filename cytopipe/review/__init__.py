@@ -19,21 +19,8 @@ from .decisions import (
     update_review_columns,
     verify_review_chain,
 )
-from .events import (
-    GatePlot,
-    GateView,
-    PlotDim,
-    SamplePlots,
-    gate_plots,
-    gate_views,
-    load_plots,
-    plot_dims,
-    plot_key,
-    plot_of,
-    replace_file,
-    save_plots,
-    store_sample_plots,
-)
+from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
+from .plotstore import load_plots, plot_key, replace_file, save_plots, store_sample_plots
 
 __all__ = [
     "REVIEW_FILE",

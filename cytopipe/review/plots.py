@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon, Rectangle
 
-from .events import GatePlot, GateView, PlotDim, plot_dims, plot_of
+from .plotdata import GatePlot, GateView, PlotDim, plot_dims, plot_of
 
 __all__ = ["gate_png", "patient_png", "batch_png", "draw_frames"]
 
@@ -259,7 +259,7 @@ class _Frame:
 
 
 def _bins() -> int:
-    from .events import PLOT_BINS
+    from .plotdata import PLOT_BINS
 
     return PLOT_BINS
 
@@ -285,8 +285,8 @@ def gate_png(view: GateView | GatePlot) -> bytes:
     Parameters
     ----------
     view
-        The gate's plot data (:func:`~cytopipe.review.events.gate_plots`, as
-        stored by the worker), or a re-read :class:`~cytopipe.review.events.GateView`.
+        The gate's plot data (:func:`~cytopipe.review.plotdata.gate_plots`, as
+        stored by the worker), or a re-read :class:`~cytopipe.review.plotdata.GateView`.
 
     Returns
     -------
