@@ -1,4 +1,4 @@
-"""The station's drawing in numbers: PNG encoding, density orientation, axis ticks."""
+"""The station's drawing in numbers: density orientation, axis ticks (PNG encoding: tests/review/test_png.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import io
 
 import numpy as np
 
-from cytopipe.station.render import axis_spec, density_png, png_bytes
-
-
-def test_png_bytes_decode_to_the_same_pixels():
-    from PIL import Image
-
-    rgba = np.random.default_rng(0).integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
-    img = np.asarray(Image.open(io.BytesIO(png_bytes(rgba))).convert("RGBA"))
-    assert img.shape == (7, 5, 4) and (img == rgba).all()
+from cytopipe.station.render import axis_spec, density_png
 
 
 def test_density_has_y_up_and_empty_bins_transparent():
