@@ -20,6 +20,7 @@ from .decisions import (
     verify_review_chain,
 )
 from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
+from .outliers import OUTLIER_Z, robust_outliers
 from .png import png_bytes, viridis
 from .plotstore import load_plots, plot_key, replace_file, save_plots, store_sample_plots
 
@@ -48,6 +49,8 @@ __all__ = [
     "replace_file",
     "save_plots",
     "store_sample_plots",
+    "OUTLIER_Z",
+    "robust_outliers",
     "png_bytes",
     "viridis",
     "write_report",

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon, Rectangle
 
 from .plotdata import GatePlot, GateView, PlotDim, plot_dims, plot_of
+from .outliers import robust_outliers
 from .png import png_bytes, viridis
 
 __all__ = ["gate_png", "patient_png", "batch_png", "draw_frames"]
@@ -355,19 +356,6 @@ def _frame(key: tuple, make):
     return frame
 
 
-def _robust_outliers(values: np.ndarray, z: float = 3.5) -> np.ndarray:
-    ok = np.isfinite(values)
-    out = np.zeros(values.shape, dtype=bool)
-    if ok.sum() < 4:
-        return out
-    med = np.median(values[ok])
-    mad = 1.4826 * np.median(np.abs(values[ok] - med))
-    if mad == 0:
-        return out
-    out[ok] = np.abs(values[ok] - med) / mad > z
-    return out
-
-
 def batch_png(labels: Sequence[str], series: dict[str, Sequence[float]]) -> tuple[bytes, dict[str, list[str]]]:
     """Treg % CD4, CD4 count and event count across the batch's samples.
 
@@ -375,7 +363,7 @@ def batch_png(labels: Sequence[str], series: dict[str, Sequence[float]]) -> tupl
     -------
     png, outliers
         The figure, and per series the labels of samples more than 3.5
-        robust SDs from the batch median (drawn in red).
+        robust SDs from the batch median (drawn in red; :func:`~cytopipe.review.outliers.robust_outliers`).
     """
     width = min(_BATCH_MAX_WIDTH, max(6.0, 0.35 * len(labels) + 2))
     fig = Figure(figsize=(width, 2.2 * len(series)))
@@ -384,7 +372,7 @@ def batch_png(labels: Sequence[str], series: dict[str, Sequence[float]]) -> tupl
     found: dict[str, list[str]] = {}
     for ax, (name, vals) in zip(axes, series.items()):
         v = np.asarray(vals, dtype=float)
-        bad = _robust_outliers(v)
+        bad = robust_outliers(v)
         ax.scatter(x[~bad], v[~bad], s=14, color="#4c72b0")
         ax.scatter(x[bad], v[bad], s=30, color=_GATE_COLOUR, marker="D")
         if np.isfinite(v).any():

@@ -16,15 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from ..review.outliers import OUTLIER_Z, robust_outliers
 from ..review.png import png_bytes, viridis
 
-__all__ = ["BINS", "axis_spec", "axis_label", "density_png", "histogram"]
+__all__ = ["BINS", "OUTLIER_RULE", "axis_spec", "axis_label", "batch_outliers", "density_png", "histogram"]
 
 #: Bins per axis of a density image (the image is scaled to the plot in the browser).
 BINS = 160
 _SCATTER_RANGE = (0.0, 262144.0)
 _LOGICLE_RANGE = (-0.25, 1.0)
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+#: What the batch view's red frame means, as the page says it.
+OUTLIER_RULE = f"% of parent more than {OUTLIER_Z:g} robust SDs from the batch median"
 
 
 def axis_label(detector: str, markers: dict[str, str]) -> str:
@@ -116,3 +119,35 @@ def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -
         rgba[..., :3] = np.array(tint, dtype=np.uint8)
         rgba[..., 3] = np.where(filled, (60 + 195 * level).astype(np.uint8), 0)
     return png_bytes(rgba)
+
+
+def batch_outliers(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each sample of the batch view whose % of parent is an outlier (``"outlier": True``), in place.
+
+    The report's rule (:func:`cytopipe.review.outliers.robust_outliers`) on
+    ``100 * count / parent_count``; a sample without a count (not gated) or
+    with an empty parent has no % and is never an outlier. The browser draws
+    a red frame where it is told to: the rule lives here only.
+
+    Parameters
+    ----------
+    samples
+        The batch view's samples, each with ``count`` and ``parent_count`` (None when not gated).
+
+    Returns
+    -------
+    list of dict
+        ``samples``, each with ``outlier`` set.
+
+    Examples
+    --------
+    >>> marked = batch_outliers([{"count": c, "parent_count": 100} for c in (10, 11, 9, 10, 40)]
+    ...                         + [{"count": None, "parent_count": None}])
+    >>> [s["outlier"] for s in marked]
+    [False, False, False, False, True, False]
+    """
+    pct = [100 * s["count"] / s["parent_count"] if s["count"] is not None and s["parent_count"] else np.nan
+           for s in samples]
+    for s, out in zip(samples, robust_outliers(pct)):
+        s["outlier"] = bool(out)
+    return samples

@@ -371,8 +371,8 @@ class Station:
     # -- one gate across the batch --------------------------------------------------------------------
 
     def batch(self, gate: str) -> dict[str, Any]:
-        """Every sample's count of one gate (from ``populations``), and the gate's axes."""
-        from .render import axis_spec
+        """Every sample's count of one gate (from ``populations``), whether it is an outlier, and the gate's axes."""
+        from .render import OUTLIER_RULE, axis_spec, batch_outliers
         from .sample import _path
 
         strategy = self.strategy
@@ -395,8 +395,8 @@ class Station:
             c = counts.get(q["file"])
             q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
             samples.append(q)
-        return {"gate": "/".join(path), "axes": axes, "samples": samples,
-                "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
+        return {"gate": "/".join(path), "axes": axes, "samples": batch_outliers(samples),
+                "outlier_rule": OUTLIER_RULE, "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
 
     def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
         """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
