@@ -47,7 +47,14 @@ def display_to_linear(transform, value: float) -> float:
     return float(np.asarray(transform.inverse(np.array([[float(value)]]))).ravel()[0])
 
 
-def _path(text: str) -> tuple[str, ...]:
+def parse_gate_path(text: str) -> tuple[str, ...]:
+    """A gate path as the browser sends it (``root/.../Treg``, ``/`` separated) as a tuple from ``root``.
+
+    Examples
+    --------
+    >>> parse_gate_path("Lymphocytes/Treg")
+    ('root', 'Lymphocytes', 'Treg')
+    """
     parts = tuple(p for p in str(text).strip("/").split("/") if p)
     return parts if parts and parts[0] == "root" else ("root", *parts)
 
@@ -205,7 +212,7 @@ class OpenSample:
         """
         from ..review.decisions import build_gate_spec
 
-        path = _path(path_text)
+        path = parse_gate_path(path_text)
         if path not in self.paths:
             msg = f"{path_text!r} is not a gate of {self.strategy.ref}; gates: {['/'.join(p) for p in self.paths]}"
             raise ReviewError(msg)
@@ -272,7 +279,7 @@ class OpenSample:
 
         adjustments = {**self.adjustments, **specs}
         gs = adjusted_gating_strategy(self.strategy, self.sample_id, adjustments)
-        moved = [_path(p) for p in specs]
+        moved = [parse_gate_path(p) for p in specs]
 
         def below(p):  # the moved gate itself or a gate under it
             return any(p[: len(m)] == m for m in moved)

@@ -256,14 +256,14 @@ class Station:
         """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         opened = self._load(row, decisions, keep=True)
         return opened.population(_path(path), cand)
 
     def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         if not gates:
             msg = "Nothing to recount: move a gate first."
@@ -323,7 +323,7 @@ class Station:
             As :func:`~cytopipe.review.decisions.record_decision` (no reviewer, no reason, ...).
         """
         from ..review.decisions import record_decision, update_review_columns
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         if action not in ("approve", "reject", "adjust"):
             msg = f"Unknown decision {action!r}; expected approve, reject or adjust."
@@ -373,7 +373,7 @@ class Station:
     def batch(self, gate: str) -> dict[str, Any]:
         """Every sample's count of one gate (from ``populations``), whether it is an outlier, and the gate's axes."""
         from .render import OUTLIER_RULE, axis_spec, batch_outliers
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         strategy = self.strategy
         path = _path(gate)
@@ -400,7 +400,7 @@ class Station:
 
     def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
         """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
