@@ -139,7 +139,7 @@ class _TextParser(fcsparser.api.FCSParser):
     case-insensitive, and $NEXTDATA is optional from FCS 3.2 on.
     """
 
-    def _extract_text_dict(self, raw_text: str) -> dict[str, str]:  # type: ignore[override]
+    def _extract_text_dict(self, raw_text: str) -> dict[str, str]:
         text = {k.upper(): v for k, v in super()._extract_text_dict(raw_text).items()}
         # fcsparser builds a list per declared channel: a $PAR of 10**12 would never end.
         # Cap it at the channels actually named; check_layout refuses the lie with the real value.

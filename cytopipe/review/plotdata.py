@@ -226,7 +226,7 @@ def _views(sample, gs, strategy, rows, max_events: int, seed: int, inside: bool 
     for gate_path, gate, idx, parent_count, member_rows in _draws(sample, gs, strategy, rows, max_events, seed):
         views.append(GateView(
             path=gate_path, gate=gate, custom=gs.is_custom_gate(sample.id, gate_path[-1], gate_path[:-1]),
-            values=gate_values(sample, gs, gate, idx),
+            values=gate_values(sample, gs, gate, rows=idx),
             inside=np.isin(idx, member_rows, assume_unique=True) if inside else np.zeros(0, dtype=bool),
             count=int(member_rows.size), parent_count=parent_count, transforms=_transforms(gs, gate),
         ))
@@ -274,13 +274,13 @@ def gate_plots(sample, gs, strategy, rows, *, max_events: int = 20_000, seed: in
                     warnings.simplefilter("ignore")
                     # the plotted rows gathered once, whole: a big file's columns one by one cost a cache miss
                     # an event each
-                    ctx = Context(sample, gs, np.take(raw, idx, axis=0), comps)
+                    ctx = Context(sample, gs, np.take(raw, idx, axis=0), comps=comps)
                     hist = _binned(ctx, gate.dimensions[:len(dims)], transforms[:len(dims)], dims)
             except Unsupported:  # a dimension or transform binned from its exact values, below
                 hist = None
         if hist is None:
             # the plots draw the parent's events and the gate, not which events it keeps: no inside
-            plots.append(plot_of(GateView(gate_path, gate, custom, gate_values(sample, gs, gate, idx),
+            plots.append(plot_of(GateView(gate_path, gate, custom, gate_values(sample, gs, gate, rows=idx),
                                           np.zeros(0, dtype=bool), int(member_rows.size), parent_count,
                                           transforms)))
             continue

@@ -163,7 +163,7 @@ class OpenSample:
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(idx, size=_MAX_PLOT_EVENTS, replace=False))
         ranges = [a["range"] for a in self.axes(path)]
-        values = gate_values(self.sample, gs, gate, idx) if idx.size else np.empty((0, len(ranges)))
+        values = gate_values(self.sample, gs, gate, rows=idx) if idx.size else np.empty((0, len(ranges)))
         hist = histogram(values, ranges, BINS)
         if len(ranges) == 1:
             return "hist", [int(v) for v in hist]
@@ -179,7 +179,8 @@ class OpenSample:
             if idx.size > 20_000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, size=20_000, replace=False))
             ranges = [a["range"] for a in self.axes(p)]
-            values = gate_values(self.sample, self.gs, self.gate(p), idx) if idx.size else np.empty((0, len(ranges)))
+            values = (gate_values(self.sample, self.gs, self.gate(p), rows=idx) if idx.size
+                      else np.empty((0, len(ranges))))
             out["/".join(p)] = histogram(values, ranges, BINS // 2)
         return out
 
@@ -295,7 +296,7 @@ class OpenSample:
                     if self.gs.is_custom_gate(self.sample_id, p[-1], p[:-1]):
                         gs.add_gate(copy.deepcopy(self.gate(p)), p[:-1], sample_id=self.sample_id)
             known = {p: r for p, r in self.rows.items() if not below(p)}
-            rows = cascade_rows(self.sample, gs, self.paths, known)
+            rows = cascade_rows(self.sample, gs, self.paths, known=known)
             if rows is None:  # a gate type the cascade leaves to FlowKit: FlowKit counts, as in a re-run
                 counts = gate_sample(self.sample, self.strategy, gating_strategy=gs)
                 total = int(self.sample.event_count)
