@@ -48,7 +48,8 @@ from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
 from ..outputs.runfolder import Decision
 from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
-from ..review.events import gate_plots, plot_key, store_sample_plots
+from ..review.plotdata import gate_plots
+from ..review.plotstore import plot_key, store_sample_plots
 from ..strategy.registry import Strategy, load_strategy
 
 __all__ = ["SampleResult", "cache_key", "process_sample", "versions_sha", "worker_versions"]
@@ -407,7 +408,7 @@ def process_sample(
     plots
         Also compute and render the review report's plots of a freshly gated
         sample, while its events are in memory, into ``cache_dir/plots/``
-        (:func:`~cytopipe.review.events.store_sample_plots`).
+        (:func:`~cytopipe.review.plotstore.store_sample_plots`).
     lab_panel
         The lab's panel (:func:`~cytopipe.strategy.panel.read_panel_file`):
         marker to this file's detector; it wins over ``$PnS``.
@@ -472,7 +473,8 @@ def process_sample(
         rows = _gate_rows_or_none(sample, gs, strategy) if plots and cache_dir else None
         counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
         # a failed or missing stain (an unstained or isotype control) never yields a number
-        out.panel_flags += stain_flags(sample, gs, strategy, rows=None if rows is None else rows.get(strategy.denominator))
+        den_rows = None if rows is None else rows.get(strategy.denominator)
+        out.panel_flags += stain_flags(sample, gs, strategy, rows=den_rows)
         plot_data = None if rows is None else _plot_data(sample, gs, strategy, rows, out)
         del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)

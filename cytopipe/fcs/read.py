@@ -7,7 +7,7 @@ discrepancies, an off-by-one ``$ENDDATA``, several data sets, a bad
 and TEXT are checked (:mod:`cytopipe.fcs.header`), so a header that lies
 cannot make us allocate. A DATA layout FlowIO cannot decode (24-bit and
 other integer widths, ASCII, 3-byte ``$BYTEORD``) is decoded by
-:func:`cytopipe.fcs.layout._read_data` and handed to FlowKit inside FlowIO's
+:func:`cytopipe.fcs.decode.decode_data` and handed to FlowKit inside FlowIO's
 own parse of the TEXT, so the Sample is built as for any file. The header
 scans are re-exported here.
 """
@@ -29,12 +29,13 @@ from flowio.exceptions import (
 )
 
 from cytopipe.exceptions import FCSReadError, one_line
-from cytopipe.fcs.layout import _flowio_cannot_read, _precheck, _read_data
+from cytopipe.fcs.layout import check_layout as _precheck
+from cytopipe.fcs.decode import decode_data as _read_data, flowio_cannot_read as _flowio_cannot_read
 from cytopipe.fcs.header import (
     _HEADER_OFFSET_MAX,
     ChannelInfo,
     PathLike,
-    _scan,
+    scan_text as _scan,
     channels,
     file_sha256,
     scan_header,

@@ -1,7 +1,7 @@
 """Assemble the report's HTML pages. Every text from a file or the sheet is escaped.
 
 The gate plots come from what the run's workers stored while each file's
-events were in memory (:mod:`cytopipe.review.events`: plot data and PNGs
+events were in memory (:mod:`cytopipe.review.plotstore`: plot data and PNGs
 under ``DIR/cache/plots/``), so writing the report reads no FCS file. The
 index's plots are kept under ``DIR/cache/report/`` by their inputs, so a
 re-render after a review decision draws only what changed.
@@ -27,7 +27,8 @@ from ..outputs.html import escape as _e
 from ..outputs.html import html_page, img_tag
 from ..outputs.runfolder import RunFolder, RunRecord
 from .decisions import find_sample, gate_adjustments, review_fields
-from .events import PLOTS_FORMAT, gate_views, load_plots, plot_key, replace_file
+from .plotdata import gate_views
+from .plotstore import PLOTS_FORMAT, load_plots, plot_key, replace_file
 
 __all__ = ["write_report"]
 

@@ -243,14 +243,14 @@ class Station:
         """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         opened = self._load(row, decisions, keep=True)
         return opened.population(_path(path), cand)
 
     def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         if not gates:
             msg = "Nothing to recount: move a gate first."
@@ -305,7 +305,7 @@ class Station:
             A run or a command-line decision holds the folder.
         """
         from ..review.decisions import decide
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         gates = dict(gates or {}) if action != "reject" else {}
         with self.decide_lock:  # one decision at a time in this process; the folder's lock in decide()
@@ -334,9 +334,9 @@ class Station:
     # -- one gate across the batch --------------------------------------------------------------------
 
     def batch(self, gate: str) -> dict[str, Any]:
-        """Every sample's count of one gate (from ``populations``), and the gate's axes."""
-        from .render import axis_spec
-        from .sample import _path
+        """Every sample's count of one gate (from ``populations``), whether it is an outlier, and the gate's axes."""
+        from .render import OUTLIER_RULE, axis_spec, batch_outliers
+        from .sample import parse_gate_path as _path
 
         strategy = self.strategy
         path = _path(gate)
@@ -358,12 +358,12 @@ class Station:
             c = counts.get(q["file"])
             q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
             samples.append(q)
-        return {"gate": "/".join(path), "axes": axes, "samples": samples,
-                "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
+        return {"gate": "/".join(path), "axes": axes, "samples": batch_outliers(samples),
+                "outlier_rule": OUTLIER_RULE, "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
 
     def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
         """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
