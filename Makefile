@@ -62,6 +62,7 @@ sample-fcs: setup
 ## lint: pyflakes checks and line length (ruff)
 lint: setup
 	$(VENV)/bin/ruff check cytopipe tests benchmarks
+	$(VENV)/bin/mypy  # the public API's modules: [tool.mypy] in pyproject.toml
 
 clean:
 	rm -rf demo_out .pytest_cache

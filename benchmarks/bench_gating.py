@@ -345,7 +345,7 @@ def _sklearn_gmm_pct(sample, strategy) -> tuple[float, float]:
     gate = gs.get_gate(spec.gate_path[-1], gate_path=spec.gate_path[:-1])
     parent = rows[spec.gate_path[:-1]]
     ids = [d.id for d in gate.dimensions]
-    xy = gate_values(sample, gs, gate, parent)
+    xy = gate_values(sample, gs, gate, rows=parent)
     lo = np.array([spec.fit_window[i][0] for i in ids], dtype=float)
     inwin = (xy >= lo).all(axis=1)
     fit_rows = np.flatnonzero(inwin)

@@ -7,6 +7,7 @@ start-up) pays only for what is used: FlowKit, Dask and matplotlib are heavy.
 
 from __future__ import annotations
 
+from ._lazy import lazy_names
 from ._version import __version__
 from .exceptions import CytopipeError
 
@@ -25,16 +26,4 @@ _STAGES = {
 __all__ = ["__version__", "CytopipeError", *_STAGES]
 
 
-def __getattr__(name: str):
-    if name in _STAGES:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_STAGES[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _STAGES)

@@ -110,9 +110,15 @@ def _rows(sheet: Path) -> int:
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
 @click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report).")
+@click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Lab panel CSV (columns marker,detector): each marker's detector, for files whose $PnS are "
+                   "empty; wins over $PnS. A 'panel' column of the sheet names one per row.")
+@click.option("--starts-at", "starts_at", default=None, metavar="GATE",
+              help="The files are pre-gated exports holding only GATE's events (e.g. CD4pos); the gates down "
+                   "to it are not applied. A 'starts_at' column of the sheet sets it per row.")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
         allow_draft: bool, allow_outside: bool, log_file: Path | None, include_keywords: str,
-        memory_limit: str, timings: bool) -> None:
+        memory_limit: str, timings: bool, panel: Path | None, starts_at: str | None) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -148,7 +154,8 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
         result = run_batch(sample_sheet, out_dir, strategy=strategy, scheduler=scheduler, n_workers=n_workers,
                            allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
                            log_file=log_file, memory_limit=memory_limit,
-                           include_keywords=[k for k in include_keywords.split(",") if k.strip()])
+                           include_keywords=[k for k in include_keywords.split(",") if k.strip()],
+                           panel=panel, starts_at=starts_at)
     if timings:
         t = result.timings
         click.echo(f"timings: start-up {t['started_at'] - _STARTED + t['startup_s']:.2f} s (until the first "
@@ -159,6 +166,38 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():
         click.echo(f"  failed: {row['error']}", err=True)  # the error names the file
     sys.exit(result.exit_code)
+
+
+@cli.command("panel")
+@click.argument("sample_sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--strategy", default=None, help="NAME@VERSION or a folder [default: the default strategy].")
+@click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Lab panel CSV (columns marker,detector) for rows without their own.")
+@click.option("--starts-at", "starts_at", default=None, metavar="GATE", help="Pre-gated files start at GATE.")
+@click.option("--allow-draft", is_flag=True, help="Accept a draft (unreleased) strategy.")
+def panel_cmd(sample_sheet: Path, strategy: str | None, panel: Path | None, starts_at: str | None,
+              allow_draft: bool) -> None:
+    """Print each file's marker-to-detector resolution, how each was found, and what is missing.
+
+    Reads headers only; nothing is gated. Exit status 1 when a file cannot be resolved.
+    """
+    from .batch import check_panels
+    from .strategy.registry import DEFAULT_STRATEGY
+
+    table = check_panels(sample_sheet, strategy=strategy or DEFAULT_STRATEGY, panel=panel, starts_at=starts_at,
+                         allow_draft=allow_draft)
+    bad = 0
+    for file, rows in table.groupby("file", sort=False):
+        click.echo(file)
+        for _, r in rows.iterrows():
+            if r["error"]:
+                bad += 1
+                click.echo(f"  ERROR {r['error']}")
+                continue
+            flags = f"  [{r['flags']}]" if r["flags"] else ""
+            click.echo(f"  {r['marker']:<10} {r['detector'] or '-':<16} {r['found_by']}{flags}")
+    click.echo(f"{table['file'].nunique() - bad} of {table['file'].nunique()} files resolved")
+    sys.exit(1 if bad else 0)
 
 
 @cli.command()
@@ -204,8 +243,14 @@ def strategy_list() -> None:
     """List every strategy version with its status, release date and sha256."""
     from .strategy import list_strategies
 
+    from .strategy import load_strategy
+
     for s in list_strategies():
-        click.echo(f"{s['ref']:<24} {s['status']:<9} {s['released']:<11} {s['sha256']}")
+        try:
+            markers = ",".join(m.marker for m in load_strategy(s["ref"], allow_draft=True).markers)
+        except Exception:  # noqa: BLE001 - the listing names the others all the same
+            markers = "?"
+        click.echo(f"{s['ref']:<24} {s['status']:<9} {s['released']:<11} {s['sha256']}  markers: {markers}")
 
 
 @strategy.command("show")
@@ -415,27 +460,25 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
                                "or --serve.")
     if not reviewer:
         raise click.UsageError("Missing option '--reviewer': who decides.")
-    from .review import record_decision, update_review_columns
+    from .review import decide
 
     if gate_path and action:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate.")
     action = "adjust" if gate_path else action
     if action is None:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate GATE_PATH.")
-    from .outputs import run_folder_lock
-
-    with run_folder_lock(run_dir, "cytopipe review"):  # never while a run or the station rewrites the tables
-        rec = record_decision(run_dir, sample, action=action, reviewer=reviewer, reason=reason, gate_path=gate_path,
-                              bounds=dict(_parse_bound(b) for b in bounds) or None,
-                              vertices=[_parse_vertex(v) for v in vertices] or None)
-        update_review_columns(run_dir)
+    gates = {gate_path: {"bounds": dict(_parse_bound(b) for b in bounds) or None,
+                         "vertices": [_parse_vertex(v) for v in vertices] or None}} if gate_path else None
+    # under the folder's lock: never while a run or the station rewrites the tables
+    rec = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates,
+                 holder="cytopipe review").records[-1]
     if not no_report:  # this sample's page and the index; the other pages did not change
         from .review import write_report
 
-        write_report(run_dir, samples=[rec["file"]])
-    click.echo(f"{rec['action']} {rec['file']} by {rec['reviewer']} recorded in {run_dir / 'review.jsonl'}")
+        write_report(run_dir, samples=[rec.file])
+    click.echo(f"{rec.action} {rec.file} by {rec.reviewer} recorded in {run_dir / 'review.jsonl'}")
     if action == "adjust":
-        click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec['file']} with the adjusted gate")
+        click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec.file} with the adjusted gate")
 
 
 @cli.command()

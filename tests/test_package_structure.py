@@ -26,7 +26,9 @@ LAYERS = ["fcs", "strategy", "gating", "outputs", "review", "batch", "station", 
 # The generator stands apart: it writes FCS files with its own code, so a
 # reader bug cannot hide in a generator that shares it.
 INDEPENDENT = ["sim"]
-TOP_LEVEL = {"__init__.py", "__main__.py", "_version.py", "cli.py", "exceptions.py"}
+TOP_LEVEL = {"__init__.py", "__main__.py", "_lazy.py", "_version.py", "cli.py", "exceptions.py"}
+# the package's own plumbing, private to cytopipe but shared by its stages
+SHARED_PRIVATE = {"_version", "_lazy"}
 
 
 def _modules():
@@ -58,7 +60,7 @@ def _stage(module: str) -> str | None:
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS + INDEPENDENT) else None
 
 
-def test_top_level_keeps_only_the_cli_exceptions_and_version():
+def test_top_level_keeps_only_the_cli_exceptions_version_and_lazy_loader():
     files = {p.name for p in PKG.iterdir() if p.suffix == ".py"}
     dirs = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert files == TOP_LEVEL
@@ -92,7 +94,7 @@ def test_no_private_name_crosses_a_subpackage():
             there = _stage(target)
             if there == here:
                 continue
-            private_module = any(p.startswith("_") and p != "_version" for p in target.split(".")[1:])
+            private_module = any(p.startswith("_") and p not in SHARED_PRIVATE for p in target.split(".")[1:])
             private = [n for n in names if n.startswith("_") and n != "__version__"]
             if private or private_module:
                 wrong.append(f"{module} imports {private or ''} from {target}")
@@ -173,3 +175,66 @@ def test_the_command_line_starts_without_the_heavy_stages():
             "print('cytopipe.fcs.read' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True"
+
+
+# Offenders in files other branches are changing now (gating placement, the run folder, the readers and
+# batch): their parameters become keyword-only once those branches are merged, then they leave this list.
+_AWAITING_MERGE = {
+    "cytopipe.gating.ridge_unimodal",  # gating/treg_cluster.py
+    "cytopipe.outputs.replace_sample_gates",  # outputs/miflowcyt.py
+    "cytopipe.outputs.write_miflowcyt",  # outputs/miflowcyt.py
+    "cytopipe.review.gate_adjustments",  # review/decisions.py
+    "cytopipe.review.review_fields",  # review/decisions.py
+    "cytopipe.review.gate_plots",  # its caller is batch/task.py
+    "cytopipe.review.patient_png",  # its caller is review/report.py
+    "cytopipe.batch.run_each",  # batch/dispatch.py
+    "cytopipe.batch.applied_gates",  # batch/driver.py
+    "cytopipe.station.Station.queue_row",  # station/state.py
+}
+
+
+def _positional(func, *, bound: bool) -> list[str]:
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in inspect.signature(func).parameters.values() if p.kind in kinds]
+    return names[1:] if bound and names[:1] in (["self"], ["cls"]) else names
+
+
+def _exported_callables():
+    """``(qualified name, function, bound)`` for every public function and method a stage exports.
+
+    Methods: the public ones a class defines, and a hand-written ``__init__`` (a dataclass's generated
+    one takes its fields, the record's own shape).
+    """
+    import dataclasses
+    import inspect
+
+    seen = set()
+    for package in ["cytopipe"] + [f"cytopipe.{s}" for s in LAYERS + INDEPENDENT]:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if inspect.isfunction(obj):
+                yield f"{package}.{name}", obj, False
+            elif inspect.isclass(obj):
+                for attr, value in vars(obj).items():
+                    if attr.startswith("_") and not (attr == "__init__" and not dataclasses.is_dataclass(obj)):
+                        continue
+                    func = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+                    if inspect.isfunction(func):
+                        yield f"{package}.{name}.{attr}", func, not isinstance(value, staticmethod)
+
+
+def test_public_functions_take_at_most_three_positional_arguments():
+    """Options are keyword-only after at most three positional arguments (scanpy's rule, and sklearn's
+    ``__init__(self, *, ...)``): a call reads ``f(data, what, where, option=...)``, never by position."""
+    over = {name: args for name, func, bound in _exported_callables()
+            if len(args := _positional(func, bound=bound)) > 3}
+    wrong = [f"{name}({', '.join(args)})" for name, args in over.items() if name not in _AWAITING_MERGE]
+    assert not wrong, "make the parameters after the third keyword-only (*,):\n" + "\n".join(wrong)
+    fixed = sorted(_AWAITING_MERGE - set(over))
+    assert not fixed, f"{fixed} take at most three positional arguments now: drop them from _AWAITING_MERGE"

@@ -39,11 +39,12 @@ import pandas as pd
 from ..exceptions import CytopipeError, OutputError
 from ..fcs.read import file_sha256
 from ..gating.qc import QCThresholds, sample_flags
+from ..outputs.runfolder import REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord
 from ..outputs.schema import read_output, validate_table
 from ..outputs.tables import SCHEMA_VERSION, manifest_path
-from ..review.decisions import REVIEW_FILE, adjustments_digest, gate_adjustments, review_fields, verify_review_chain
+from ..review.decisions import adjustments_digest, gate_adjustments, review_fields
 from ..strategy.registry import load_strategy, strategy_dir
-from ..batch.task import SampleResult, cache_key, versions_sha
+from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 
 __all__ = ["verify_run"]
 
@@ -79,17 +80,17 @@ def verify_run(run_dir: str | os.PathLike) -> list[str]:
     >>> verify_run("runs/week12")  # doctest: +SKIP
     []
     """
-    run_dir = Path(run_dir)
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        msg = f"{run_dir} holds no run.json: give the output folder of 'cytopipe run'."
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    if not folder.record_path.is_file():
+        msg = f"{run_dir} holds no {RUN_FILE}: give the output folder of 'cytopipe run'."
         raise OutputError(msg)
     problems: list[str] = []
     try:
-        run = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        return [f"{run_json}: not readable JSON ({e}); nothing else can be checked against it"]
-    problems += verify_review_chain(run_dir)
+        run = folder.record
+    except OSError as e:  # OutputError too: not JSON, or not a run's record
+        return [f"{e} Nothing else can be checked against it."]
+    problems += folder.verify_chain()
     tables = {name: _check_table(run_dir, name, csv, problems) for name, csv in _RUN_TABLES.items()}
     for path in sorted(run_dir.glob("*.manifest.json")):  # any other table of the folder
         name = path.name.removesuffix(".manifest.json")
@@ -227,56 +228,52 @@ def _show(v: Any) -> str:
 # -- treg_by_visit rows: run.json, the stored result, the review log ------------------------------
 
 
-def _decisions(run_dir: Path) -> list[dict[str, Any] | None]:
-    """Every non-blank line of review.jsonl parsed (None where not JSON: the chain check names it)."""
-    path = run_dir / REVIEW_FILE
-    if not path.is_file():
-        return []
-    out: list[dict[str, Any] | None] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                out.append(None)
+def _decisions(run_dir: Path) -> list[Decision | None]:
+    """Every non-blank line of review.jsonl parsed (None where not a decision: the chain check names it)."""
+    out: list[Decision | None] = []
+    for line in RunFolder(run_dir).review_lines():
+        try:
+            out.append(Decision.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, OutputError):
+            out.append(None)
     return out
 
 
-def _check_rows(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame,
+def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
                 problems: list[str]) -> dict[int, SampleResult]:
     """Each gated row's stored result, by row index, after checking the row against it and run.json."""
     path = run_dir / "treg_by_visit.parquet"
     run_json = run_dir / "run.json"
-    software = {s.get("versions_sha"): s.get("versions") for s in run.get("software") or []}
+    software = {s.get("versions_sha"): s.get("versions") for s in run.software or []}
     for sha, versions in software.items():
         if versions_sha(versions) != sha:
             problems.append(f"{run_json}: software set {sha} does not hash to its versions_sha (edited?)")
     every = [d for d in _decisions(run_dir) if d is not None]
-    applied = [d for d in _decisions(run_dir)[: int(run.get("review_decisions") or 0)] if d is not None]
-    if len(_decisions(run_dir)) < int(run.get("review_decisions") or 0):
+    applied = [d for d in _decisions(run_dir)[: int(run.review_decisions or 0)] if d is not None]
+    if len(_decisions(run_dir)) < int(run.review_decisions or 0):
         # the hash chain cannot see lines cut from its end; the run's count of the lines it applied can
         problems.append(f"{run_dir / 'review.jsonl'}: {len(_decisions(run_dir))} lines, but {run_json} says the run "
-                        f"applied {run.get('review_decisions')}: lines were removed from its end")
+                        f"applied {run.review_decisions}: lines were removed from its end")
     try:
-        thresholds = QCThresholds(**run["qc_thresholds"])
-        raw_thresholds = dict(run["qc_thresholds"])
+        thresholds = QCThresholds(**run.qc_thresholds)
+        raw_thresholds = dict(run.qc_thresholds)
     except (KeyError, TypeError) as e:
         problems.append(f"{run_json}: no usable qc_thresholds ({e}); the stored results cannot be found")
         return {}
     n_failed = int((treg["qc_status"] == "error").sum())
     for key, value in (("n_samples", len(treg)), ("n_failed", n_failed)):
-        if run.get(key) != value:
-            problems.append(f"{run_json}: {key} is {run.get(key)!r}, {path.name} has {value}")
-    strategy_sha = run.get("strategy_sha256")
+        if getattr(run, key) != value:
+            problems.append(f"{run_json}: {key} is {getattr(run, key)!r}, {path.name} has {value}")
+    strategy_sha = run.strategy_sha256
     entries: dict[int, SampleResult] = {}
     for i, row in treg.iterrows():
         where = _where(path, int(i), "treg_by_visit", row)
-        for col, want in (("strategy", run.get("strategy")), ("strategy_sha256", strategy_sha)):
+        for col, want in (("strategy", run.strategy), ("strategy_sha256", strategy_sha)):
             if not _same(row[col], want):
                 problems.append(f"{where}: {col} is {_show(row[col])}, run.json says {want!r}")
-        if str(row["strategy_version"]).split(" ")[0] != str(run.get("strategy_version")):
+        if str(row["strategy_version"]).split(" ")[0] != str(run.strategy_version):
             problems.append(f"{where}: strategy_version is {_show(row['strategy_version'])}, run.json says "
-                            f"{run.get('strategy_version')!r}")
+                            f"{run.strategy_version!r}")
         sha = None if _missing(row["file_sha256"]) else str(row["file_sha256"])
         want = review_fields(every, str(row["file"]), sha, strategy_sha)
         for col, value in want.items():
@@ -300,7 +297,7 @@ def _check_rows(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame,
                 problems.append(f"{where}: {col} is {_show(row[col])}, its software set says {versions.get(pkg)!r}")
         cache_file = _stored_result(run_dir, run, row, sha, versions, raw_thresholds, applied, every)
         try:
-            stored = SampleResult.from_cache(json.loads(cache_file.read_text(encoding="utf-8")), str(row["file"]), "")
+            stored = SampleResult.from_cache(RunFolder(run_dir).stored_result(cache_file.stem), str(row["file"]), "")
         except FileNotFoundError:
             problems.append(f"{where}: no stored result {cache_file.relative_to(run_dir)} for its file sha256, "
                             f"strategy, software and review decisions (the cache was removed, or one of them "
@@ -329,8 +326,8 @@ def _check_rows(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame,
     return entries
 
 
-def _stored_result(run_dir: Path, run: dict[str, Any], row: pd.Series, sha: str, versions: dict[str, str],
-                   thresholds: dict[str, Any], applied: list[dict[str, Any]], every: list[dict[str, Any]]) -> Path:
+def _stored_result(run_dir: Path, run: RunRecord, row: pd.Series, sha: str, versions: dict[str, str],
+                   thresholds: dict[str, Any], applied: list[Decision], every: list[Decision]) -> Path:
     """The row's stored result in ``cache/``, found by the key its numbers were computed under.
 
     The gate adjustments in the key are those of the decisions made until the
@@ -339,22 +336,28 @@ def _stored_result(run_dir: Path, run: dict[str, Any], row: pd.Series, sha: str,
     first key with a stored result is the row's. Without one, the first key
     is named.
     """
-    file, strategy_sha = str(row["file"]), str(run.get("strategy_sha256"))
+    file, strategy_sha = str(row["file"]), str(run.strategy_sha256)
     histories = []
-    when = _time((run.get("recomputed") or {}).get(file))
+    when = _time(run.recomputed.get(file))
     if when is not None:
-        histories.append([d for d in every if (_time(d.get("time")) or when) <= when])
+        histories.append([d for d in every if (_time(d.time) or when) <= when])
     histories += [applied, every]
     candidates = []
     for decisions in histories:
         digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha))
         key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds,
-                        manifest_sha=str(run.get("strategy_manifest_sha256", "")))
-        path = run_dir / "cache" / f"{key}.json"
+                        manifest_sha=str(run.strategy_manifest_sha256 or ""),
+                        conform=conform_digest(_text(row.get("panel_digest")), _text(row.get("starts_at"))))
+        path = RunFolder(run_dir).stored_result_path(key)
         if path.is_file():
             return path
         candidates.append(path)
     return candidates[0]
+
+
+def _text(value: Any) -> str:
+    """A table cell as text: "" for an empty or missing one (NaN, None, pandas' NA)."""
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
 def _time(text: Any) -> _dt.datetime | None:
@@ -414,10 +417,10 @@ def _check_populations(run_dir: Path, treg: pd.DataFrame, pops: pd.DataFrame, en
 # -- files outside the tables: FCS files, the sheet, the strategy, the sample gates ----------------
 
 
-def _check_files(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame, problems: list[str]) -> None:
-    sheet = Path(run.get("sample_sheet") or "")
-    if sheet.is_file() and file_sha256(sheet) != run.get("sample_sheet_sha256"):
-        problems.append(f"{sheet}: sha256 {file_sha256(sheet)} differs from {run.get('sample_sheet_sha256')} in "
+def _check_files(run_dir: Path, run: RunRecord, treg: pd.DataFrame, problems: list[str]) -> None:
+    sheet = Path(run.sample_sheet or "")
+    if sheet.is_file() and file_sha256(sheet) != run.sample_sheet_sha256:
+        problems.append(f"{sheet}: sha256 {file_sha256(sheet)} differs from {run.sample_sheet_sha256} in "
                         f"{run_dir / 'run.json'}: the sample sheet changed since the run")
     base = sheet.resolve().parent
     path = run_dir / "treg_by_visit.parquet"
@@ -433,21 +436,21 @@ def _check_files(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame, problem
                             f"file_sha256 {row['file_sha256']}: the FCS file changed since the run")
 
 
-def _check_strategy(run_dir: Path, run: dict[str, Any], problems: list[str]) -> None:
+def _check_strategy(run_dir: Path, run: RunRecord, problems: list[str]) -> None:
     run_json = run_dir / "run.json"
-    ref = f"{run.get('strategy')}@{run.get('strategy_version')}"
-    where = run.get("strategy_dir") or ref
+    ref = f"{run.strategy}@{run.strategy_version}"
+    where = run.strategy_dir or ref
     try:
         used = load_strategy(where, allow_draft=True)  # a released version is checked against its release too
     except CytopipeError as e:
         problems.append(f"{run_json}: the run's strategy {where}: {e}")
         used = None
-    if used is not None and used.sha256 != run.get("strategy_sha256"):
+    if used is not None and used.sha256 != run.strategy_sha256:
         problems.append(f"{used.gatingml_path}: sha256 {used.sha256} differs from strategy_sha256 "
-                        f"{run.get('strategy_sha256')} in {run_json}: the strategy changed since the run")
-    if used is not None and used.manifest_sha256 != run.get("strategy_manifest_sha256"):
+                        f"{run.strategy_sha256} in {run_json}: the strategy changed since the run")
+    if used is not None and used.manifest_sha256 != run.strategy_manifest_sha256:
         problems.append(f"{used.directory / 'manifest.json'}: sha256 {used.manifest_sha256} differs from "
-                        f"strategy_manifest_sha256 {run.get('strategy_manifest_sha256')} in {run_json}: "
+                        f"strategy_manifest_sha256 {run.strategy_manifest_sha256} in {run_json}: "
                         "the strategy's manifest changed since the run")
     try:
         registered = strategy_dir(ref)
@@ -460,16 +463,16 @@ def _check_strategy(run_dir: Path, run: dict[str, Any], problems: list[str]) -> 
     except CytopipeError as e:
         problems.append(f"{registered}: the registry's {ref}: {e}")
         return
-    if reg.sha256 != run.get("strategy_sha256"):
+    if reg.sha256 != run.strategy_sha256:
         problems.append(f"{reg.gatingml_path}: the registry's {ref} has sha256 {reg.sha256}, the run used "
-                        f"{run.get('strategy_sha256')} ({run_json})")
+                        f"{run.strategy_sha256} ({run_json})")
 
 
-def _check_sample_gates(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame, entries: dict[int, SampleResult],
+def _check_sample_gates(run_dir: Path, run: RunRecord, treg: pd.DataFrame, entries: dict[int, SampleResult],
                         problems: list[str]) -> None:
     mif_path = run_dir / "miflowcyt.json"
     try:
-        samples = json.loads(mif_path.read_text(encoding="utf-8"))["samples"]
+        samples = RunFolder(run_dir).miflowcyt()["samples"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         problems.append(f"{mif_path}: missing or unreadable ({type(e).__name__}: {e})")
         return
@@ -501,6 +504,6 @@ def _check_sample_gates(run_dir: Path, run: dict[str, Any], treg: pd.DataFrame, 
         if own is not None and data != own.encode("utf-8"):
             problems.append(f"{gates}: differs from the gates in the sample's stored result (treg_by_visit row "
                             f"{i + 1})")
-        elif own is None and sha != run.get("strategy_sha256"):
-            problems.append(f"{gates}: should be the strategy's GatingML (sha256 {run.get('strategy_sha256')}), "
+        elif own is None and sha != run.strategy_sha256:
+            problems.append(f"{gates}: should be the strategy's GatingML (sha256 {run.strategy_sha256}), "
                             f"is {sha} (treg_by_visit row {i + 1})")

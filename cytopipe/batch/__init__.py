@@ -9,6 +9,7 @@ cluster (:func:`~cytopipe.batch.cluster.start_worker_processes`,
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 from .dispatch import plan_groups, run_each, task_slots
 from .cluster import (
     QUIET_WORKERS,
@@ -41,23 +42,14 @@ __all__ = [
     "BatchResult",
     "run_batch",
     "applied_gates",
+    "check_panels",
+    "PANEL_COLUMNS",
 ]
 
 _LAZY = {"REQUIRED_COLUMNS": "samplesheet", "read_sample_sheet": "samplesheet", "SampleResult": "task",
          "process_sample": "task", "cache_key": "task", "versions_sha": "task", "worker_versions": "task",
-         "BatchResult": "driver", "run_batch": "driver", "applied_gates": "driver"}
+         "BatchResult": "driver", "run_batch": "driver", "applied_gates": "driver",
+         "check_panels": "panels", "PANEL_COLUMNS": "panels"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # looked up once
-        return value
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -40,8 +40,9 @@ from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.placement import auto_gate_specs, placement_specs
 from ..gating.qc import flag_visit_outliers, load_thresholds
-from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_json, write_table
-from ..review.decisions import gate_adjustments, read_decisions, review_fields
+from ..outputs.runfolder import Decision, RunFolder
+from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_table
+from ..review.decisions import gate_adjustments, review_fields
 from .task import SampleResult, process_sample, versions_sha
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
@@ -109,6 +110,8 @@ def run_batch(
     memory_limit: str | int | None = "auto",
     report: bool = True,
     include_keywords: Sequence[str] = (),
+    panel: str | os.PathLike | None = None,
+    starts_at: str | None = None,
 ) -> BatchResult:
     """Gate every file of a sample sheet and write the run's outputs.
 
@@ -148,6 +151,14 @@ def run_batch(
         keywords (``$FIL``, ``$SRC``, ``$COM``, operator names) may hold
         patient names, so outputs carry patient and visit from the sample
         sheet only unless asked.
+    panel
+        A lab panel file (CSV ``marker,detector``) for every file: each
+        marker's detector, for files whose ``$PnS`` are empty or unreliable.
+        A ``panel`` column of the sheet (a path relative to the sheet's
+        folder) names one per row and wins.
+    starts_at
+        The gate whose events every file holds (pre-gated exports, e.g.
+        ``"CD4pos"``); a ``starts_at`` column of the sheet wins per row.
 
     Returns
     -------
@@ -155,7 +166,7 @@ def run_batch(
 
     Raises
     ------
-    SampleSheetError, StrategyError
+    SampleSheetError, StrategyError, PanelError
         Before any gating starts.
     """
     t_called = time.time()
@@ -169,13 +180,14 @@ def run_batch(
     try:
         strat = load_strategy(strategy, allow_draft=allow_draft)
         placement_specs(strat), auto_gate_specs(strat)  # a misspelt placement key stops the run here, not each task
+        sheet, lab_panels = _site_columns(sheet, sheet_path, strat, panel, starts_at)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock_folder(out)  # held until the run's outputs are written
         cache_dir = out / "cache"
         cache_dir.mkdir(exist_ok=True)
         qc = load_thresholds()  # read here, not in workers, whose environment may differ
-        decisions = read_decisions(out)
+        decisions = RunFolder(out).decisions()
         own_client = own_cluster = None
         if starting is not None:
             own_client, own_cluster = starting.result()
@@ -188,12 +200,19 @@ def run_batch(
     if getattr(client, "dashboard_link", None):
         logger.info("Dask dashboard: %s", client.dashboard_link)
     try:
-        by_file: dict[str, list[dict[str, Any]]] = {}
+        by_file: dict[str, list[Decision]] = {}
         for d in decisions:
-            by_file.setdefault(d.get("file"), []).append(d)
+            by_file.setdefault(d.file, []).append(d)
         common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
                       qc_thresholds=dataclasses.asdict(qc), plots=report)  # the report's plots from the workers
         tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
+        if lab_panels:  # only where used: a run without them calls the task exactly as before
+            for task, rec in zip(tasks, sheet.to_dict("records")):
+                task.update(lab_panel=lab_panels.get(rec.get("panel_digest") or ""),
+                            starts_at=rec.get("starts_at") or None)
+        elif "starts_at" in sheet.columns:
+            for task, rec in zip(tasks, sheet.to_dict("records")):
+                task.update(starts_at=rec.get("starts_at") or None)
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
         t_batch = time.time()
         first = min((r.started for r in results.values() if r.started is not None), default=t_batch)
@@ -227,7 +246,9 @@ def run_batch(
             "n_failed": n_failed,
             "n_cached": n_cached,
         }
-        files.append(write_json(run, out / "run.json"))
+        if lab_panels:  # each lab panel used, by the digest in the rows' panel_digest
+            run["lab_panels"] = lab_panels
+        files.append(RunFolder(out).write_record(run))
         gates = _sample_gates(out, sheet, results, strat, table, by_file)
         files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
                                      instruments=[results[i].instrument if i in results else None
@@ -249,6 +270,57 @@ def run_batch(
                "outputs_s": t_outputs - t_batch, "report_s": t_report - t_outputs,
                "teardown_s": time.time() - t_report}
     return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files, timings)
+
+
+def _site_columns(sheet: pd.DataFrame, sheet_path: Path, strat, panel, starts_at):
+    """The sheet with ``panel_digest`` and ``starts_at`` columns where a lab panel or start is used.
+
+    Every panel file is read and every start checked before gating starts;
+    all problems are listed at once. Returns the sheet and the panels by digest.
+    """
+    from ..exceptions import PanelError, SampleSheetError
+    from ..gating.pregated import pregated_paths
+    from ..strategy.panel import read_panel_file
+    from .task import panel_digest
+
+    problems: list[str] = []
+    base = sheet_path.resolve().parent
+    per_row = list(sheet["panel"]) if "panel" in sheet.columns else [""] * len(sheet)
+    lines = list(sheet["line"]) if "line" in sheet.columns else list(range(2, len(sheet) + 2))
+    read: dict[str, dict[str, str]] = {}
+    digests: list[str] = []
+    panels: dict[str, dict[str, str]] = {}
+    for line, name in zip(lines, per_row):
+        target = str((base / name).resolve()) if name else (str(Path(panel).resolve()) if panel else "")
+        if not target:
+            digests.append("")
+            continue
+        if target not in read:
+            try:
+                read[target] = read_panel_file(target)
+            except PanelError as e:
+                problems.append(f"line {line}: {e}" if name else str(e))
+                read[target] = {}
+        digest = panel_digest(read[target])
+        digests.append(digest)
+        if digest:
+            panels[digest] = read[target]
+    starts = list(sheet["starts_at"]) if "starts_at" in sheet.columns else [""] * len(sheet)
+    starts = [(s or starts_at or "") for s in starts]
+    for line, start in zip(lines, starts):
+        try:
+            pregated_paths(strat, start)
+        except CytopipeError as e:
+            problems.append(f"line {line}: {e}")
+    if problems:
+        msg = f"{sheet_path}: {len(problems)} problem(s): " + "; ".join(dict.fromkeys(problems))
+        raise SampleSheetError(msg)
+    sheet = sheet.copy()
+    if any(digests):
+        sheet["panel_digest"] = digests
+    if any(starts):
+        sheet["starts_at"] = starts
+    return sheet, panels
 
 
 def _lock_folder(out: Path):
@@ -354,7 +426,7 @@ def _one_version(results: dict[int, SampleResult], name: str) -> str | None:
     return found[0] if len(found) == 1 else (", ".join(found) or None)
 
 
-def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[dict[str, Any]],
+def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[Decision],
                   template: bytes | None = None) -> tuple[str | bytes, dict[str, Any]]:
     """The GatingML a gated sample was counted with, and what it holds, for its gates file and record.
 
@@ -386,7 +458,7 @@ def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[dict[s
 
 
 def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strategy,
-                  table: pd.DataFrame, by_file: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any] | None]:
+                  table: pd.DataFrame, by_file: dict[str, list[Decision]]) -> list[dict[str, Any] | None]:
     """Write every gated sample's applied gates to ``out/sample_gates/``; their entries for the MIFlowCyt record."""
     template = strat.gatingml_path.read_bytes()
     texts, info = [], []

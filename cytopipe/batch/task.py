@@ -38,11 +38,18 @@ from ..gating.api import gate_rows, gate_sample, treg_percent
 from ..gating.engine import cascade_rows
 from ..gating.placement import sample_gatingml
 from ..outputs.miflowcyt import instrument_fields
+from ..gating.stain import stain_flags
+from ..gating.conform import ConformedSample, conform_sample, file_units_gatingml
+from ..gating.pregated import (mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
+                               pregated_paths)
+from ..fcs.read import spillover_channels
 from ..strategy.panel import resolve_panel
 from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
+from ..outputs.runfolder import Decision
 from ..outputs.tables import atomic_write
 from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
-from ..review.events import gate_plots, plot_key, store_sample_plots
+from ..review.plotdata import gate_plots
+from ..review.plotstore import plot_key, store_sample_plots
 from ..strategy.registry import Strategy, load_strategy
 
 __all__ = ["SampleResult", "cache_key", "process_sample", "versions_sha", "worker_versions"]
@@ -104,8 +111,52 @@ def versions_sha(versions: dict[str, str] | None) -> str | None:
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def conform_digest(panel_digest: str = "", starts_at: str = "") -> str:
+    """What a lab's panel file and a pre-gated start change in a sample's key ("" when neither is given).
+
+    Parameters
+    ----------
+    panel_digest
+        :func:`panel_digest` of the lab panel the file was read with ("" for none).
+    starts_at
+        The gate the file's events start at ("" for a whole file).
+    """
+    if not panel_digest and not starts_at:
+        return ""
+    return hashlib.sha256(json.dumps([panel_digest, starts_at]).encode()).hexdigest()[:16]
+
+
+def panel_digest(lab_panel: dict[str, str] | None) -> str:
+    """A digest of a lab panel's marker-to-detector rows ("" for none)."""
+    if not lab_panel:
+        return ""
+    return hashlib.sha256(json.dumps(sorted(lab_panel.items())).encode()).hexdigest()[:16]
+
+
+def site_options(run: dict[str, Any], row) -> dict[str, Any]:
+    """The ``lab_panel`` and ``starts_at`` a run gated one table row with (for gating it again).
+
+    Parameters
+    ----------
+    run
+        The run's ``run.json`` (its ``lab_panels`` by digest).
+    row
+        The row of ``treg_by_visit`` (its ``panel_digest`` and ``starts_at``, where the run used them).
+    """
+    def text(key: str) -> str:
+        value = row.get(key) if hasattr(row, "get") else None
+        return "" if value is None or (not isinstance(value, str) and value != value) else str(value)
+
+    out: dict[str, Any] = {}
+    if text("panel_digest"):
+        out["lab_panel"] = (run.get("lab_panels") or {}).get(text("panel_digest"))
+    if text("starts_at"):
+        out["starts_at"] = text("starts_at")
+    return out
+
+
 def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions: dict[str, str],
-              thresholds: dict[str, Any], manifest_sha: str = "") -> str:
+              thresholds: dict[str, Any], manifest_sha: str = "", conform: str = "") -> str:
     """The name of a sample's stored result in ``cache/``: a digest of everything that can change its numbers.
 
     Parameters
@@ -123,6 +174,9 @@ def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions:
     thresholds
         :class:`~cytopipe.gating.qc.QCThresholds` fields; those that only turn stored
         measures into flags (``min_events``, ...) do not count.
+    conform
+        :func:`conform_digest` of the lab panel and pre-gated start ("" when neither: the
+        key of a whole file read by its ``$PnS`` is what it was before either existed).
 
     Returns
     -------
@@ -134,6 +188,8 @@ def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions:
         "software": {k: versions.get(k, "not installed") for k in _KEY_SOFTWARE},
         "qc": {k: float(v) for k, v in sorted(thresholds.items()) if k not in _FLAG_ONLY_THRESHOLDS},
     }
+    if conform:
+        parts["conform"] = conform
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -326,8 +382,10 @@ def process_sample(
     allow_draft: bool = False,
     cache_dir: str | None = None,
     qc_thresholds: dict[str, Any] | None = None,
-    reviews: list[dict[str, Any]] | None = None,
+    reviews: list[Decision] | list[dict[str, Any]] | None = None,
     plots: bool = False,
+    lab_panel: dict[str, str] | None = None,
+    starts_at: str | None = None,
 ) -> SampleResult:
     """Gate one FCS file; runs inside a Dask worker.
 
@@ -344,12 +402,19 @@ def process_sample(
     qc_thresholds
         :class:`~cytopipe.gating.qc.QCThresholds` fields (defaults when omitted).
     reviews
-        This sample's review decisions; its gate adjustments are applied as
+        This sample's review decisions (:class:`~cytopipe.outputs.Decision`, or
+        the dicts of their ``review.jsonl`` lines); its gate adjustments are applied as
         FlowKit custom sample gates while file and strategy are unchanged.
     plots
         Also compute and render the review report's plots of a freshly gated
         sample, while its events are in memory, into ``cache_dir/plots/``
-        (:func:`~cytopipe.review.events.store_sample_plots`).
+        (:func:`~cytopipe.review.plotstore.store_sample_plots`).
+    lab_panel
+        The lab's panel (:func:`~cytopipe.strategy.panel.read_panel_file`):
+        marker to this file's detector; it wins over ``$PnS``.
+    starts_at
+        The gate whose events the file holds (a pre-gated export, e.g.
+        ``"CD4pos"``): the gates down to it are not applied.
 
     Returns
     -------
@@ -365,7 +430,8 @@ def process_sample(
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
         key = cache_key(sha, strategy.sha256, adjusted=adjustments_digest(adjustments), versions=out.versions,
-                        thresholds=asdict(thresholds), manifest_sha=strategy.manifest_sha256)
+                        thresholds=asdict(thresholds), manifest_sha=strategy.manifest_sha256,
+                        conform=conform_digest(panel_digest(lab_panel), starts_at or ""))
         cache_file = Path(cache_dir) / f"{key}.json" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             stored = SampleResult.from_cache(json.loads(cache_file.read_text(encoding="utf-8")), path, out.worker)
@@ -376,6 +442,7 @@ def process_sample(
             finish_auto_gates(stored)  # auto-gate flags
             stored.started, stored.duration_s = started, time.time() - started
             return stored
+        pregated = pregated_paths(strategy, starts_at)
         gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
               else strategy.gating_strategy())
         # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
@@ -385,16 +452,29 @@ def process_sample(
             _check_memory(path)
         sample = lean if lean is not None else read_fcs(path)
         out.instrument = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
-        out.panel_flags = list(resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path).qc_flags)
+        panel = resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path, lab_panel=lab_panel,
+                              needed=needed_markers(strategy, gs, pregated), compensated=spillover_channels(sample))
+        out.panel_flags = list(panel.qc_flags)
+        # another instrument's detector names and range, in the strategy's terms (the file as it is when it
+        # already is); a pre-gated file's gates down to its start pass every event
+        sample = conform_sample(sample, panel, strategy, gating_strategy=gs)
+        if pregated:
+            out.panel_flags += pregated_flags(sample, strategy, pregated)  # kept with the result, as panel flags
+            gs = pregated_gating_strategy(gs, strategy, pregated, sample, adjustments)
         # data-driven gates placed on this sample (a reviewer's adjustment wins); the placement gates
         # its own subsample of events, then one pass gates every event with the placed gates in
         # place: cheaper than handing upstream rows around (docs/performance.md)
-        auto = data_driven_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
+        skip = list(adjustments) + ["/".join(p) for p in pregated]
+        auto = data_driven_gates(sample, strategy, gating_strategy=gs, skip=skip)
         if auto is not None:
             gs = auto.gating_strategy
+            mark_pregated(auto, pregated)
         # the gates' events, kept for the report's plots; gate_sample then only counts them
         rows = _gate_rows_or_none(sample, gs, strategy) if plots and cache_dir else None
         counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
+        # a failed or missing stain (an unstained or isotype control) never yields a number
+        den_rows = None if rows is None else rows.get(strategy.denominator)
+        out.panel_flags += stain_flags(sample, gs, strategy, rows=den_rows)
         plot_data = None if rows is None else _plot_data(sample, gs, strategy, rows, out)
         del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)
@@ -403,11 +483,13 @@ def process_sample(
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
                                     time_metrics=out.time_qc) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
-        if auto is not None:  # fit outcome, QC flag, the placed gates' GatingML
+        if auto is not None:  # fit outcome, QC flag, the placed gates' GatingML (in the file's own terms)
+            auto.gatingml = file_units_gatingml(auto.gatingml, sample)
             out.auto_gates = auto.record()
             finish_auto_gates(out)
-        elif adjustments:  # the record names the gates applied, a reviewer's included
-            out.gatingml = sample_gatingml(gs, default_sample_id(path))
+        elif adjustments or pregated or isinstance(sample, ConformedSample):
+            # the record names the gates applied (a reviewer's, pre-gated ones), with the file's own detectors
+            out.gatingml = file_units_gatingml(sample_gatingml(gs, default_sample_id(path)), sample)
         stored = None
         if cache_file is not None:
             text = json.dumps(out.cache_record())

@@ -6,6 +6,7 @@ The figures, the page and define.xml load on first use: they bring in matplotlib
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 from .stats import MannWhitneyResult, TrendResult, mann_whitney, jonckheere_terpstra
 from .sdtm import CP_VARIABLES, marker_string, build_sdtm_cp, sdtm_transport_frame, write_sdtm_xpt
 from .analysis import (
@@ -46,10 +47,4 @@ _LAZY = {"plot_treg_by_visit": "plots", "plot_change_at_endpoint": "plots", "wri
          "define_xml": "define", "write_define_xml": "define"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -35,6 +35,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,7 @@ def _truthy(value: Any, where: str) -> bool:
     raise EndpointError(msg)
 
 
-def load_runs(run_dirs: list[str | os.PathLike], *, supersede: list[str | os.PathLike] = ()
+def load_runs(run_dirs: list[str | os.PathLike], *, supersede: Sequence[str | os.PathLike] = ()
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Combine the per-visit tables of several runs; resolve superseded samples.
 
@@ -172,7 +173,7 @@ def load_runs(run_dirs: list[str | os.PathLike], *, supersede: list[str | os.Pat
 
 
 _EXCL_COLUMNS = ["patient_id", "visit", "run_dir", "file", "reason", "detail"]
-_UNREVIEWED_COLUMNS = ["run_dir", "patient_id", "visit", "file", "flags", "review_status"]
+_UNREVIEWED_COLUMNS: list[str] = ["run_dir", "patient_id", "visit", "file", "flags", "review_status"]
 
 
 def _excl(r: pd.Series, reason: str, detail: str) -> dict[str, Any]:
@@ -385,7 +386,7 @@ def _study_id(study_id: str | None) -> str | None:
 def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.PathLike,
                  out_dir: str | os.PathLike, *, baseline: str = "D1", visit: str = "D60",
                  study_id: str | None = None, control: str = "placebo",
-                 supersede: list[str | os.PathLike] = (), specimen: str = "BLOOD",
+                 supersede: Sequence[str | os.PathLike] = (), specimen: str = "BLOOD",
                  figures: bool = True, include_unreviewed: bool = False) -> EndpointResult:
     """Run the endpoint analysis and write its tables, figures and SDTM CP files.
 
@@ -476,7 +477,8 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
                      ("exclusions", excl), ("sdtm_cp", sdtm)):
         if df is not None:
             files += write_table(df, out / name, dtypes_for(name, list(df.columns)))
-    if sdtm is not None:  # the submission copy: SAS transport v5 and the define.xml describing it
+    # the submission copy: SAS transport v5 and the define.xml describing it (sdtm is None without a study id)
+    if sdtm is not None and sid is not None:
         from .define import write_define_xml
         from .sdtm import write_sdtm_xpt
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .header import ChannelInfo, channels, file_sha256, scan_header, scan_headers
-from .read import default_sample_id, read_fcs
+from .read import default_sample_id, read_fcs, spillover_channels
 from .lean import LeanSample, gates_exactly, read_fcs_lean, read_for_gating
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "scan_headers",
     "default_sample_id",
     "read_fcs",
+    "spillover_channels",
     "LeanSample",
     "gates_exactly",
     "read_fcs_lean",

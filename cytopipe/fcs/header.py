@@ -25,7 +25,7 @@ import fcsparser.api
 import pandas as pd
 
 from cytopipe.exceptions import FCSReadError, one_line
-from cytopipe.fcs.layout import _get, _pnn_list, _precheck, _spill_key
+from cytopipe.fcs.layout import check_layout, keyword, pnn_list, spill_key
 
 if TYPE_CHECKING:  # FlowKit (~1.5 s to import) is loaded by the readers, not by a header scan
     import flowkit
@@ -139,10 +139,10 @@ class _TextParser(fcsparser.api.FCSParser):
     case-insensitive, and $NEXTDATA is optional from FCS 3.2 on.
     """
 
-    def _extract_text_dict(self, raw_text: str) -> dict[str, str]:  # type: ignore[override]
+    def _extract_text_dict(self, raw_text: str) -> dict[str, str]:
         text = {k.upper(): v for k, v in super()._extract_text_dict(raw_text).items()}
         # fcsparser builds a list per declared channel: a $PAR of 10**12 would never end.
-        # Cap it at the channels actually named; _precheck refuses the lie with the real value.
+        # Cap it at the channels actually named; check_layout refuses the lie with the real value.
         self.declared_par = text.get("$PAR")
         n_named = sum(1 for k in text if re.fullmatch(r"\$P\d+N", k))
         try:
@@ -152,14 +152,20 @@ class _TextParser(fcsparser.api.FCSParser):
             pass
         self.injected_nextdata = "$NEXTDATA" not in text
         text.setdefault("$NEXTDATA", "0")
-        # fcsparser makes every $PnB an int, but delimited ASCII writes '*'; _scan puts it back
+        # fcsparser makes every $PnB an int, but delimited ASCII writes '*'; scan_text puts it back
         self.star_widths = {k: v for k, v in text.items() if re.fullmatch(r"\$P\d+B", k) and v.strip() == "*"}
         text.update(dict.fromkeys(self.star_widths, "0"))
         return text
 
 
-def _scan(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """Return (HEADER fields, TEXT keywords) of the first data set."""
+def scan_text(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return (HEADER fields, TEXT keywords) of the first data set.
+
+    The one TEXT parse the readers share (:mod:`cytopipe.fcs.read`,
+    :mod:`cytopipe.fcs.lean`); public inside the ``fcs`` stage, not in its
+    ``__all__``. Raises :class:`~cytopipe.exceptions.FCSReadError` when the
+    HEADER or TEXT cannot be parsed.
+    """
     p = Path(path)
     header = _read_header(p)
     try:
@@ -216,7 +222,7 @@ def scan_header(path: PathLike) -> dict[str, str]:
     >>> scan_header("sample.fcs")["$TOT"]  # doctest: +SKIP
     '10000'
     """
-    return _scan(path)[1]
+    return scan_text(path)[1]
 
 
 # --------------------------------------------------------------------------
@@ -267,18 +273,18 @@ def scan_headers(
         }
         row.update({k: None for k in keys})
         try:
-            header, text = _scan(p)
+            header, text = scan_text(p)
             row["fcs_version"] = header["version"]
-            row["spillover"] = _spill_key(text) is not None
+            row["spillover"] = spill_key(text) is not None
             for k in keys:
                 row[k] = text.get(k.upper())
             try:
-                row["n_events"] = int(_get(text, "$TOT") or "")
-                row["n_channels"] = int(_get(text, "$PAR") or "")
-                row["pnn"] = ",".join(_pnn_list(text, row["n_channels"]))
+                row["n_events"] = int(keyword(text, "$TOT") or "")
+                row["n_channels"] = int(keyword(text, "$PAR") or "")
+                row["pnn"] = ",".join(pnn_list(text, row["n_channels"]))
             except ValueError:
                 pass
-            _precheck(p, header, text)
+            check_layout(p, header, text)
         except FCSReadError as e:
             row["error"] = one_line(e)
         except Exception as e:  # a scan must record, not raise

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from .read import _fix_spillover, _read_flowdata, default_sample_id, read_fcs
-from .layout import _precheck
-from .header import PathLike, _scan
+from .layout import check_layout as _precheck
+from .header import PathLike, scan_text as _scan
 
 __all__ = ["LeanSample", "gates_exactly", "read_fcs_lean", "read_for_gating"]
 
@@ -69,7 +69,7 @@ class LeanSample:
     SHA-256 when it was read with ``hash_file=True``, else None.
     """
 
-    def __init__(self, path: Path, sample_id: str, flow_data: Any, events: np.ndarray,
+    def __init__(self, path: Path, sample_id: str, flow_data: Any, *, events: np.ndarray,
                  time_values: np.ndarray | None, inexact: tuple[str, ...]) -> None:
         self.path = path
         self.id = sample_id
@@ -202,7 +202,7 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None, hash_file: bo
     row_bytes = n_par * 4
     buf = _buffer(n * row_bytes + _ALIGN)
     pad = -buf.ctypes.data % _ALIGN  # DATA on a cache-line boundary
-    view = memoryview(buf)[pad : pad + n * row_bytes]
+    view = buf.data[pad : pad + n * row_bytes]  # memoryview(buf), as numpy's stubs type it
     events = buf[pad : pad + n * row_bytes].view(np.float32).reshape(n, n_par)
     digest = hashlib.sha256() if hash_file else None
     time64 = np.empty(n) if scale else None
@@ -224,7 +224,7 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None, hash_file: bo
                 block.byteswap(inplace=True)
             if not np.isfinite(block).all():
                 return None  # read_fcs names the channels with NaN/inf
-            if scale:
+            if time64 is not None:  # scale
                 t = block[:, ti].astype(np.float64) * step  # FlowKit's arithmetic
                 time64[r0:r1] = t
                 with warnings.catch_warnings():
@@ -239,7 +239,7 @@ def read_fcs_lean(path: PathLike, *, sample_id: str | None = None, hash_file: bo
     # kept only when the float32 column rounds it: otherwise time_values() widens the column itself
     inexact, time64 = ((), None) if exact else ((flow_data.pnn_labels[ti],), time64)
     sample_id = default_sample_id(p) if sample_id is None else sample_id
-    sample = LeanSample(p, sample_id, flow_data, events, time64, inexact)
+    sample = LeanSample(p, sample_id, flow_data, events=events, time_values=time64, inexact=inexact)
     _fix_spillover(sample, notes)
     sample.cytopipe_notes = tuple(notes)
     sample.file_sha256 = digest.hexdigest() if digest is not None else None

@@ -7,7 +7,7 @@ discrepancies, an off-by-one ``$ENDDATA``, several data sets, a bad
 and TEXT are checked (:mod:`cytopipe.fcs.header`), so a header that lies
 cannot make us allocate. A DATA layout FlowIO cannot decode (24-bit and
 other integer widths, ASCII, 3-byte ``$BYTEORD``) is decoded by
-:func:`cytopipe.fcs.layout._read_data` and handed to FlowKit inside FlowIO's
+:func:`cytopipe.fcs.decode.decode_data` and handed to FlowKit inside FlowIO's
 own parse of the TEXT, so the Sample is built as for any file. The header
 scans are re-exported here.
 """
@@ -29,12 +29,13 @@ from flowio.exceptions import (
 )
 
 from cytopipe.exceptions import FCSReadError, one_line
-from cytopipe.fcs.layout import _flowio_cannot_read, _precheck, _read_data
+from cytopipe.fcs.layout import check_layout as _precheck
+from cytopipe.fcs.decode import decode_data as _read_data, flowio_cannot_read as _flowio_cannot_read
 from cytopipe.fcs.header import (
     _HEADER_OFFSET_MAX,
     ChannelInfo,
     PathLike,
-    _scan,
+    scan_text as _scan,
     channels,
     file_sha256,
     scan_header,
@@ -52,6 +53,7 @@ __all__ = [
     "read_fcs",
     "scan_header",
     "scan_headers",
+    "spillover_channels",
 ]
 
 
@@ -275,6 +277,12 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
     """
     meta = sample.metadata
     key = next((k for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), None)
+    if key is None and str(meta.get("comp", "")).strip():
+        # $COMP (an older keyword some instruments still write) holds the same matrix: FlowKit reads only
+        # $SPILLOVER/SPILL, so it is given under the standard name
+        meta["spillover"] = meta["comp"]
+        notes.append("spillover read from $COMP")
+        key = "spillover"
     if key is None:
         return
     parts = [p.strip() for p in str(meta[key]).split(",")]
@@ -301,6 +309,24 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
     unknown = [name for name in names if name not in pnn]
     if unknown:
         notes.append(f"spillover in ${key.upper()} names channels not in $PnN: {unknown!r}")
+
+
+def spillover_channels(sample) -> list[str]:
+    """The ``$PnN`` the sample's spillover matrix compensates ([] without one).
+
+    Parameters
+    ----------
+    sample : flowkit.Sample or LeanSample
+        As read (channel numbers in the matrix already translated to ``$PnN``).
+    """
+    meta = sample.metadata
+    text = next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), "")
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        n = int(parts[0])
+    except ValueError:
+        return []
+    return parts[1 : n + 1]
 
 
 def default_sample_id(path: PathLike) -> str:

@@ -21,6 +21,8 @@ from .placement import (
     ridge_unimodal,
     sample_gatingml,
 )
+from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
+from .pregated import PREGATED_STATUS, pregated_paths
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -54,4 +56,11 @@ __all__ = [
     "sample_time_qc",
     "time_qc",
     "ridge_unimodal",
+    "ChannelMap",
+    "ConformedSample",
+    "channel_map",
+    "conform_sample",
+    "file_units_gatingml",
+    "PREGATED_STATUS",
+    "pregated_paths",
 ]

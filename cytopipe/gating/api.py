@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -164,8 +165,9 @@ def gate_cascade(sample, gs, paths, *, known=None) -> dict[tuple[str, ...], int]
     dict or None
         Full gate path to count; None when a gate needs FlowKit's own engine.
     """
-    rows = cascade_rows(sample, gs, paths, known)
-    return None if rows is None else {p: int(r.size) for p, r in rows.items() if p != ("root",)}
+    rows = cascade_rows(sample, gs, paths, known=known)
+    # root's rows are None (all events); every gate's are an array
+    return None if rows is None else {p: int(r.size) for p, r in rows.items() if r is not None and p != ("root",)}
 
 
 def gate_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray]:
@@ -185,10 +187,10 @@ def gate_rows(sample, gs, paths) -> dict[tuple[str, ...], np.ndarray]:
                 rows[path] = np.flatnonzero(np.asarray(member, dtype=bool))
     if rows[("root",)] is None:
         rows[("root",)] = np.arange(int(sample.event_count))
-    return rows
+    return cast("dict[tuple[str, ...], np.ndarray]", rows)  # root filled above; the gates' rows are arrays
 
 
-def gate_values(sample, gs, gate, rows: np.ndarray) -> np.ndarray:
+def gate_values(sample, gs, gate, *, rows: np.ndarray) -> np.ndarray:
     """``(len(rows), n_dims)`` values of ``rows`` in ``gate``'s dimensions, as the gate sees them.
 
     Compensated with flowutils' arithmetic and transformed with FlowKit's

@@ -33,7 +33,7 @@ class Unsupported(Exception):
     """The cascade cannot evaluate this gate; use FlowKit's gate_sample."""
 
 
-def cascade_rows(sample, gs, paths, known=None) -> dict[tuple[str, ...], np.ndarray | None] | None:
+def cascade_rows(sample, gs, paths, *, known=None) -> dict[tuple[str, ...], np.ndarray | None] | None:
     """Every gate's rows, evaluated block by block of events when starting from the root.
 
     Gate membership is decided event by event, so the cascade runs on blocks
@@ -73,7 +73,7 @@ def _cascade_block(sample, gs, raw, todo, gates, reuse, comps,
     from flowkit import gates as fk_gates
     from flowkit.exceptions import QuadrantReferenceError
 
-    ctx = Context(sample, gs, raw, comps, rasters)
+    ctx = Context(sample, gs, raw, comps=comps, rasters=rasters)
     rows: dict[tuple[str, ...], np.ndarray | None] = {("root",): None}
     rows.update(reuse)
     try:
@@ -108,7 +108,7 @@ class Context:
     ``make bench`` measures it).
     """
 
-    def __init__(self, sample, gs, raw: np.ndarray, comps: dict | None = None, rasters: dict | None = None):
+    def __init__(self, sample, gs, raw: np.ndarray, *, comps: dict | None = None, rasters: dict | None = None):
         self.sample, self.gs, self.raw = sample, gs, raw
         # polygons' rasters (see _raster): a cascade's blocks share them, so they are always worth building
         self._rasters: dict = {} if rasters is None else rasters

@@ -1,5 +1,6 @@
-"""Stage 4: the run's tables (atomic writes, their schema), the MIFlowCyt record, and the
-self-contained HTML page the report and the endpoint page are built on.
+"""Stage 4: the run folder (its record, tables and review log: ``RunFolder``), the run's tables
+(atomic writes, their schema), the MIFlowCyt record, and the self-contained HTML page the
+report and the endpoint page are built on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .tables import (
     run_folder_lock,
     manifest_path,
 )
+from .runfolder import GENESIS, REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord
 from .schema import TABLES, dtypes_for, read_output, validate_table, write_docs, render_markdown, render_json
 from .miflowcyt import (
     SAMPLE_GATES_DIR,
@@ -45,6 +47,12 @@ __all__ = [
     "RUN_LOCK",
     "run_folder_lock",
     "manifest_path",
+    "GENESIS",
+    "REVIEW_FILE",
+    "RUN_FILE",
+    "Decision",
+    "RunFolder",
+    "RunRecord",
     "TABLES",
     "dtypes_for",
     "read_output",

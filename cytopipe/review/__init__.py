@@ -5,8 +5,14 @@ The report's names load on first use: they bring in matplotlib.
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 from .decisions import (
     REVIEW_FILE,
+    Decided,
+    GateChange,
+    StaleError,
+    decide,
+    sample_version,
     adjusted_gating_strategy,
     adjustments_digest,
     build_gate_spec,
@@ -18,24 +24,18 @@ from .decisions import (
     update_review_columns,
     verify_review_chain,
 )
-from .events import (
-    GatePlot,
-    GateView,
-    PlotDim,
-    SamplePlots,
-    gate_plots,
-    gate_views,
-    load_plots,
-    plot_dims,
-    plot_key,
-    plot_of,
-    replace_file,
-    save_plots,
-    store_sample_plots,
-)
+from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
+from .outliers import OUTLIER_Z, robust_outliers
+from .png import png_bytes, viridis
+from .plotstore import load_plots, plot_key, replace_file, save_plots, store_sample_plots
 
 __all__ = [
     "REVIEW_FILE",
+    "Decided",
+    "GateChange",
+    "StaleError",
+    "decide",
+    "sample_version",
     "adjusted_gating_strategy",
     "adjustments_digest",
     "build_gate_spec",
@@ -59,6 +59,10 @@ __all__ = [
     "replace_file",
     "save_plots",
     "store_sample_plots",
+    "OUTLIER_Z",
+    "robust_outliers",
+    "png_bytes",
+    "viridis",
     "write_report",
     "gate_png",
     "patient_png",
@@ -70,10 +74,4 @@ _LAZY = {"write_report": "report", "gate_png": "plots", "patient_png": "plots", 
          "draw_frames": "plots"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

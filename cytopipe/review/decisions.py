@@ -7,6 +7,12 @@ when it was made: a re-run keeps an approval (and applies a gate adjustment)
 only while both are unchanged. Gate adjustments are FlowKit *custom sample
 gates*: the template gate is replaced for that one sample.
 
+Every decision, from the command line or the review station, goes through
+:func:`decide`: the checks, the run folder's lock, the append and the
+rewrite of the review columns. The folder's files are read and written
+through :class:`cytopipe.outputs.RunFolder`; a line is a
+:class:`cytopipe.outputs.Decision`.
+
 ``review_status`` of a sample is the latest of its valid decisions:
 ``approved``, ``rejected``, ``adjusted`` (a gate was changed and the result
 awaits approval) or ``pending`` (no valid decision).
@@ -14,19 +20,26 @@ awaits approval) or ``pending`` (no valid decision).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from ..exceptions import ReviewError
+from ..outputs.runfolder import REVIEW_FILE, Decision, RunFolder, RunRecord
 
 __all__ = [
     "REVIEW_FILE",
+    "Decided",
+    "GateChange",
+    "StaleError",
+    "decide",
+    "sample_version",
     "adjusted_gating_strategy",
     "adjustments_digest",
     "build_gate_spec",
@@ -39,45 +52,40 @@ __all__ = [
     "verify_review_chain",
 ]
 
-REVIEW_FILE = "review.jsonl"
 _ACTIONS = ("approve", "reject", "adjust")
 _STATUS = {"approve": "approved", "reject": "rejected", "adjust": "adjusted"}
 
 
-def read_decisions(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def read_decisions(run_dir: str | os.PathLike) -> list[Decision]:
     """Return every decision of ``run_dir/review.jsonl``, oldest first (empty if none).
+
+    The same as ``RunFolder(run_dir).decisions()``.
 
     Raises
     ------
-    ReviewError
-        A line is not valid JSON (the file was edited by hand).
+    OutputError
+        A line is not valid JSON, or not a decision (the file was edited by hand).
     """
-    path = Path(run_dir) / REVIEW_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            msg = f"{path}: line {n} is not valid JSON ({e}); the review log is append-only, restore it."
-            raise ReviewError(msg) from e
-    return out
+    return RunFolder(run_dir).decisions()
 
 
-def _valid(decisions: list[dict[str, Any]], file: str | None, file_sha: str | None, strategy_sha: str | None):
+def _field(d: Decision | Mapping[str, Any], name: str) -> Any:
+    # a Decision, or a dict as a caller may build one (only the keys used here need be there)
+    return d.get(name) if isinstance(d, Mapping) else getattr(d, name)
+
+
+def _valid(decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, file_sha: str | None,
+           strategy_sha: str | None) -> list[Decision | Mapping[str, Any]]:
     # file None: the decisions are already those of one sample (as batch workers get them)
     return [
         d for d in decisions
-        if (file is None or d.get("file") == file) and file_sha and d.get("file_sha256") == file_sha
-        and d.get("strategy_sha256") == strategy_sha
+        if (file is None or _field(d, "file") == file) and file_sha and _field(d, "file_sha256") == file_sha
+        and _field(d, "strategy_sha256") == strategy_sha
     ]
 
 
 def review_fields(
-    decisions: list[dict[str, Any]], file: str, file_sha: str | None, strategy_sha: str | None
+    decisions: Sequence[Decision | Mapping[str, Any]], file: str, file_sha: str | None, strategy_sha: str | None
 ) -> dict[str, Any]:
     """``review_status, reviewer, reviewed_at`` of one sample from the decisions.
 
@@ -87,11 +95,13 @@ def review_fields(
     if not valid:
         return {"review_status": "pending", "reviewer": "", "reviewed_at": ""}
     last = valid[-1]
-    return {"review_status": _STATUS[last["action"]], "reviewer": last["reviewer"], "reviewed_at": last["time"]}
+    return {"review_status": _STATUS[_field(last, "action")], "reviewer": _field(last, "reviewer"),
+            "reviewed_at": _field(last, "time")}
 
 
 def gate_adjustments(
-    decisions: list[dict[str, Any]], file: str | None, file_sha: str | None, strategy_sha: str | None
+    decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, file_sha: str | None,
+    strategy_sha: str | None
 ) -> dict[str, dict[str, Any]]:
     """The sample's current gate adjustments: gate path (``root/...``) to gate spec.
 
@@ -100,8 +110,8 @@ def gate_adjustments(
     """
     out: dict[str, dict[str, Any]] = {}
     for d in _valid(decisions, file, file_sha, strategy_sha):
-        if d["action"] == "adjust":
-            out[d["gate_path"]] = d["gate"]
+        if _field(d, "action") == "adjust":
+            out[_field(d, "gate_path")] = _field(d, "gate")
     return out
 
 
@@ -234,6 +244,223 @@ def build_gate_spec(
     return spec
 
 
+#: A moved gate for :func:`decide`: ``{"bounds": {detector: (min, max)}}`` (a rectangle; None keeps a
+#: side open) or ``{"vertices": [(x, y), ...]}`` (a polygon), in compensated linear units.
+GateChange = Mapping[str, Any]
+
+
+class StaleError(ReviewError):
+    """The sample changed since the reviewer's view of it loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decided:
+    """What :func:`decide` recorded.
+
+    Attributes
+    ----------
+    records
+        The decisions appended to ``review.jsonl``, in order (one per moved gate, then the approval or rejection).
+    recomputed
+        True when the sample was gated again with its adjustments before the approval.
+    """
+
+    records: tuple[Decision, ...]
+    recomputed: bool
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def sample_version(row: pd.Series, decisions: Sequence[Decision], record: RunRecord) -> str:
+    """A short hash of everything a decision on one sample rests on.
+
+    Its ``treg_by_visit`` row's numbers, flags and review columns, its last
+    decision and how many it has, and when it was last gated. A reviewer's
+    view quotes it; :func:`decide` refuses a decision whose view is older.
+
+    Parameters
+    ----------
+    row
+        The sample's ``treg_by_visit`` row.
+    decisions
+        The run's decisions (:meth:`RunFolder.decisions`).
+    record
+        The run's record (:attr:`RunFolder.record`).
+    """
+    file = str(row["file"])
+    mine = [d for d in decisions if d.file == file]
+    payload = [file, _text(row["file_sha256"]), _text(row["strategy_sha256"]), _int(row["cd4_count"]),
+               _int(row["treg_count"]), _text(row["qc_flags"]), _text(row["review_status"]),
+               _text(row["reviewer"]), json.dumps(mine[-1].to_dict(), sort_keys=True) if mine else "", len(mine),
+               record.finished, record.recomputed.get(file)]
+    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+
+
+def _decision(row: pd.Series, action: str, reviewer: str, reason: str, now: _dt.datetime | None,
+              **gate: Any) -> Decision:
+    """A decision on the sample of ``row``, timed now, unsigned by the chain yet."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return Decision(
+        time=now.isoformat(timespec="milliseconds"), action=action, reviewer=reviewer.strip(), reason=reason or "",
+        file=str(row["file"]), patient_id=str(row["patient_id"]), visit=str(row["visit"]),
+        file_sha256=None if pd.isna(row["file_sha256"]) else str(row["file_sha256"]),
+        strategy=str(row["strategy"]), strategy_version=str(row["strategy_version"]),
+        strategy_sha256=str(row["strategy_sha256"]), **gate,
+        meaning=_MEANINGS[action],  # what the signature means (21 CFR 11.50)
+        os_user=_os_user())
+
+
+def decide(
+    run_dir: str | os.PathLike,
+    sample: str,
+    action: str,
+    *,
+    reviewer: str,
+    reason: str = "",
+    gates: Mapping[str, GateChange] | None = None,
+    version: str | None = None,
+    recompute: Callable[[str], Any] | None = None,
+    holder: str = "cytopipe review",
+    now: _dt.datetime | None = None,
+) -> Decided:
+    """Check and record one reviewer's decision on one sample, then rewrite the run's review columns.
+
+    The one path of every decision, from the command line (``cytopipe
+    review``) and the review station alike. Under the run folder's lock (never
+    while a run or another decision writes it): the sample is found; a
+    ``version`` quoted by the reviewer's view must still be the sample's
+    (:func:`sample_version`); every moved gate is checked before anything is
+    recorded; an approval is refused for a sample that could not be gated, or
+    whose adjusted gates its numbers do not use yet (unless ``recompute``
+    gates it again first). Then each moved gate is appended to
+    ``review.jsonl`` as an ``adjust`` decision, the sample is gated again
+    when ``recompute`` is given, the approval or rejection is appended, and
+    ``treg_by_visit``'s review columns are rewritten.
+
+    Parameters
+    ----------
+    run_dir
+        The output folder of ``cytopipe run``.
+    sample
+        The sample's ``file`` as in the sample sheet, or ``PATIENT:VISIT``.
+    action : {"approve", "reject", "adjust"}
+        What the reviewer decided; ``adjust`` records the moved ``gates`` only.
+    reviewer
+        Who decided (required, non-empty).
+    reason
+        Why; required to reject, and whenever a gate moved.
+    gates
+        Gate path (``root/.../Gate``) to its new geometry (:data:`GateChange`,
+        compensated linear units); for ``adjust``, and ``approve`` of moved
+        gates. Ignored for ``reject``.
+    version
+        The sample's version as the reviewer's view loaded it; None: no check
+        (the command line decides on the folder as it is).
+    recompute
+        Called with the sample's file, under the lock, to gate it again with
+        its adjustments (the review station's
+        :func:`cytopipe.station.recompute.recompute_sample`). Without it an
+        adjustment takes effect at the next ``cytopipe run``.
+    holder
+        Who holds the folder's lock, as a run that finds it locked is told.
+    now
+        The decisions' time (UTC); defaults to the clock at each.
+
+    Returns
+    -------
+    Decided
+        The decisions appended and whether the sample was gated again.
+
+    Raises
+    ------
+    ReviewError
+        Unknown action or sample, no reviewer, no reason, an invalid gate or
+        geometry, a gate moved on a sample that could not be gated, or an
+        approval refused (see above).
+    StaleError
+        ``version`` is not the sample's current version: nothing is recorded.
+    OutputError
+        Another process holds the run folder; or a file cannot be written.
+
+    Examples
+    --------
+    >>> decide("out", "P01:D60", "approve", reviewer="A. Smith")  # doctest: +SKIP
+    Decided(records=(Decision(time='2025-...', action='approve', ...),), recomputed=False)
+    """
+    from ..strategy.registry import load_strategy
+
+    run = RunFolder(run_dir)
+    if action not in _ACTIONS:
+        msg = f"Unknown review action {action!r}; expected one of {list(_ACTIONS)}."
+        raise ReviewError(msg)
+    if not (reviewer or "").strip():
+        msg = "A review decision needs the reviewer's name (--reviewer NAME; in the station, enter your name)."
+        raise ReviewError(msg)
+    gates = dict(gates or {}) if action != "reject" else {}
+    if action == "adjust" and not gates:
+        msg = ("An adjustment needs the moved gate: --adjust-gate GATE_PATH (e.g. "
+               "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg) with --bound or --vertex, or drag a gate's "
+               "edge, corner or vertex in the station.")
+        raise ReviewError(msg)
+    if (action == "reject" or gates) and not (reason or "").strip():
+        what = "reject a sample" if action == "reject" else "move a gate"
+        msg = f"To {what}, give the reason (--reason TEXT; in the station, the reason box)."
+        raise ReviewError(msg)
+    if not (run.path / "treg_by_visit.parquet").is_file():
+        msg = f"{run.path} holds no treg_by_visit.parquet: review the output folder of 'cytopipe run'."
+        raise ReviewError(msg)
+    with run.lock(holder):  # its log lines and the tables it rewrites land together
+        row = find_sample(run.treg_by_visit(), sample)
+        decisions = run.decisions()
+        record = run.record
+        if version is not None and version != sample_version(row, decisions, record):
+            msg = (f"{row['patient_id']} {row['visit']} ({row['file']}) changed since your view loaded (another "
+                   f"decision, or a re-run); nothing was recorded. Reload it, check it again, then decide.")
+            raise StaleError(msg)
+        file = str(row["file"])
+        sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
+        moved: list[tuple[str, dict[str, Any]]] = []
+        if gates:  # every gate checked before anything is recorded
+            if row["qc_status"] == "error":
+                msg = f"{file} could not be gated ({row['error']}): it has no gates to adjust."
+                raise ReviewError(msg)
+            strategy = load_strategy(record.strategy_folder(), allow_draft=True)
+            for path, geometry in gates.items():
+                spec = build_gate_spec(strategy, path, bounds=geometry.get("bounds"),
+                                       vertices=geometry.get("vertices"))
+                full = path.strip("/")
+                moved.append((full if full.startswith("root/") else f"root/{full}", spec))
+        unapplied = False
+        if action == "approve":
+            if row["qc_status"] == "error":
+                msg = f"{file} could not be gated ({row['error']}); it can be rejected, not approved."
+                raise ReviewError(msg)
+            pending = [d for d in _valid(decisions, file, sha, str(row["strategy_sha256"]))
+                       if _field(d, "action") == "adjust"]
+            unapplied = bool(pending) and (_dt.datetime.fromisoformat(_field(pending[-1], "time"))
+                                           >= record.last_gated(file))
+            if recompute is None and (unapplied or moved):
+                last = moved[-1][0] if moved else _field(pending[-1], "gate_path")
+                msg = (f"{file}: its {last} gate was adjusted after the last run; "
+                       f"re-run 'cytopipe run' so the numbers use it, then approve.")
+                raise ReviewError(msg)
+        records = [run.append_decision(_decision(row, "adjust", reviewer, reason, now, gate_path=path, gate=spec))
+                   for path, spec in moved]
+        recomputed = recompute is not None and bool(moved or unapplied)
+        if recomputed:
+            recompute(file)  # the adjusted numbers now, before they are approved
+        if action in ("approve", "reject"):
+            records.append(run.append_decision(_decision(row, action, reviewer, reason, now)))
+        update_review_columns(run.path)
+    return Decided(tuple(records), recomputed)
+
+
 def record_decision(
     run_dir: str | os.PathLike,
     sample: str,
@@ -246,7 +473,7 @@ def record_decision(
     vertices: list[tuple[float, float]] | None = None,
     now: _dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Append one decision on one sample of a run to ``run_dir/review.jsonl``.
+    """Record one decision on one sample of a run, as ``cytopipe review`` does (:func:`decide`).
 
     Parameters
     ----------
@@ -269,94 +496,24 @@ def record_decision(
     Returns
     -------
     dict
-        The record appended.
+        The line appended to ``review.jsonl``, parsed (:meth:`Decision.to_dict`).
 
     Raises
     ------
     ReviewError
-        Unknown sample; missing reviewer or reason; approving a sample that
-        failed, or whose adjusted gate has not been applied by a re-run yet.
+        As :func:`decide`: unknown sample; missing reviewer or reason;
+        approving a sample that failed, or whose adjusted gate has not been
+        applied by a re-run yet.
+    OutputError
+        Another process holds the run folder.
     """
-    from ..outputs.tables import read_treg_table
-    from ..strategy.registry import load_strategy
-
-    run_dir = Path(run_dir)
-    if action not in _ACTIONS:
-        msg = f"Unknown review action {action!r}; expected one of {list(_ACTIONS)}."
-        raise ReviewError(msg)
-    if not reviewer or not reviewer.strip():
-        msg = "A review decision needs the reviewer's name (--reviewer NAME)."
-        raise ReviewError(msg)
-    if action in ("reject", "adjust") and not (reason or "").strip():
-        msg = f"To {action} a sample, give the reason (--reason TEXT)."
-        raise ReviewError(msg)
-    if not (run_dir / "treg_by_visit.parquet").is_file():
-        msg = f"{run_dir} holds no treg_by_visit.parquet: review the output folder of 'cytopipe run'."
-        raise ReviewError(msg)
-    row = find_sample(read_treg_table(run_dir), sample)
-    decisions = read_decisions(run_dir)
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    record: dict[str, Any] = {
-        "time": now.isoformat(timespec="milliseconds"),
-        "action": action,
-        "reviewer": reviewer.strip(),
-        "reason": reason or "",
-        "file": str(row["file"]),
-        "patient_id": str(row["patient_id"]),
-        "visit": str(row["visit"]),
-        "file_sha256": None if pd.isna(row["file_sha256"]) else str(row["file_sha256"]),
-        "strategy": str(row["strategy"]),
-        "strategy_version": str(row["strategy_version"]),
-        "strategy_sha256": str(row["strategy_sha256"]),
-    }
-    if action == "approve":
-        if row["qc_status"] == "error":
-            msg = f"{row['file']} could not be gated ({row['error']}); it can be rejected, not approved."
-            raise ReviewError(msg)
-        pending = [d for d in _valid(decisions, record["file"], record["file_sha256"], record["strategy_sha256"])
-                   if d["action"] == "adjust"]
-        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        # last gated: the run, or the review station gating this one sample again (run.json "recomputed")
-        gated = max(_dt.datetime.fromisoformat(t) for t in (run["finished"], run.get("recomputed", {}).get(
-            record["file"])) if t)
-        if pending and _dt.datetime.fromisoformat(pending[-1]["time"]) >= gated:
-            msg = (f"{row['file']}: its {pending[-1]['gate_path']} gate was adjusted after the last run; "
-                   f"re-run 'cytopipe run' so the numbers use it, then approve.")
-            raise ReviewError(msg)
-    if action == "adjust":
-        if not gate_path:
-            msg = "--adjust-gate needs the gate path, e.g. root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg."
-            raise ReviewError(msg)
-        strategy = load_strategy(Path(_strategy_dir(run_dir, row)), allow_draft=True)
-        spec = build_gate_spec(strategy, gate_path, bounds=bounds, vertices=vertices)
-        full = gate_path.strip("/")
-        record["gate_path"] = full if full.startswith("root/") else f"root/{full}"
-        record["gate"] = spec
-    record["meaning"] = _MEANINGS[action]  # what the signature means (21 CFR 11.50)
-    record["os_user"] = _os_user()
-    path = run_dir / REVIEW_FILE
-    import fcntl
-
-    with open(path, "a+", encoding="utf-8") as fh:  # append-only: the audit trail
-        fcntl.flock(fh, fcntl.LOCK_EX)  # two reviewers at once still chain one after the other
-        fh.seek(0)
-        lines = [line for line in fh.read().splitlines() if line.strip()]
-        record["prev_sha256"] = _line_sha256(lines[-1]) if lines else _GENESIS
-        fh.seek(0, os.SEEK_END)
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return record
+    gates = {gate_path: {"bounds": bounds, "vertices": vertices}} if action == "adjust" and gate_path else None
+    decided = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates, now=now)
+    return decided.records[-1].to_dict()
 
 
 _MEANINGS = {"approve": "reviewed and approved", "reject": "reviewed and rejected",
              "adjust": "gate adjusted by the reviewer; the sample awaits approval"}
-#: ``prev_sha256`` of the first line of a review log
-_GENESIS = "0" * 64
-
-
-def _line_sha256(line: str) -> str:
-    return hashlib.sha256(line.encode("utf-8")).hexdigest()
 
 
 def _os_user() -> str:
@@ -369,52 +526,17 @@ def _os_user() -> str:
 
 
 def verify_review_chain(run_dir: str | os.PathLike) -> list[str]:
-    """Check that no line of ``run_dir/review.jsonl`` was edited or removed since it was written.
+    """Check that no line of ``run_dir/review.jsonl`` was edited, removed or inserted since it was written.
 
-    Every line carries the sha256 of the line before it (the first: 64 zeros),
-    so editing or deleting any line but the last breaks the next line's link.
-    Lines written before the chain existed (no ``prev_sha256``) are accepted
-    only before the first chained line.
+    The same as ``RunFolder(run_dir).verify_chain()`` (see
+    :meth:`cytopipe.outputs.RunFolder.verify_chain`).
 
     Returns
     -------
     list of str
-        One message per broken link, naming the file and the line; empty when intact.
+        One message per broken link or unreadable line, naming the file and the line; empty when intact.
     """
-    path = Path(run_dir) / REVIEW_FILE
-    if not path.is_file():
-        return []
-    problems, prev, chained = [], None, False
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            problems.append(f"{path}: line {n} is not valid JSON (edited by hand?)")
-            prev = line
-            continue
-        link = rec.get("prev_sha256")
-        if link is None:
-            if chained:
-                problems.append(f"{path}: line {n} has no prev_sha256 after chained lines (inserted?)")
-        else:
-            want = _GENESIS if prev is None else _line_sha256(prev)
-            if link != want:
-                problems.append(f"{path}: line {n} does not follow line {n - 1}'s text: a line before it was "
-                                f"edited, removed or inserted")
-            chained = True
-        prev = line
-    return problems
-
-
-def _strategy_dir(run_dir: Path, row: pd.Series) -> Path:
-    from ..strategy.registry import strategy_dir
-
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if run.get("strategy_dir"):
-        return Path(run["strategy_dir"])
-    return strategy_dir(f"{row['strategy']}@{run['strategy_version']}", existing=False)
+    return RunFolder(run_dir).verify_chain()
 
 
 def update_review_columns(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -425,14 +547,12 @@ def update_review_columns(run_dir: str | os.PathLike) -> pd.DataFrame:
     pandas.DataFrame
         The updated ``treg_by_visit``.
     """
-    from ..outputs.tables import TREG_COLUMNS, read_treg_table, write_table
-
-    run_dir = Path(run_dir)
-    table = read_treg_table(run_dir)
-    decisions = read_decisions(run_dir)
+    folder = RunFolder(run_dir)
+    table = folder.treg_by_visit()
+    decisions = folder.decisions()
     for idx, row in table.iterrows():
         sha = None if pd.isna(row["file_sha256"]) else row["file_sha256"]
         for key, value in review_fields(decisions, str(row["file"]), sha, str(row["strategy_sha256"])).items():
             table.at[idx, key] = value
-    write_table(table, run_dir / "treg_by_visit", TREG_COLUMNS)
+    folder.write_treg_by_visit(table)
     return table

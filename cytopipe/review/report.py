@@ -1,7 +1,7 @@
 """Assemble the report's HTML pages. Every text from a file or the sheet is escaped.
 
 The gate plots come from what the run's workers stored while each file's
-events were in memory (:mod:`cytopipe.review.events`: plot data and PNGs
+events were in memory (:mod:`cytopipe.review.plotstore`: plot data and PNGs
 under ``DIR/cache/plots/``), so writing the report reads no FCS file. The
 index's plots are kept under ``DIR/cache/report/`` by their inputs, so a
 re-render after a review decision draws only what changed.
@@ -25,9 +25,10 @@ from ..exceptions import CytopipeError
 from ..gating.qc import QCThresholds, binomial_ci, load_thresholds, sample_time_qc
 from ..outputs.html import escape as _e
 from ..outputs.html import html_page, img_tag
-from ..outputs.tables import read_treg_table
-from .decisions import find_sample, gate_adjustments, read_decisions, review_fields
-from .events import PLOTS_FORMAT, gate_views, load_plots, plot_key, replace_file
+from ..outputs.runfolder import RunFolder, RunRecord
+from .decisions import find_sample, gate_adjustments, review_fields
+from .plotdata import gate_views
+from .plotstore import PLOTS_FORMAT, load_plots, plot_key, replace_file
 
 __all__ = ["write_report"]
 
@@ -59,10 +60,10 @@ def _changelog(strategy) -> str:
     return (m.group(0) if m else text[:1500]).strip()
 
 
-def _load_strategy(run: dict[str, Any]):
+def _load_strategy(run: RunRecord):
     from ..strategy.registry import load_strategy
 
-    return load_strategy(f"{run['strategy']}@{run['strategy_version']}", allow_draft=True)
+    return load_strategy(run.ref, allow_draft=True)
 
 
 def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int = 20_000,
@@ -100,13 +101,14 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
     ReviewError
         A sample of ``samples`` is not in the run.
     """
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    run = folder.record
     strategy = strategy or _load_strategy(run)
     thresholds = thresholds or load_thresholds()
-    table = read_treg_table(run_dir)
-    decisions = read_decisions(run_dir)
-    sheet_dir = Path(run["sample_sheet"]).parent
+    table = folder.treg_by_visit()
+    decisions = folder.decisions()
+    sheet_dir = Path(run.sample_sheet).parent
     out = run_dir / "report"
     (out / "samples").mkdir(parents=True, exist_ok=True)
     rows = [row for _, row in table.reset_index(drop=True).iterrows()]
@@ -178,13 +180,13 @@ def _index_calls(table: pd.DataFrame) -> list[tuple[str, tuple]]:
     return calls
 
 
-def _index(table: pd.DataFrame, run: dict[str, Any], strategy, rows_html: list[str], t: QCThresholds,
+def _index(table: pd.DataFrame, run: RunRecord, strategy, rows_html: list[str], t: QCThresholds,
            calls: list[tuple[str, tuple]], drawn: list[Any]) -> str:
     head = ["patient", "visit", "day", "events", "CD4 count", "Treg count", "Treg % CD4 [95 % CI]",
             "QC", "flags / error", "review", "file"]
-    parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.get('finished'))}: "
-             f"{_e(run.get('n_samples'))} samples, {_e(run.get('n_failed'))} failed. Sample sheet "
-             f"<code>{_e(run.get('sample_sheet'))}</code>. Click a column to sort, a patient to see the gates.</p>",
+    parts = [f"<h1>cytopipe review report</h1><p>Run of {_e(run.finished)}: "
+             f"{_e(run.n_samples)} samples, {_e(run.n_failed)} failed. Sample sheet "
+             f"<code>{_e(run.sample_sheet)}</code>. Click a column to sort, a patient to see the gates.</p>",
              '<h2>Samples</h2><table class="sortable" id="overview"><thead><tr>'
              + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
              + "".join(rows_html) + "</tbody></table>"]
@@ -329,13 +331,13 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
             parts.append('<h2>Gates</h2><div class="plots">')
             parts += [img_tag(png, "gate " + "/".join(gate_path), "gate") for gate_path, png in named]
             parts.append("</div>")
-    mine = [d for d in decisions if d.get("file") == str(row["file"])]
+    mine = [d for d in decisions if d.file == str(row["file"])]
     if mine:
         valid = {id(d) for d in mine if review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))
                  ["review_status"] != "pending"}
         trs = "".join(
-            f'<tr class="{"" if id(d) in valid else "void"}"><td>{_e(d.get("time"))}</td><td>{_e(d.get("reviewer"))}'
-            f'</td><td>{_e(d.get("action"))}</td><td>{_e(d.get("gate_path", ""))}</td><td>{_e(d.get("reason"))}'
+            f'<tr class="{"" if id(d) in valid else "void"}"><td>{_e(d.time)}</td><td>{_e(d.reviewer)}'
+            f'</td><td>{_e(d.action)}</td><td>{_e(d.gate_path or "")}</td><td>{_e(d.reason)}'
             f'</td></tr>' for d in mine)
         parts.append("<h2>Review history</h2><table><tr><th>time</th><th>reviewer</th><th>action</th>"
                      f"<th>gate</th><th>reason</th></tr>{trs}</table><p>Struck-through decisions were made on "

@@ -35,6 +35,7 @@ TRIAL_ARMS: tuple[tuple[str, float, float, float], ...] = (
     ("1 MIU", 1.0, 3.9, 1.8),
     ("3 MIU", 3.0, 4.8, 1.9),
 )
+_KIND_KEYS = ("n_acquired", "instrument", "panel", "shape", "unstained", "pregated", "detectors")
 _FORMATS = (("3.1", "little"), ("3.0", "big"), ("3.1", "big"), ("3.0", "little"))
 
 
@@ -48,6 +49,8 @@ def _write_visit(folder: pathlib.Path, k: int, patient: str, visit: str, day: in
     version, byteorder = _FORMATS[k % len(_FORMATS)]
     name = f"{patient}_{visit}.fcs"
     truth = write_fcs(folder / name, SampleSpec(fcs_version=version, byteorder=byteorder, **spec))
+    # A trial is one BD lab's whole FOXP3-panel files: truth.csv keeps the columns it always had.
+    truth = {k: v for k, v in truth.items() if k not in _KIND_KEYS}
     return {"file": name, "patient_id": patient, "visit": visit, "day": int(day)}, truth
 
 

@@ -17,6 +17,14 @@ panel description leaves open:
 - how the lab writes ``$PnS`` (with clone names, both names of a marker,
   fluorochromes first or last).
 
+Three options say what kind of lab it is, and leave every draw above as it
+was: ``instrument`` (the cytometer family, :mod:`.instrument`), ``panel``
+(``"foxp3"``, the trial lab's; ``"surface"``, the HIPC standardised Treg
+panel: CD3, CD4, CD25, CD127, CCR4, CD45RO, HLA-DR and a viability dye) and
+``shape`` (``"cluster"``, today's log-normal clusters; ``"real"``, skewed,
+heavy-tailed clouds with CD25 a continuum, see :mod:`.sample`). The instrument's
+own conventions are drawn from a separate seed sequence (:meth:`World.instrument_seed`).
+
 Samples of a world add their own drift and, when asked, staining variation,
 as every sample does (:class:`~cytopipe.sim.sample.SampleSpec`).
 
@@ -34,7 +42,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LABEL_STYLES", "World"]
+from .instrument import FAMILIES
+
+__all__ = ["LABEL_STYLES", "PANELS", "SHAPES", "World"]
+
+#: Treg panels: ``foxp3`` (the trial lab's) and ``surface`` (HIPC, no FOXP3 and no CD8).
+PANELS: tuple[str, ...] = ("foxp3", "surface")
+#: Population shapes: Gaussian-ish ``cluster`` or ``real`` cells.
+SHAPES: tuple[str, ...] = ("cluster", "real")
 
 _FLUORESCENCE = ("FITC-A", "PE-A", "PE-Cy7-A", "APC-A", "APC-H7-A", "V450-A", "V500-A", "PerCP-Cy5-5-A")
 
@@ -52,6 +67,13 @@ _LABELS = {
     "V450-A": (("CD4",), ("CD4",), ("RPA-T4", "SK3", "OKT4"), ("V450", "BV421")),
     "V500-A": (("CD3",), ("CD3",), ("UCHT1", "SK7", "OKT3"), ("V500", "BV510")),
     "PerCP-Cy5-5-A": (("7-AAD", "Viability", "L/D", "Live/Dead"), ("viability", "7AAD"), ("",), ("7-AAD",)),
+}
+# The surface panel puts CD45RO, CCR4 and HLA-DR where the FOXP3 panel has CD45RA, FOXP3 and CD8.
+_SURFACE_LABELS = {
+    **_LABELS,
+    "FITC-A": (("CD45RO", "CD45R0"), ("CD45RO",), ("UCHL1",), ("FITC",)),
+    "APC-A": (("CCR4", "CD194"), ("CD194", "CCR4"), ("1G1", "L291H4", "205410"), ("AF647", "Alexa Fluor 647")),
+    "APC-H7-A": (("HLA-DR", "HLADR"), ("MHC-II", "HLA-DR"), ("L243", "G46-6"), ("APC-H7", "APC-Cy7")),
 }
 
 
@@ -98,13 +120,29 @@ class World:
     doublet_ratio: float
     label_style: int
     label_pick: int
+    instrument: str = "bd"
+    panel: str = "foxp3"
+    shape: str = "cluster"
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be one of {list(allowed)}, got {value!r}"
+                    for name, value, allowed in (("instrument", self.instrument, FAMILIES),
+                                                 ("panel", self.panel, PANELS), ("shape", self.shape, SHAPES))
+                    if value not in allowed]
+        if problems:
+            msg = "Invalid World: " + "; ".join(problems) + "."
+            raise ValueError(msg)
 
     def __hash__(self) -> int:
         return hash(self.seed)
 
     @classmethod
-    def draw(cls, seed: int) -> World:
-        """Draw a world: every number uniform within the ranges the panel description allows."""
+    def draw(cls, seed: int, *, instrument: str = "bd", panel: str = "foxp3", shape: str = "cluster") -> World:
+        """Draw a world: every number uniform within the ranges the panel description allows.
+
+        ``instrument``, ``panel`` and ``shape`` (see the module docstring) change no draw:
+        the same seed gives the same geometry on every kind of lab.
+        """
         rng = np.random.default_rng(np.random.SeedSequence([seed, 7_001]))
         gain = {ch: float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) for ch in _FLUORESCENCE}
         for ch in ("FSC-A", "SSC-A"):
@@ -118,11 +156,20 @@ class World:
                    foxp3_dim=float(rng.uniform(0.03, 0.15)), activated=float(rng.uniform(0.02, 0.20)),
                    shares={k: float(v) for k, v in shares.items()},
                    singlet_ratio=float(rng.uniform(1.0, 1.2)), doublet_ratio=float(rng.uniform(1.5, 2.0)),
-                   label_style=int(rng.integers(len(LABEL_STYLES))), label_pick=int(rng.integers(1 << 16)))
+                   label_style=int(rng.integers(len(LABEL_STYLES))), label_pick=int(rng.integers(1 << 16)),
+                   instrument=instrument, panel=panel, shape=shape)
 
-    def label(self, detector: str, k: int = 0) -> str:
-        """The ``$PnS`` this lab writes for ``detector`` (``k`` varies the pick between tubes)."""
-        names, others, clones, fluors = _LABELS[detector]
+    def instrument_seed(self) -> np.random.SeedSequence:
+        """Seed of this lab's instrument conventions and real-cell shapes, apart from :meth:`draw`'s."""
+        return np.random.SeedSequence([self.seed, 7_002])
+
+    def label(self, detector: str, k: int = 0, panel: str | None = None) -> str:
+        """The ``$PnS`` this lab writes for nominal ``detector`` (``k`` varies the pick between tubes).
+
+        ``panel`` (default: the world's) says which marker the detector carries.
+        """
+        labels = _SURFACE_LABELS if (panel or self.panel) == "surface" else _LABELS
+        names, others, clones, fluors = labels[detector]
         pick = self.label_pick + k
         style = LABEL_STYLES[self.label_style]
         if detector == "PerCP-Cy5-5-A":  # a viability dye is its own fluorochrome

@@ -10,6 +10,7 @@ uvicorn and FlowKit.
 
 from __future__ import annotations
 
+from .._lazy import lazy_names
 __all__ = [
     "COOKIE",
     "CSP",
@@ -20,11 +21,12 @@ __all__ = [
     "run_folder_lock",
     "sample_path",
     "BINS",
+    "OUTLIER_RULE",
     "axis_label",
     "axis_spec",
+    "batch_outliers",
     "density_png",
     "histogram",
-    "png_bytes",
     "ReportWriter",
     "OpenSample",
     "display_to_linear",
@@ -41,8 +43,9 @@ _LAZY = {
     "COOKIE": "app", "CSP": "app", "CSRF_HEADER": "app", "create_app": "app",
     "RUN_LOCK": "recompute", "recompute_sample": "recompute", "run_folder_lock": "recompute",
     "sample_path": "recompute",
-    "BINS": "render", "axis_label": "render", "axis_spec": "render", "density_png": "render",
-    "histogram": "render", "png_bytes": "render",
+    "BINS": "render", "OUTLIER_RULE": "render", "axis_label": "render", "axis_spec": "render",
+    "batch_outliers": "render", "density_png": "render",
+    "histogram": "render",
     "ReportWriter": "pages",
     "OpenSample": "sample", "display_to_linear": "sample",
     "DEFAULT_PORT": "server", "StationServer": "server", "check_host": "server", "serve": "server",
@@ -50,10 +53,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

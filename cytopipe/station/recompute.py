@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,15 +24,15 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import ReviewError
-from ..outputs import RUN_LOCK, run_folder_lock
+from ..outputs import RUN_LOCK, RunFolder, RunRecord, run_folder_lock
 
 __all__ = ["RUN_LOCK", "recompute_sample", "run_folder_lock", "sample_path"]
 
 _OUTLIER_FLAG = "treg_outlier"
 
-def sample_path(run: dict[str, Any], file: str) -> Path:
-    """The FCS file of a sheet row, as the run resolved it (relative to the sample sheet's folder)."""
-    return (Path(run["sample_sheet"]).parent / str(file)).resolve()
+def sample_path(run: RunRecord, file: str) -> Path:
+    """The FCS file of a sheet row, as the run resolved it (:meth:`RunRecord.sample_path`)."""
+    return run.sample_path(file)
 
 
 def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: bool = True) -> dict[str, Any]:
@@ -63,28 +62,28 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         A ``cytopipe run`` is writing the folder, or a table cannot be written.
     """
     from ..batch.driver import applied_gates
-    from ..batch.task import process_sample, versions_sha
+    from ..batch.task import process_sample, site_options, versions_sha
     from ..outputs import replace_sample_gates
     from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
-    from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, write_json, write_table
-    from ..review.decisions import read_decisions, review_fields
+    from ..review.decisions import review_fields
 
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    folder = RunFolder(run_dir)
+    run = folder.record
     # the run's thresholds, not this process's configuration: a re-run of that run would use them
-    thresholds = QCThresholds(**run["qc_thresholds"]) if run.get("qc_thresholds") else load_thresholds()
-    with run_folder_lock(run_dir, "cytopipe review station") if lock else nullcontext():
-        table = read_treg_table(run_dir)
+    thresholds = QCThresholds(**run.qc_thresholds) if run.qc_thresholds else load_thresholds()
+    with folder.lock("cytopipe review station") if lock else nullcontext():
+        table = folder.treg_by_visit()
         hits = [i for i, f in enumerate(table["file"].astype(str)) if f == str(file)]
         if len(hits) != 1:
-            msg = f"{file!r} is not a sample of {run_dir / 'treg_by_visit.parquet'} (or is there twice)."
+            msg = f"{file!r} is not a sample of {folder.path / 'treg_by_visit.parquet'} (or is there twice)."
             raise ReviewError(msg)
         pos = hits[0]
-        decisions = read_decisions(run_dir)
-        mine = [d for d in decisions if d.get("file") == str(file)]
-        res = process_sample(str(sample_path(run, file)), str(Path(strategy.directory).resolve()), allow_draft=True,
-                             cache_dir=str((run_dir / "cache").resolve()),
-                             qc_thresholds=dataclasses.asdict(thresholds), reviews=mine)
+        decisions = folder.decisions()
+        mine = [d for d in decisions if d.file == str(file)]
+        site = site_options({"lab_panels": run.lab_panels or {}}, table.iloc[pos])  # the run's lab panel and start
+        res = process_sample(str(run.sample_path(file)), str(Path(strategy.directory).resolve()), allow_draft=True,
+                             cache_dir=str((folder.path / "cache").resolve()),
+                             qc_thresholds=dataclasses.asdict(thresholds), reviews=mine, **site)
         old_sha = table.at[table.index[pos], "file_sha256"]
         if res.error or (not pd.isna(old_sha) and res.file_sha256 != old_sha):
             # the file is gone or changed since the run: nothing is written, the run's numbers stand
@@ -108,16 +107,13 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
             sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
             for key, value in review_fields(decisions, str(row["file"]), sha, str(row["strategy_sha256"])).items():
                 table.at[i, key] = value
-        pops = pd.read_parquet(run_dir / "populations.parquet")
-        pops = _replace_populations(pops, table.loc[idx], res)
-        write_table(table, run_dir / "treg_by_visit", TREG_COLUMNS)
-        write_table(pops, run_dir / "populations", POPULATION_COLUMNS, csv=False)
+        pops = _replace_populations(folder.populations(), table.loc[idx], res)
+        folder.write_treg_by_visit(table)
+        folder.write_populations(pops)
         if not res.error:  # the record names the gates that gave the new numbers, as a re-run's does
             text, info = applied_gates(res, strategy, mine)
-            replace_sample_gates(run_dir, pos, text, info, table, pops)
-        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        run.setdefault("recomputed", {})[str(file)] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        write_json(run, run_dir / "run.json")
+            replace_sample_gates(folder.path, pos, text, info, table, pops)
+        folder.mark_recomputed(str(file), _dt.datetime.now(_dt.timezone.utc))
     return table.loc[idx].to_dict()
 
 

@@ -4,27 +4,30 @@ The browser draws axes, gates and handles as SVG in the gate's own units
 (logicle units for a transformed dimension, linear units for scatter); the
 server sends the axis ranges, the ticks (positions in those units, labels in
 compensated linear units) and each population's density as a PNG made here
-with numpy and zlib: no plotting library sits on the path of a drag.
+with numpy and zlib (:func:`cytopipe.review.png.png_bytes`, the report's
+encoder): no plotting library sits on the path of a drag.
 Every plot of one gate, in every sample, has the same axes, so a batch
 compares at a glance.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BINS", "axis_spec", "axis_label", "density_png", "histogram", "png_bytes"]
+from ..review.outliers import OUTLIER_Z, robust_outliers
+from ..review.png import png_bytes, viridis
+
+__all__ = ["BINS", "OUTLIER_RULE", "axis_spec", "axis_label", "batch_outliers", "density_png", "histogram"]
 
 #: Bins per axis of a density image (the image is scaled to the plot in the browser).
 BINS = 160
 _SCATTER_RANGE = (0.0, 262144.0)
 _LOGICLE_RANGE = (-0.25, 1.0)
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+#: What the batch view's red frame means, as the page says it.
+OUTLIER_RULE = f"% of parent more than {OUTLIER_Z:g} robust SDs from the batch median"
 
 
 def axis_label(detector: str, markers: dict[str, str]) -> str:
@@ -96,14 +99,6 @@ def histogram(values: np.ndarray, ranges: list[list[float]], bins: int = BINS) -
     return np.histogram2d(clipped[0], clipped[1], bins=bins, range=(tuple(ranges[0]), tuple(ranges[1])))[0]
 
 
-@lru_cache(maxsize=1)
-def _viridis() -> np.ndarray:
-    # matplotlib's perceptually uniform map, read once (not on a drag's path)
-    from matplotlib import colormaps
-
-    return (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-
-
 def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -> bytes:
     """A 2-D histogram (x bins x y bins) as a PNG, y up, empty bins transparent.
 
@@ -118,7 +113,7 @@ def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -
         level[filled] = np.log1p(img[filled]) / np.log1p(img.max())
     rgba = np.zeros(img.shape + (4,), dtype=np.uint8)
     if tint is None:
-        rgba[..., :3] = _viridis()[np.clip((level * 255).astype(int), 0, 255)]
+        rgba[..., :3] = viridis()[np.clip((level * 255).astype(int), 0, 255), :3]
         rgba[..., 3] = np.where(filled, 255, 0)
     else:
         rgba[..., :3] = np.array(tint, dtype=np.uint8)
@@ -126,19 +121,33 @@ def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -
     return png_bytes(rgba)
 
 
-def png_bytes(rgba: np.ndarray) -> bytes:
-    """Encode an ``(h, w, 4)`` uint8 array as a PNG (no dependency beyond zlib).
+def batch_outliers(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each sample of the batch view whose % of parent is an outlier (``"outlier": True``), in place.
+
+    The report's rule (:func:`cytopipe.review.outliers.robust_outliers`) on
+    ``100 * count / parent_count``; a sample without a count (not gated) or
+    with an empty parent has no % and is never an outlier. The browser draws
+    a red frame where it is told to: the rule lives here only.
+
+    Parameters
+    ----------
+    samples
+        The batch view's samples, each with ``count`` and ``parent_count`` (None when not gated).
+
+    Returns
+    -------
+    list of dict
+        ``samples``, each with ``outlier`` set.
 
     Examples
     --------
-    >>> png_bytes(np.zeros((2, 3, 4), dtype=np.uint8))[:8]
-    b'\\x89PNG\\r\\n\\x1a\\n'
+    >>> marked = batch_outliers([{"count": c, "parent_count": 100} for c in (10, 11, 9, 10, 40)]
+    ...                         + [{"count": None, "parent_count": None}])
+    >>> [s["outlier"] for s in marked]
+    [False, False, False, False, True, False]
     """
-    h, w, _ = rgba.shape
-    raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rgba.reshape(h, w * 4)], axis=1).tobytes()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    pct = [100 * s["count"] / s["parent_count"] if s["count"] is not None and s["parent_count"] else np.nan
+           for s in samples]
+    for s, out in zip(samples, robust_outliers(pct)):
+        s["outlier"] = bool(out)
+    return samples

@@ -47,7 +47,14 @@ def display_to_linear(transform, value: float) -> float:
     return float(np.asarray(transform.inverse(np.array([[float(value)]]))).ravel()[0])
 
 
-def _path(text: str) -> tuple[str, ...]:
+def parse_gate_path(text: str) -> tuple[str, ...]:
+    """A gate path as the browser sends it (``root/.../Treg``, ``/`` separated) as a tuple from ``root``.
+
+    Examples
+    --------
+    >>> parse_gate_path("Lymphocytes/Treg")
+    ('root', 'Lymphocytes', 'Treg')
+    """
     parts = tuple(p for p in str(text).strip("/").split("/") if p)
     return parts if parts and parts[0] == "root" else ("root", *parts)
 
@@ -155,7 +162,7 @@ class OpenSample:
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(idx, size=_MAX_PLOT_EVENTS, replace=False))
         ranges = [a["range"] for a in self.axes(path)]
-        values = gate_values(self.sample, gs, gate, idx) if idx.size else np.empty((0, len(ranges)))
+        values = gate_values(self.sample, gs, gate, rows=idx) if idx.size else np.empty((0, len(ranges)))
         hist = histogram(values, ranges, BINS)
         if len(ranges) == 1:
             return "hist", [int(v) for v in hist]
@@ -171,7 +178,8 @@ class OpenSample:
             if idx.size > 20_000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, size=20_000, replace=False))
             ranges = [a["range"] for a in self.axes(p)]
-            values = gate_values(self.sample, self.gs, self.gate(p), idx) if idx.size else np.empty((0, len(ranges)))
+            values = (gate_values(self.sample, self.gs, self.gate(p), rows=idx) if idx.size
+                      else np.empty((0, len(ranges))))
             out["/".join(p)] = histogram(values, ranges, BINS // 2)
         return out
 
@@ -204,7 +212,7 @@ class OpenSample:
         """
         from ..review.decisions import build_gate_spec
 
-        path = _path(path_text)
+        path = parse_gate_path(path_text)
         if path not in self.paths:
             msg = f"{path_text!r} is not a gate of {self.strategy.ref}; gates: {['/'.join(p) for p in self.paths]}"
             raise ReviewError(msg)
@@ -271,7 +279,7 @@ class OpenSample:
 
         adjustments = {**self.adjustments, **specs}
         gs = adjusted_gating_strategy(self.strategy, self.sample_id, adjustments)
-        moved = [_path(p) for p in specs]
+        moved = [parse_gate_path(p) for p in specs]
 
         def below(p):  # the moved gate itself or a gate under it
             return any(p[: len(m)] == m for m in moved)
@@ -287,7 +295,7 @@ class OpenSample:
                     if self.gs.is_custom_gate(self.sample_id, p[-1], p[:-1]):
                         gs.add_gate(copy.deepcopy(self.gate(p)), p[:-1], sample_id=self.sample_id)
             known = {p: r for p, r in self.rows.items() if not below(p)}
-            rows = cascade_rows(self.sample, gs, self.paths, known)
+            rows = cascade_rows(self.sample, gs, self.paths, known=known)
             if rows is None:  # a gate type the cascade leaves to FlowKit: FlowKit counts, as in a re-run
                 counts = gate_sample(self.sample, self.strategy, gating_strategy=gs)
                 total = int(self.sample.event_count)

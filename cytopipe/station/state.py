@@ -5,15 +5,14 @@ Everything is read again from the run folder when asked (``treg_by_visit``,
 or a re-run shows up in the station; each sample carries a *version* (a hash
 of its row, its decisions and the run's record) that a decision must quote,
 so a decision made on a view that has changed since it loaded is refused.
-Decisions go through :func:`cytopipe.review.decisions.record_decision`, the
-function the command line uses.
+The folder's files are read through :class:`cytopipe.outputs.RunFolder`, and
+decisions go through :func:`cytopipe.review.decide`, the function the command
+line uses.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -23,8 +22,10 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import CytopipeError, ReviewError
+from ..outputs.runfolder import Decision, RunFolder, RunRecord
+from ..review.decisions import StaleError, sample_version
 from .pages import ReportWriter
-from .recompute import recompute_sample, run_folder_lock, sample_path
+from .recompute import recompute_sample
 from .render import density_png
 from .sample import OpenSample
 
@@ -32,10 +33,6 @@ __all__ = ["StaleError", "Station", "review_group"]
 
 _KEPT_OPEN = 3  # samples whose events stay in memory (a 1M-event sample: ~50 MB of float32)
 _TINTS = [(228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40)]
-
-
-class StaleError(ReviewError):
-    """The sample changed since the reviewer's view of it loaded."""
 
 
 def review_group(row: dict[str, Any]) -> int:
@@ -82,6 +79,7 @@ class Station:
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         for name in ("treg_by_visit.parquet", "run.json"):
             if not (self.run_dir / name).is_file():
                 msg = (f"{self.run_dir} holds no {name}: give the output folder of 'cytopipe run' "
@@ -99,33 +97,28 @@ class Station:
 
     # -- the run's files ----------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunRecord:
         """``run.json`` as it is now."""
-        return json.loads((self.run_dir / "run.json").read_text(encoding="utf-8"))
+        return self.folder.record
 
     @property
     def strategy(self):
         """The run's strategy (loaded again when a re-run used another)."""
-        from ..strategy.registry import load_strategy, strategy_dir
+        from ..strategy.registry import load_strategy
 
         run = self.run()
-        folder = run.get("strategy_dir") or str(strategy_dir(f"{run['strategy']}@{run['strategy_version']}",
-                                                             existing=False))
-        key = (folder, run["strategy_sha256"])
+        folder = str(run.strategy_folder())
+        key = (folder, run.strategy_sha256)
         if key != self._strategy_key:
             self._strategy_obj, self._strategy_key = load_strategy(Path(folder), allow_draft=True), key
         return self._strategy_obj
 
     def table(self) -> pd.DataFrame:
         """``treg_by_visit`` as it is now."""
-        from ..outputs.tables import read_treg_table
+        return self.folder.treg_by_visit().reset_index(drop=True)
 
-        return read_treg_table(self.run_dir).reset_index(drop=True)
-
-    def _decisions(self) -> list[dict[str, Any]]:
-        from ..review.decisions import read_decisions
-
-        return read_decisions(self.run_dir)
+    def _decisions(self) -> list[Decision]:
+        return self.folder.decisions()
 
     def _row(self, table: pd.DataFrame, i: int) -> pd.Series:
         if not 0 <= i < len(table):
@@ -133,15 +126,9 @@ class Station:
             raise ReviewError(msg)
         return table.iloc[i]
 
-    def version(self, row: pd.Series, decisions: list[dict[str, Any]], run: dict[str, Any]) -> str:
-        """A short hash of everything a decision on this sample rests on."""
-        file = str(row["file"])
-        mine = [d for d in decisions if d.get("file") == file]
-        payload = [file, _text(row["file_sha256"]), _text(row["strategy_sha256"]), _int(row["cd4_count"]),
-                   _int(row["treg_count"]), _text(row["qc_flags"]), _text(row["review_status"]),
-                   _text(row["reviewer"]), json.dumps(mine[-1], sort_keys=True) if mine else "", len(mine),
-                   run.get("finished"), (run.get("recomputed") or {}).get(file)]
-        return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
+    def version(self, row: pd.Series, decisions: list[Decision], run: RunRecord) -> str:
+        """A short hash of everything a decision on this sample rests on (:func:`cytopipe.review.sample_version`)."""
+        return sample_version(row, decisions, run)
 
     def queue_row(self, i: int, row: pd.Series, decisions, run) -> dict[str, Any]:
         """What the queue shows of one sample, with its version."""
@@ -167,8 +154,8 @@ class Station:
         rows.sort(key=lambda r: (r["group"], r["i"]))
         strategy = self.strategy
         return {"rows": rows, "left": sum(r["group"] < 3 for r in rows), "total": len(rows),
-                "run": {"dir": str(self.run_dir), "finished": run.get("finished"), "strategy": strategy.ref,
-                        "sample_sheet": run.get("sample_sheet")},
+                "run": {"dir": str(self.run_dir), "finished": run.finished, "strategy": strategy.ref,
+                        "sample_sheet": run.sample_sheet},
                 "gates": ["/".join(p) for p in strategy.gate_paths()],
                 "numerator": "/".join(strategy.numerator), "denominator": "/".join(strategy.denominator),
                 "report": self.report.status()}
@@ -197,7 +184,7 @@ class Station:
                 if hit is not None and hit[0] == key:
                     return hit[1]
             with self._load_slots:
-                opened = OpenSample(str(sample_path(self.run(), file)), self.strategy, adjustments)
+                opened = OpenSample(str(self.run().sample_path(file)), self.strategy, adjustments)
             if keep:
                 with self._open_lock:
                     self._open[file] = (key, opened)
@@ -218,7 +205,7 @@ class Station:
         try:
             opened = self._load(row, decisions, keep=True)
         except (CytopipeError, OSError) as e:
-            out["load_error"] = f"Cannot re-read {sample_path(run, str(row['file']))} to draw its gates: {e}"
+            out["load_error"] = f"Cannot re-read {run.sample_path(str(row['file']))} to draw its gates: {e}"
             return out
         counts = {c["path"]: c for c in opened.counts()}
         for p in opened.paths:
@@ -234,11 +221,11 @@ class Station:
         sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
         out = []
         for d in decisions:
-            if d.get("file") != str(row["file"]):
+            if d.file != str(row["file"]):
                 continue
             valid = review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))["review_status"] != "pending"
-            out.append({"time": d.get("time"), "reviewer": d.get("reviewer"), "action": d.get("action"),
-                        "gate_path": d.get("gate_path", ""), "reason": d.get("reason"), "valid": valid})
+            out.append({"time": d.time, "reviewer": d.reviewer, "action": d.action,
+                        "gate_path": d.gate_path or "", "reason": d.reason, "valid": valid})
         return out
 
     def _opened(self, i: int, version: str) -> tuple[pd.Series, OpenSample | None, list, dict]:
@@ -256,14 +243,14 @@ class Station:
         """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         opened = self._load(row, decisions, keep=True)
         return opened.population(_path(path), cand)
 
     def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         if not gates:
             msg = "Nothing to recount: move a gate first."
@@ -291,89 +278,65 @@ class Station:
 
     # -- decisions ----------------------------------------------------------------------------------
 
-    def _unapplied(self, row: pd.Series, decisions, run) -> bool:
-        """True when a valid adjustment of the sample is newer than the last gating of it."""
-        import datetime as _dt
-
-        from ..review.decisions import gate_adjustments
-
-        sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
-        if not gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"])):
-            return False
-        times = [run.get("finished"), (run.get("recomputed") or {}).get(str(row["file"]))]
-        gated = max(_dt.datetime.fromisoformat(t) for t in times if t)
-        adjusts = [d for d in decisions if d.get("file") == str(row["file"]) and d.get("action") == "adjust"
-                   and d.get("file_sha256") == sha and d.get("strategy_sha256") == str(row["strategy_sha256"])]
-        return bool(adjusts) and _dt.datetime.fromisoformat(adjusts[-1]["time"]) >= gated
-
     def decide(self, i: int, version: str, action: str, *, reviewer: str, reason: str = "",
                gates: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Record a decision on sample ``i`` as ``cytopipe review`` does, then update the tables and report.
+        """Record a decision on sample ``i`` with :func:`cytopipe.review.decide`, as ``cytopipe review`` does.
 
-        ``adjust`` (and ``approve`` with moved ``gates``) first records one
+        ``adjust`` (and ``approve`` with moved ``gates``) records one
         adjustment per moved gate, then gates the sample again
         (:func:`~cytopipe.station.recompute.recompute_sample`) so
-        ``treg_by_visit`` carries the adjusted numbers at once.
+        ``treg_by_visit`` carries the adjusted numbers at once; an approval
+        of adjusted gates not yet applied gates the sample again first too.
+        The sample's report page is re-rendered in the background.
+
+        Parameters
+        ----------
+        gates
+            Moved gates: path to geometry as drawn (gate units, see
+            :meth:`OpenSample.candidate_spec`).
 
         Raises
         ------
         StaleError
             ``version`` is not the sample's current version.
         ReviewError
-            As :func:`~cytopipe.review.decisions.record_decision` (no reviewer, no reason, ...).
+            As :func:`cytopipe.review.decide` (no reviewer, no reason, ...).
+        OutputError
+            A run or a command-line decision holds the folder.
         """
-        from ..review.decisions import record_decision, update_review_columns
-        from .sample import _path
+        from ..review.decisions import decide
+        from .sample import parse_gate_path as _path
 
-        if action not in ("approve", "reject", "adjust"):
-            msg = f"Unknown decision {action!r}; expected approve, reject or adjust."
-            raise ReviewError(msg)
-        if not (reviewer or "").strip():
-            msg = "Enter your name first: every decision records who made it."
-            raise ReviewError(msg)
         gates = dict(gates or {}) if action != "reject" else {}
-        if action == "adjust" and not gates:
-            msg = "Nothing to save: drag a gate's edge, corner or vertex first."
-            raise ReviewError(msg)
-        if gates and not (reason or "").strip():
-            msg = "Saving a moved gate needs the reason (why the gate was moved)."
-            raise ReviewError(msg)
-        # the run folder's lock around the whole decision: its log lines and the tables it rewrites land
-        # together, never while a `cytopipe run` or a command-line decision changes the folder
-        with self.decide_lock, run_folder_lock(self.run_dir, "cytopipe review station"):
-            row, opened, decisions, run = self._opened(i, version)
-            file = str(row["file"])
-            records = []
-            linear = {}
-            if gates:
-                if opened is None:
-                    msg = f"{file} could not be gated ({row['error']}): it has no gates to adjust."
-                    raise ReviewError(msg)
-                for path, geometry in gates.items():  # all checked before anything is recorded
-                    linear["/".join(_path(path))] = opened.candidate_spec(path, geometry)[1]
-            for path, lin in linear.items():
-                geo = ({"bounds": {k: tuple(v) for k, v in lin["bounds"].items()}} if "bounds" in lin
-                       else {"vertices": [tuple(v) for v in lin["vertices"]]})
-                records.append(record_decision(self.run_dir, file, action="adjust", reviewer=reviewer, reason=reason,
-                                               gate_path=path, **geo))
-            recomputed = False
-            if linear or (action == "approve" and self._unapplied(row, decisions, run)):
-                recompute_sample(self.run_dir, file, self.strategy, lock=False)  # the adjusted numbers now
-                recomputed = True
-            if action in ("approve", "reject"):
-                records.append(record_decision(self.run_dir, file, action=action, reviewer=reviewer, reason=reason))
-            update_review_columns(self.run_dir)
+        with self.decide_lock:  # one decision at a time in this process; the folder's lock in decide()
+            linear: dict[str, dict[str, Any]] = {}
+            if gates and action in ("approve", "adjust") and (reviewer or "").strip() and (reason or "").strip():
+                # the drawn geometry to linear units, on the view the reviewer saw (decide() checks it still is)
+                row, opened, _, _ = self._opened(i, version)
+                if opened is not None:
+                    for path, geometry in gates.items():
+                        lin = opened.candidate_spec(path, geometry)[1]
+                        linear["/".join(_path(path))] = (
+                            {"bounds": {k: tuple(v) for k, v in lin["bounds"].items()}} if "bounds" in lin
+                            else {"vertices": [tuple(v) for v in lin["vertices"]]})
+                else:
+                    linear = {path: {} for path in gates}  # decide() refuses: the sample has no gates
+            file = str(self._row(self.table(), i)["file"])
+            strategy = self.strategy
+            decided = decide(self.run_dir, file, action, reviewer=reviewer, reason=reason, gates=linear,
+                             version=version, holder="cytopipe review station",
+                             recompute=lambda f: recompute_sample(self.run_dir, f, strategy, lock=False))
             self.report.request(file)
             table, decisions, run = self.table(), self._decisions(), self.run()
-            return {"records": records, "recomputed": recomputed,
+            return {"records": [d.to_dict() for d in decided.records], "recomputed": decided.recomputed,
                     "sample": self.queue_row(i, self._row(table, i), decisions, run)}
 
     # -- one gate across the batch --------------------------------------------------------------------
 
     def batch(self, gate: str) -> dict[str, Any]:
-        """Every sample's count of one gate (from ``populations``), and the gate's axes."""
-        from .render import axis_spec
-        from .sample import _path
+        """Every sample's count of one gate (from ``populations``), whether it is an outlier, and the gate's axes."""
+        from .render import OUTLIER_RULE, axis_spec, batch_outliers
+        from .sample import parse_gate_path as _path
 
         strategy = self.strategy
         path = _path(gate)
@@ -395,12 +358,12 @@ class Station:
             c = counts.get(q["file"])
             q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
             samples.append(q)
-        return {"gate": "/".join(path), "axes": axes, "samples": samples,
-                "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
+        return {"gate": "/".join(path), "axes": axes, "samples": batch_outliers(samples),
+                "outlier_rule": OUTLIER_RULE, "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}
 
     def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
         """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
-        from .sample import _path
+        from .sample import parse_gate_path as _path
 
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)

@@ -15,7 +15,7 @@ from .registry import (
     parse_ref,
     DEFAULT_STRATEGY,
 )
-from .panel import Panel, normalise_label, resolve_panel
+from .panel import Panel, normalise_label, read_panel_file, resolve_panel
 from .release import ValidationReport, changelog_entry, new_version, release_version, validate_strategy
 from .describe import DimensionInfo, GateInfo, describe_gates, format_gate, write_gate_tree_image
 from .diff import Change, diff_strategies, gatingml_of
@@ -34,6 +34,7 @@ __all__ = [
     "Panel",
     "normalise_label",
     "resolve_panel",
+    "read_panel_file",
     "ValidationReport",
     "changelog_entry",
     "new_version",

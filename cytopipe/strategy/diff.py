@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import _MANIFEST, load_gatingml, strategy_dir
+from .registry import MANIFEST_FILE, load_gatingml, strategy_dir
 from .describe import GateInfo, describe_gates
 
 __all__ = ["Change", "diff_strategies", "gatingml_of"]
@@ -56,8 +56,8 @@ def gatingml_of(ref: str | os.PathLike) -> Path:
         return p
     if not p.is_dir() and "@" in text:
         p = strategy_dir(text, existing=False)
-    if (p / _MANIFEST).is_file():
-        return p / json.loads((p / _MANIFEST).read_text(encoding="utf-8"))["gatingml"]
+    if (p / MANIFEST_FILE).is_file():
+        return p / json.loads((p / MANIFEST_FILE).read_text(encoding="utf-8"))["gatingml"]
     msg = f"{text!r} is neither a GatingML file, a strategy folder nor a known name@version."
     raise StrategyError(msg)
 

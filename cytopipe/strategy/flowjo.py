@@ -30,8 +30,8 @@ from urllib.parse import quote
 from lxml import etree
 
 from ..exceptions import InterchangeError, StrategyError
-from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, load_strategy, parse_ref, strategy_dir
-from .release import _add_changelog_stub
+from .registry import MANIFEST_FILE, check_xml_is_safe, sha256_of, load_gatingml, load_strategy, parse_ref, strategy_dir
+from .release import add_changelog_stub
 
 __all__ = ["ImportResult", "export_wsp", "import_wsp"]
 
@@ -143,7 +143,7 @@ def import_wsp(
     if dst.exists():
         msg = f"{dst} already exists; pick another version."
         raise InterchangeError(msg)
-    _check_xml_is_safe(wsp)
+    check_xml_is_safe(wsp)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -194,10 +194,10 @@ def import_wsp(
         raise InterchangeError(msg) from e
     man = _manifest(name, version, base, wsp_dict["samples"][first]["keywords"], gs, gate_map,
                     numerator, denominator, dst)
-    man["gatingml_sha256"] = _sha256(gml)
+    man["gatingml_sha256"] = sha256_of(gml)
     man["imported_from"] = {"workspace": wsp.name, "group": group, "samples": samples}
-    (dst / _MANIFEST).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
-    _add_changelog_stub(dst / "CHANGELOG.md", version,
+    (dst / MANIFEST_FILE).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
+    add_changelog_stub(dst / "CHANGELOG.md", version,
                         f"Imported from FlowJo workspace {wsp.name}, group {group!r}.", author=author)
     paths = [tuple(p) + (g,) for g, p in gs.get_gate_ids()]
     return ImportResult(dst, paths, notes)
@@ -265,7 +265,7 @@ def _rebuild(src_gs, sample_id, sample_data, problems, notes):
 
 
 def _manifest(name, version, base, keywords, gs, gate_map, numerator, denominator, dst):
-    previous = sorted((p for p in (base / name).glob(f"*/{_MANIFEST}") if p.parent != dst),
+    previous = sorted((p for p in (base / name).glob(f"*/{MANIFEST_FILE}") if p.parent != dst),
                       key=lambda p: [int(x) if x.isdigit() else 0 for x in p.parent.name.split(".")])
     prev = json.loads(previous[-1].read_text(encoding="utf-8")) if previous else None
     paths = {tuple(p) + (g,) for g, p in gs.get_gate_ids()}
@@ -412,7 +412,7 @@ def gate_counts_from_wsp(
     """
     import flowkit as fk
 
-    _check_xml_is_safe(Path(workspace))
+    check_xml_is_safe(Path(workspace))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fcs_file is not None:

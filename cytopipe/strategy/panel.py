@@ -1,4 +1,17 @@
-"""Panel resolution: find each marker's detector by ``$PnN`` and check its ``$PnS``.
+"""Panel resolution: find each marker's detector in a file, whatever the instrument calls it.
+
+A strategy names markers. Each has a *canonical* detector (the ``$PnN`` its
+GatingML uses, e.g. ``PE-Cy7-A`` for CD25), but another instrument calls the
+detector ``PC7-A``, ``YL4-A``, ``B2-A`` or, unmixed, ``BV421-A``. So a
+marker's detector is found, in this order:
+
+1. a lab panel file (``marker,detector``; any alias of the marker), which
+   wins over ``$PnS`` (a ``$PnS`` naming another marker is then a QC flag);
+2. the channel whose ``$PnS`` names the marker, whatever its ``$PnN``: the
+   canonical detector when it is among them, else the area (``-A``) over
+   the height (``-H``) parameter, unless the file's spillover compensates
+   only the heights;
+3. the canonical detector by ``$PnN``, when no ``$PnS`` names the marker.
 
 Detectors are found by name, never by position. ``$PnS`` is free text typed
 by hand at acquisition: besides the marker it may carry a fluorochrome, a
@@ -15,12 +28,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+import csv
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..exceptions import PanelError
 from .registry import Marker, Strategy
 
-__all__ = ["Panel", "normalise_label", "resolve_panel"]
+__all__ = ["Panel", "normalise_label", "read_panel_file", "resolve_panel"]
 
 # QC flag of a detector whose $PnS names no marker: "unlabelled:<$PnN>"
 _UNLABELLED = "unlabelled"
@@ -36,15 +52,26 @@ class Panel:
     Attributes
     ----------
     detectors
-        Marker name to detector ``$PnN``, for every marker of the panel.
+        Marker name to the file's detector ``$PnN``, for every marker found.
     qc_flags
         ``unlabelled:<$PnN>`` for each detector whose ``$PnS`` names no
         marker (empty, absent, or e.g. ``"Comp-PE-A"``): gated by its
-        ``$PnN``, for a reviewer to confirm.
+        ``$PnN``, for a reviewer to confirm; ``panel_disagrees:<$PnN>`` for
+        a detector the lab's panel file assigns a marker its ``$PnS`` does
+        not name.
+    how
+        Marker name to how its detector was found: ``"panel file"``,
+        ``"$PnS"`` or ``"$PnN"``.
     """
 
     detectors: dict[str, str]
     qc_flags: tuple[str, ...] = ()
+    how: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def renames(self, strategy: Strategy) -> dict[str, str]:
+        """File ``$PnN`` to the strategy's canonical detector, for every marker found elsewhere."""
+        canonical = {m.marker: m.detector for m in strategy.markers}
+        return {d: canonical[m] for m, d in self.detectors.items() if canonical.get(m) not in (None, d)}
 
 
 def normalise_label(text: str) -> str:
@@ -106,24 +133,131 @@ def _spellings(marker: Marker) -> set[str]:
     return {normalise_label(a) for a in (marker.marker, *marker.aliases)} - {""}
 
 
+_PANEL_DISAGREES = "panel_disagrees"
+
+
+def read_panel_file(path: str | Path) -> dict[str, str]:
+    """Read a lab's panel file: a CSV with columns ``marker,detector``.
+
+    Parameters
+    ----------
+    path
+        The CSV file. ``marker`` may be any alias of a strategy's marker
+        (``IL-7Ra`` for CD127); ``detector`` is the file's ``$PnN``.
+
+    Returns
+    -------
+    dict
+        Marker as written to detector, in file order.
+
+    Raises
+    ------
+    PanelError
+        The file is missing, lacks either column, has an empty cell, or
+        names a marker twice; the message names the file and the line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        msg = f"panel file {path}: cannot be read ({e.strerror or e}); give a CSV with columns marker,detector."
+        raise PanelError(msg) from e
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip().lower() for c in reader.fieldnames or []]
+    if "marker" not in columns or "detector" not in columns:
+        msg = f"panel file {path}: needs the columns marker,detector; it has {reader.fieldnames!r}."
+        raise PanelError(msg)
+    out: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        marker, detector = row.get("marker", ""), row.get("detector", "")
+        if not marker and not detector:
+            continue
+        if not marker or not detector:
+            msg = f"panel file {path}: line {line}: both marker and detector are needed, got {marker!r}, {detector!r}."
+            raise PanelError(msg)
+        key = normalise_label(marker)
+        if key in seen:
+            msg = f"panel file {path}: line {line}: marker {marker!r} is already on line {seen[key]}."
+            raise PanelError(msg)
+        seen[key] = line
+        out[marker] = detector
+    if not out:
+        msg = f"panel file {path}: no marker,detector rows."
+        raise PanelError(msg)
+    return out
+
+
+def _kind(name: str) -> int:
+    """Area before height before anything else: ``-A`` 0, ``-H`` 1, other 2."""
+    upper = name.upper()
+    return 0 if upper.endswith("-A") else 1 if upper.endswith("-H") else 2
+
+
+def _pick(marker: Marker, candidates: list[str], compensated: Collection[str]) -> str | None:
+    """The one detector of ``candidates`` (all naming ``marker``), or None when two are equally good."""
+    if marker.detector in candidates:
+        return marker.detector
+    if compensated:  # a spillover that compensates only heights: the heights are the compensated detectors
+        comp = [c for c in candidates if c in compensated]
+        candidates = comp or candidates
+    best = min(_kind(c) for c in candidates)
+    top = [c for c in candidates if _kind(c) == best]
+    if len(top) == 1:
+        return top[0]
+    # BL1-A and BL1-H are one detector; two detectors of one kind are not
+    stems = {c[:-2] if _kind(c) < 2 else c for c in top}
+    return top[0] if len(stems) == 1 else None
+
+
+def _others_that_fit(strategy: Strategy, found: Collection[str]) -> list[str]:
+    """Shipped strategies (newest version of each) whose markers the file has."""
+    from .registry import list_strategies, load_strategy  # noqa: PLC0415 - only on the error path
+
+    names = []
+    for row in list_strategies():
+        if row.get("name") == strategy.name:
+            continue
+        names.append((row["name"], row["version"]))
+    newest: dict[str, str] = {}
+    for name, version in names:
+        if name not in newest or tuple(map(int, version.split("."))) > tuple(map(int, newest[name].split("."))):
+            newest[name] = version
+    fits = []
+    for name, version in sorted(newest.items()):
+        try:
+            other = load_strategy(f"{name}@{version}", allow_draft=True)
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+        if {m.marker for m in other.markers} <= set(found):
+            fits.append(other.ref + (" (a draft: --allow-draft)" if other.is_draft else ""))
+    return fits
+
+
 def resolve_panel(
     pnn: Sequence[str],
     pns: Sequence[str],
     strategy: Strategy,
     *,
     source: str = "",
+    lab_panel: Mapping[str, str] | None = None,
+    needed: Collection[str] | None = None,
+    compensated: Collection[str] = (),
 ) -> Panel:
-    """Check a file's channels against a strategy's panel.
+    """Find the file's detector of every marker of a strategy's panel.
 
     A ``$PnS`` names a marker when one of its tokens (letters and digits
     apart, split at every other character; a fluorochrome glued to a word,
     as in "CD45RAFITC", cut off), or a run of adjacent tokens joined, spells
     the marker's name or one of its manifest aliases. Any other CD marker is
     named by a token ``cd`` followed by a number ("CD45RO" names CD45;
-    "CD45" does not name CD4). A ``$PnS`` that names the expected marker
-    passes, whatever else it carries (clone, fluorochrome, the other name);
-    one that names only other markers is a mislabelled tube; one that names
-    none is gated by its ``$PnN`` and flagged.
+    "CD45" does not name CD4). Each marker's detector is then, in order: the
+    lab panel's; the one channel whose ``$PnS`` names it (the canonical
+    detector first, then ``-A`` before ``-H``); the canonical detector by
+    ``$PnN`` when no ``$PnS`` names the marker, flagged ``unlabelled`` when
+    its ``$PnS`` names nothing, refused as a mislabelled tube when it names
+    another marker.
 
     Parameters
     ----------
@@ -134,19 +268,29 @@ def resolve_panel(
         The strategy whose manifest declares markers, detectors and aliases.
     source
         The file, named in error messages.
+    lab_panel
+        A lab's panel (:func:`read_panel_file`): marker (any alias) to
+        ``$PnN``. It wins over ``$PnS``.
+    needed
+        The markers the file must have (all of the strategy's when None; a
+        pre-gated file needs only those of the gates it still goes through).
+    compensated
+        The ``$PnN`` its spillover names: where the spillover compensates
+        only heights, a marker on both ``-A`` and ``-H`` is read on ``-H``.
 
     Returns
     -------
     Panel
-        Each marker's detector, and an ``unlabelled:<$PnN>`` QC flag for each
-        detector whose ``$PnS`` names no marker at all (gated by ``$PnN``).
+        Each marker's detector, how it was found, and QC flags.
 
     Raises
     ------
     PanelError
-        A required detector is missing (the message lists the detectors the
-        file has), or a detector's ``$PnS`` names another marker of the panel
-        or another CD marker, and not the expected one.
+        A needed marker has no detector (the message lists the file's
+        channels and names a shipped strategy that fits them, if one does),
+        the lab panel names a detector the file lacks, two detectors name
+        one marker, or a detector's ``$PnS`` names another marker where the
+        expected one was looked for.
 
     Examples
     --------
@@ -160,16 +304,15 @@ def resolve_panel(
     >>> labels[names.index("APC-A")] = "Comp-APC-A"
     >>> resolve_panel(names, labels, s).qc_flags
     ('unlabelled:APC-A',)
+    >>> names[names.index("PE-Cy7-A")] = "YL4-A"   # another instrument's name for the detector
+    >>> resolve_panel(names, labels, s).detectors["CD25"]
+    'YL4-A'
     """
     where = f"{source}: " if source else ""
+    pns = [(p or "").strip() for p in pns]
     by_name = dict(zip(pnn, pns))
-    missing = [d for d in strategy.required_detectors if d not in by_name]
-    if missing:
-        msg = (
-            f"{where}missing detector(s) {missing} required by {strategy.ref}; "
-            f"the file has {list(pnn)}."
-        )
-        raise PanelError(msg)
+    need = {m.marker for m in strategy.markers} | set(strategy.scatter) if needed is None else set(needed)
+    missing_scatter = [d for d in strategy.scatter if d in need and d not in by_name]
     # longest first, so "PE-Cy7" is cut off before "PE"
     fluors = sorted({tuple(_tokens(f)) for m in strategy.markers for f in m.fluorochromes} - {()},
                     key=lambda f: (-len(f), f))
@@ -177,25 +320,85 @@ def resolve_panel(
     longest = max((len(s) for names in spellings.values() for s in names), default=0)
     # a generic CD name that is also a panel marker's spelling is that marker, reported once
     panel_names = set().union(*spellings.values())
-    detectors: dict[str, str] = {}
-    flags: list[str] = []
-    for marker in strategy.markers:
-        label = (by_name[marker.detector] or "").strip()
+    named_by: dict[str, list[str]] = {}  # $PnN -> panel markers its $PnS names
+    generic: dict[str, list[str]] = {}  # $PnN -> other CD markers it names
+    for name, label in zip(pnn, pns):
         tokens = _tokens(label, fluors)
         runs = _runs(tokens, longest)
+        named_by[name] = [m.marker for m in strategy.markers if runs & spellings[m.marker]]
+        generic[name] = [c for c in _cd_markers(tokens) if normalise_label(c) not in panel_names]
+    lab = {}
+    for written, detector in (lab_panel or {}).items():  # a marker written as in $PnS: "IL7Ra-PE" is CD127
+        runs = _runs(_tokens(written, fluors), longest)
         named = [m.marker for m in strategy.markers if runs & spellings[m.marker]]
-        if marker.marker not in named:
-            other = named + [c for c in _cd_markers(tokens) if normalise_label(c) not in panel_names]
+        if len(named) == 1:
+            lab[named[0]] = detector
+    detectors: dict[str, str] = {}
+    how: dict[str, str] = {}
+    flags: list[str] = []
+    missing: list[str] = []
+    mislabelled: list[str] = []
+    for marker in strategy.markers:
+        m = marker.marker
+        if m in lab:
+            d = lab[m]
+            if d not in by_name:
+                if m not in need:
+                    continue
+                msg = (f"{where}the panel file puts {m} on detector {d!r}, which the file does not have; "
+                       f"its detectors are {list(pnn)}.")
+                raise PanelError(msg)
+            if by_name[d] and m not in named_by[d] and (named_by[d] or generic[d]):
+                flags.append(f"{_PANEL_DISAGREES}:{d}")
+            detectors[m], how[m] = d, "panel file"
+            continue
+        candidates = [n for n in pnn if m in named_by[n]]
+        if candidates:
+            d = _pick(marker, candidates, compensated)
+            if d is None:
+                if m not in need:
+                    continue
+                msg = (f"{where}{m} is named by the $PnS of several detectors {candidates}; say which one "
+                       f"carries it with a panel file (--panel PANEL.csv, columns marker,detector).")
+                raise PanelError(msg)
+            detectors[m], how[m] = d, "$PnS"
+            continue
+        if marker.detector in by_name:
+            label = by_name[marker.detector]
+            other = named_by[marker.detector] + generic[marker.detector]
             if not other:  # names no marker: the detector is known by its $PnN
                 flags.append(f"{_UNLABELLED}:{marker.detector}")
-                detectors[marker.marker] = marker.detector
+                detectors[m], how[m] = marker.detector, "$PnN"
+                continue
+            if m not in need:
                 continue
             hint = f" (that is the {other[0]} marker: a mislabelled tube?)"
             accepted = list(marker.aliases)
-            msg = (
-                f"{where}detector {marker.detector} should carry {marker.marker} but the file "
+            mislabelled.append(
+                f"{where}detector {marker.detector} should carry {m} but the file "
                 f"says {label!r}{hint}; accepted $PnS spellings: {accepted}."
             )
-            raise PanelError(msg)
-        detectors[marker.marker] = marker.detector
-    return Panel(detectors=detectors, qc_flags=tuple(flags))
+            missing.append(m)
+            continue
+        if m in need:
+            missing.append(m)
+    if missing or missing_scatter:
+        channels = ", ".join(f"{n} ({s!r})" if s else n for n, s in zip(pnn, pns))
+        what = []
+        if missing:
+            what.append(f"no detector for marker(s) {missing}: no $PnS names them and the file has no "
+                        f"{[m.detector for m in strategy.markers if m.marker in missing]}")
+        if missing_scatter:
+            heights = [d[:-2] + "-H" for d in missing_scatter if d.endswith("-A") and d[:-2] + "-H" in by_name]
+            why = (f" (the file has only heights {heights}: the Singlets gate needs FSC-A / FSC-H; gate such files "
+                   f"from a pre-gated export with --starts-at)" if heights else "")
+            what.append(f"missing scatter detector(s) {missing_scatter}{why}")
+        fits = _others_that_fit(strategy, set(detectors)) if missing else []
+        if mislabelled:
+            raise PanelError(mislabelled[0] + (f" {', '.join(fits)} needs only markers this file has." if fits else ""))
+        hint = (f" {', '.join(fits)} needs only markers this file has." if fits else "")
+        msg = (f"{where}{'; '.join(what)} (required by {strategy.ref}); the file's channels: {channels}. "
+               f"Name each marker's detector in a panel file (--panel PANEL.csv, columns marker,detector)."
+               f"{hint}")
+        raise PanelError(msg)
+    return Panel(detectors=detectors, qc_flags=tuple(flags), how=how)

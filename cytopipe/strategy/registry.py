@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_STRATEGY = "treg_adaptive@1.3.0"
-_MANIFEST = "manifest.json"
+#: The file naming a strategy version's GatingML, markers and endpoint, in each version's folder.
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,16 @@ def strategies_root() -> Path:
     return Path(__file__).resolve().parent.parent / "gating_strategies"
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a (small) file: a GatingML file's, as its manifest records it."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check_xml_is_safe(path: Path) -> None:
-    """Refuse XML with a DOCTYPE: entities could read local files or the network."""
+def check_xml_is_safe(path: Path) -> None:
+    """Refuse XML with a DOCTYPE: entities could read local files or the network.
+
+    Raises :class:`~cytopipe.exceptions.StrategyError` for such a file or one that is not well-formed.
+    """
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     try:
         tree = etree.parse(str(path), parser)
@@ -213,7 +218,7 @@ def _parsed_gatingml(path: str, sha256: str) -> bytes:
 def _parse_gatingml(path: Path):
     import flowkit as fk
 
-    _check_xml_is_safe(path)
+    check_xml_is_safe(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -292,20 +297,20 @@ def strategy_dir(
     """
     text = os.fspath(ref)
     candidate = Path(text)
-    if candidate.is_dir() and (candidate / _MANIFEST).is_file():
+    if candidate.is_dir() and (candidate / MANIFEST_FILE).is_file():
         return candidate
     if "@" not in text or candidate.exists():
         if not existing:
             return candidate
         msg = (
-            f"Strategy {text!r} is neither 'name@version' nor a folder with a {_MANIFEST}. "
+            f"Strategy {text!r} is neither 'name@version' nor a folder with a {MANIFEST_FILE}. "
             f"Use e.g. {DEFAULT_STRATEGY!r}; 'cytopipe strategy list' shows what exists."
         )
         raise StrategyError(msg)
     name, version = parse_ref(text)
     base = Path(root) if root is not None else strategies_root()
     directory = base / name / version
-    if existing and not (directory / _MANIFEST).is_file():
+    if existing and not (directory / MANIFEST_FILE).is_file():
         available = [s["ref"] for s in list_strategies(base)]
         msg = f"Strategy {text!r} not found in {base}. Available strategies: {available}"
         raise StrategyError(msg)
@@ -313,7 +318,7 @@ def strategy_dir(
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / _MANIFEST
+    path = directory / MANIFEST_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -353,7 +358,7 @@ def load_strategy(ref: str | os.PathLike = DEFAULT_STRATEGY, *, allow_draft: boo
     """
     directory = strategy_dir(ref)
     man = _read_manifest(directory)
-    where = directory / _MANIFEST
+    where = directory / MANIFEST_FILE
     for key in ("name", "version", "status", "gatingml", "gatingml_sha256", "markers", "endpoint"):
         if key not in man:
             msg = f"{where}: the manifest lacks the required key {key!r}."
@@ -362,7 +367,7 @@ def load_strategy(ref: str | os.PathLike = DEFAULT_STRATEGY, *, allow_draft: boo
     if not gml.is_file():
         msg = f"{where}: names GatingML file {man['gatingml']!r}, which does not exist in {directory}."
         raise StrategyError(msg)
-    digest = _sha256(gml)
+    digest = sha256_of(gml)
     status = man["status"]
     if status == "released" and digest != man["gatingml_sha256"]:
         msg = (
@@ -420,7 +425,7 @@ def list_strategies(root: str | os.PathLike | None = None) -> list[dict[str, str
     """
     base = Path(root) if root is not None else strategies_root()
     out = []
-    for manifest in sorted(base.glob(f"*/*/{_MANIFEST}")):
+    for manifest in sorted(base.glob(f"*/*/{MANIFEST_FILE}")):
         try:
             man = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

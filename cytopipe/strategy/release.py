@@ -24,7 +24,7 @@ from typing import Any
 from lxml import etree
 
 from ..exceptions import StrategyError
-from .registry import _MANIFEST, _check_xml_is_safe, _sha256, load_gatingml, parse_ref, strategy_dir
+from .registry import MANIFEST_FILE, check_xml_is_safe, sha256_of, load_gatingml, parse_ref, strategy_dir
 from .describe import describe_gates
 
 __all__ = [
@@ -106,7 +106,7 @@ def _changelog_problems(directory: Path, version: str) -> list[str]:
 def _xml_problems(gml: Path) -> list[str]:
     """Well-formedness, DOCTYPE and every XSD error, each with its line."""
     try:
-        _check_xml_is_safe(gml)
+        check_xml_is_safe(gml)
     except StrategyError as e:
         return [str(e)]
     from flowkit._resources import gml_schema
@@ -151,14 +151,14 @@ def validate_strategy(path: str | os.PathLike, *,
     man: dict[str, Any] | None = None
     if p.is_dir():
         try:
-            man = json.loads((p / _MANIFEST).read_text(encoding="utf-8"))
+            man = json.loads((p / MANIFEST_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            report.errors.append(f"{p / _MANIFEST}: cannot read the manifest: {e}")
+            report.errors.append(f"{p / MANIFEST_FILE}: cannot read the manifest: {e}")
             return report
         missing = [k for k in ("name", "version", "status", "gatingml", "gatingml_sha256", "markers", "endpoint")
                    if k not in man]
         if missing:
-            report.errors.append(f"{p / _MANIFEST}: missing required keys {missing}.")
+            report.errors.append(f"{p / MANIFEST_FILE}: missing required keys {missing}.")
             return report
         gml = p / man["gatingml"]
     else:
@@ -171,10 +171,10 @@ def validate_strategy(path: str | os.PathLike, *,
         return report
     gs = load_gatingml(gml)
     gates = describe_gates(gs)
-    report.notes.append(f"{gml.name}: valid GatingML 2.0, {len(gates)} gates, sha256 {_sha256(gml)}")
+    report.notes.append(f"{gml.name}: valid GatingML 2.0, {len(gates)} gates, sha256 {sha256_of(gml)}")
     if man is None:
         return report
-    where = p / _MANIFEST
+    where = p / MANIFEST_FILE
     covered = set(man.get("scatter", ())) | {m["detector"] for m in man["markers"]}
     used = {d.detector for g in gates for d in g.dimensions}
     for det in sorted(used - covered):
@@ -186,7 +186,7 @@ def validate_strategy(path: str | os.PathLike, *,
         if gp not in paths:
             report.errors.append(f"{where}: endpoint {label} {'/'.join(gp)!r} is not a gate path of {gml.name}; "
                                  f"gate paths: {sorted('/'.join(x) for x in paths)}")
-    digest = _sha256(gml)
+    digest = sha256_of(gml)
     if digest != man["gatingml_sha256"]:
         if man["status"] == "released":
             report.errors.append(f"{gml}: sha256 {digest} differs from the released {man['gatingml_sha256']}: "
@@ -235,15 +235,16 @@ def new_version(name: str, from_version: str, *, version: str | None = None,
         msg = f"{dst} already exists; pick another version (--version)."
         raise StrategyError(msg)
     shutil.copytree(src, dst)
-    man = json.loads((dst / _MANIFEST).read_text(encoding="utf-8"))
+    man = json.loads((dst / MANIFEST_FILE).read_text(encoding="utf-8"))
     man.update(version=version, status="draft", released="", derived_from=f"{name}@{from_version}")
-    (dst / _MANIFEST).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
-    _add_changelog_stub(dst / "CHANGELOG.md", version, f"Derived from {name}@{from_version}.")
+    (dst / MANIFEST_FILE).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
+    add_changelog_stub(dst / "CHANGELOG.md", version, f"Derived from {name}@{from_version}.")
     return dst
 
 
-def _add_changelog_stub(path: Path, version: str, note: str, *, author: str = "TODO",
+def add_changelog_stub(path: Path, version: str, note: str, *, author: str = "TODO",
                         reason: str = "TODO") -> None:
+    """Put a new version's CHANGELOG entry, to be filled in, above the previous ones (creating the file)."""
     old = path.read_text(encoding="utf-8") if path.is_file() else f"# {path.parent.parent.name} strategy changelog\n"
     head, _, rest = old.partition("\n## ")
     stub = (f"\n## {version} — YYYY-MM-DD\n- Author: {author}\n- Reason: {reason}\n- Changes: {note}\n")
@@ -274,7 +275,7 @@ def release_version(ref: str, *, today: str | None = None, root: str | os.PathLi
     """
     _, version = parse_ref(ref)
     directory = strategy_dir(ref, root=root)
-    man = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
+    man = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     if man.get("status") == "released":
         msg = f"{ref} is already released and never changes; make a new version with 'strategy new-version'."
         raise StrategyError(msg)
@@ -285,7 +286,7 @@ def release_version(ref: str, *, today: str | None = None, root: str | os.PathLi
         raise StrategyError(msg)
     entry = changelog_entry(directory / "CHANGELOG.md", version) or {}
     man.update(status="released", released=today or entry.get("date") or _dt.date.today().isoformat(),
-               gatingml_sha256=_sha256(directory / man["gatingml"]))
-    out = directory / _MANIFEST
+               gatingml_sha256=sha256_of(directory / man["gatingml"]))
+    out = directory / MANIFEST_FILE
     out.write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
     return out

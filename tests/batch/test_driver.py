@@ -206,7 +206,7 @@ def test_rows_and_run_json_carry_the_workers_versions_and_an_upgrade_recomputes(
 def test_the_workers_store_the_reports_plots_and_the_run_times_its_phases(tmp_path, dask_client):
     import time
 
-    from cytopipe.review.events import load_plots
+    from cytopipe.review.plotstore import load_plots
 
     for i in range(3):
         write_fcs(tmp_path / f"f{i}.fcs", SampleSpec(n_events=8_000, seed=60 + i))

@@ -177,7 +177,7 @@ def test_transformed_polygon_raster_equals_flowkit(tmp_path, strategy, monkeypat
     dims = [fk.Dimension("PE-Cy7-A", compensation_ref="FCS", transformation_ref="logicle"),
             fk.Dimension("APC-A", compensation_ref="FCS", transformation_ref=foxp3_xform)]
     at = gating.gate_values(sample, gs, fk.gates.PolygonGate("probe", dims, [[0, 0], [1, 0], [1, 1]]),
-                            np.arange(sample.event_count))
+                            rows=np.arange(sample.event_count))
     rng = np.random.default_rng(5)
     centre = np.median(at, axis=0)
     picks = at[rng.choice(len(at), 40, replace=False)]

@@ -165,7 +165,7 @@ def test_cli_run_with_treg_auto_writes_every_sample_gate(tmp_path):
 
 def test_report_draws_the_fitted_gate(hard_files, auto):
     """The review report's Treg plot shows the per-sample gate, with the run's count."""
-    from cytopipe.review.events import gate_views
+    from cytopipe.review.plotdata import gate_views
 
     path, _ = hard_files[1]
     sample = read_fcs(path)

@@ -140,9 +140,9 @@ def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_sk
         if "cofactors" in rec:  # 1.3.0 records its cofactors
             c = rec["cofactors"][rec["dimensions"].index("PE-A")]
         else:  # 1.2.0's: the negative spread measured on the CD4 cells' CD127
-            c = _negative_spread(gate_values(sample, placed.gating_strategy, probe, cd4)[:, 0])
+            c = _negative_spread(gate_values(sample, placed.gating_strategy, probe, rows=cd4)[:, 0])
         tregs = cd4[labels[cd4] == "treg"]
-        cd127 = gate_values(sample, placed.gating_strategy, probe, tregs)[:, 0]
+        cd127 = gate_values(sample, placed.gating_strategy, probe, rows=tregs)[:, 0]
         found[ref] = (c, float(skew(np.arcsinh(cd127 / c))))
     (c_old, skew_old), (c_new, skew_new) = found["treg_adaptive@1.2.0"], found[strategy.ref]
     # at these two worlds: c 94 -> 316 and 120 -> 238; skew -1.11 -> -0.21 and -0.86 -> -0.46

@@ -302,6 +302,8 @@ def test_one_gate_across_the_batch(station, run_copy):
     for s in b["samples"]:
         assert s["count"] == table.loc[s["file"], "treg_count"]
         assert s["parent_count"] == table.loc[s["file"], "cd4_count"]
+        assert s["outlier"] in (True, False)  # the server's rule; the page only draws it
+    assert "robust SDs" in b["outlier_rule"]
     t = client.get(f"/api/thumb/{b['samples'][1]['i']}", params={"gate": TREG, "tint": 2}).json()
     assert t["count"] == table.loc[b["samples"][1]["file"], "treg_count"]
     assert t["image"].startswith("data:image/png;base64,") and t["geometry"]["type"] == "rect"

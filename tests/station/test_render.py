@@ -1,4 +1,4 @@
-"""The station's drawing in numbers: PNG encoding, density orientation, axis ticks."""
+"""The station's drawing in numbers: density orientation, axis ticks (PNG encoding: tests/review/test_png.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import io
 
 import numpy as np
 
-from cytopipe.station.render import axis_spec, density_png, png_bytes
-
-
-def test_png_bytes_decode_to_the_same_pixels():
-    from PIL import Image
-
-    rgba = np.random.default_rng(0).integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
-    img = np.asarray(Image.open(io.BytesIO(png_bytes(rgba))).convert("RGBA"))
-    assert img.shape == (7, 5, 4) and (img == rgba).all()
+from cytopipe.station.render import axis_spec, density_png
 
 
 def test_density_has_y_up_and_empty_bins_transparent():
@@ -45,3 +37,18 @@ def test_logicle_axis_ticks_sit_where_flowkit_puts_the_values():
     scatter = axis_spec("FSC-A", None, {"APC-A": "FOXP3"})
     assert scatter["label"] == "FSC-A" and scatter["range"] == [0.0, 262144.0]
     assert [t["label"] for t in scatter["ticks"]] == ["0", "50k", "100k", "150k", "200k", "250k"]
+
+
+def test_the_batch_view_is_told_which_samples_are_outliers():
+    """A made-up batch: % of parent 10, 11, 9, 10.5, 9.5 and one at 30; one not gated, one with no parent events."""
+    from cytopipe.station.render import OUTLIER_RULE, batch_outliers
+
+    counts = [(100, 1000), (110, 1000), (90, 1000), (105, 1000), (95, 1000), (300, 1000), (None, None), (0, 0)]
+    samples = [{"i": k, "count": c, "parent_count": p} for k, (c, p) in enumerate(counts)]
+    marked = batch_outliers(samples)
+    assert [s["outlier"] for s in marked] == [False, False, False, False, False, True, False, False]
+    assert all(type(s["outlier"]) is bool for s in marked)  # JSON true/false
+    assert [s["i"] for s in marked] == list(range(len(counts)))  # order and other keys kept
+    assert OUTLIER_RULE == "% of parent more than 3.5 robust SDs from the batch median"
+    # fewer than 4 samples with a %: no median to judge by, nothing framed
+    assert not any(s["outlier"] for s in batch_outliers(samples[4:]))

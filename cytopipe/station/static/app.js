@@ -503,16 +503,6 @@
     if (v === 'batch') { loadBatch(); }
   }
 
-  function robustOutliers(values) {
-    var ok = values.filter(function (v) { return v !== null; }).sort(function (a, b) { return a - b; });
-    if (ok.length < 4) { return values.map(function () { return false; }); }
-    var med = function (a) { var m = a.length >> 1; return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2; };
-    var m = med(ok), mad = 1.4826 * med(ok.map(function (v) { return Math.abs(v - m); }).sort(function (a, b) {
-      return a - b;
-    }));
-    return values.map(function (v) { return v !== null && mad > 0 && Math.abs(v - m) / mad > 3.5; });
-  }
-
   function loadBatch() {
     var gate = $('batch-gate').value || S.numerator, token = ++S.batchToken;
     var patient = $('batch-patient').value;
@@ -525,16 +515,14 @@
         b.patients.forEach(function (p) { psel.appendChild(el('option', { value: p, text: p })); });
       }
       $('batch-axes').textContent = 'Every plot has the same axes: ' + b.axes.map(function (a) { return a.label; })
-        .join(' × ') + '. Red frame: % of parent more than 3.5 robust SDs from the batch median. Click a plot to open it.';
+        .join(' × ') + '. Red frame: ' + b.outlier_rule + '. Click a plot to open it.';
       var grid = clear($('batch-grid'));
-      var pcts = b.samples.map(function (s) { return s.count === null ? null : pctOf(s.count, s.parent_count); });
-      var out = robustOutliers(pcts);
       var plots = [];
       b.samples.forEach(function (s, k) {
         var g = { path: b.gate, name: s.patient + ' ' + s.visit, axes: b.axes, geometry: null };
         var p = makePlot(g, { index: k, small: true, prefix: 'b', label: s.patient + ' ' + s.visit });
         p.card.classList.add('thumb');
-        if (out[k]) { p.card.classList.add('outlier'); }
+        if (s.outlier) { p.card.classList.add('outlier'); }
         if (s.count !== null) { p.setCount(s.count, s.parent_count); } else { p.card.appendChild(el('p', { text: 'not gated' })); }
         p.card.setAttribute('data-i', s.i);
         p.card.addEventListener('click', function () { showView('sample'); openSample(s.i); });

@@ -1,14 +1,13 @@
-"""Per-gate events for the report, and the compact plot data a worker stores for it.
+"""The report's plot data: per gate, what its plot draws, computed from a gated sample's events.
 
 The run's tables keep counts, not events. So while a file's events are in
 memory, the worker that gated it computes what the report's plots need
 (:func:`gate_plots`): per gate, a histogram of the parent population on the
 plot's fixed axes (the events a plot draws: a fixed-seed subsample of at most
 ``max_events``), the events themselves when there are few, the gate's
-geometry and counts; :func:`save_plots` stores them, with the rendered PNGs,
-under ``DIR/cache/plots/`` keyed by :func:`plot_key` (the file's and the
-strategy's sha256 and the sample's gate adjustments, as the result cache is).
-The report renders from those and reads no FCS file.
+geometry and counts (:class:`GatePlot`). :mod:`cytopipe.review.plotstore`
+stores them with the rendered PNGs; the report renders from those and reads
+no FCS file.
 
 When a sample has no stored plots (a result cached before plots were stored,
 or a reviewer adjusted a gate since the run), :func:`gate_views` reads the
@@ -20,20 +19,14 @@ applied to, compensated and transformed as the gate's dimensions say.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GatePlot", "GateView", "PlotDim", "SamplePlots", "gate_plots", "gate_views", "load_plots", "plot_key",
-           "plot_dims", "plot_of", "replace_file", "save_plots", "store_sample_plots"]
+__all__ = ["GatePlot", "GateView", "PlotDim", "SamplePlots", "gate_plots", "gate_views", "plot_dims", "plot_of"]
 
 #: Bins of a gate plot's axes. Every sample's plot of a gate has the same axes: linear scatter on
 #: the detector's full range, logicle fluorescence on a fixed range, so samples compare at a glance.
@@ -44,17 +37,6 @@ LOGICLE_RANGE = (-0.25, 1.0)
 TICKS = (-1000.0, 0.0, 1e3, 1e4, 1e5)
 #: A plotted parent population this small is kept event by event (and drawn as dots).
 POINTS_MAX = 2_000
-#: Version of what :func:`save_plots` writes; a report ignores plots of another version.
-PLOTS_FORMAT = 1
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 @dataclass
@@ -150,7 +132,7 @@ class GatePlot:
 
 @dataclass
 class SamplePlots:
-    """A sample's stored plot data (:func:`save_plots`).
+    """A sample's stored plot data (:func:`~cytopipe.review.plotstore.save_plots`).
 
     Attributes
     ----------
@@ -171,24 +153,6 @@ class SamplePlots:
     time_qc: dict[str, Any] | None = None
     thresholds: dict[str, Any] = field(default_factory=dict)
     max_events: int = 20_000
-
-
-def plot_key(file_sha: str, strategy_sha: str, adjustments: dict[str, dict[str, Any]]) -> str:
-    """The name (without ``.npz``) of a sample's stored plots under ``DIR/cache/plots/``.
-
-    The plots depend on the file, the strategy and the sample's gate
-    adjustments, as a stored result does; the worker's software versions
-    are checked when the plots are read (:func:`load_plots`).
-
-    Examples
-    --------
-    >>> len(plot_key("a" * 64, "b" * 64, {}))
-    64
-    """
-    from .decisions import adjustments_digest
-
-    text = f"{file_sha}:{strategy_sha}:{adjustments_digest(adjustments)}:plots{PLOTS_FORMAT}"
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, max_events: int = 20_000,
@@ -262,7 +226,7 @@ def _views(sample, gs, strategy, rows, max_events: int, seed: int, inside: bool 
     for gate_path, gate, idx, parent_count, member_rows in _draws(sample, gs, strategy, rows, max_events, seed):
         views.append(GateView(
             path=gate_path, gate=gate, custom=gs.is_custom_gate(sample.id, gate_path[-1], gate_path[:-1]),
-            values=gate_values(sample, gs, gate, idx),
+            values=gate_values(sample, gs, gate, rows=idx),
             inside=np.isin(idx, member_rows, assume_unique=True) if inside else np.zeros(0, dtype=bool),
             count=int(member_rows.size), parent_count=parent_count, transforms=_transforms(gs, gate),
         ))
@@ -310,13 +274,13 @@ def gate_plots(sample, gs, strategy, rows, *, max_events: int = 20_000, seed: in
                     warnings.simplefilter("ignore")
                     # the plotted rows gathered once, whole: a big file's columns one by one cost a cache miss
                     # an event each
-                    ctx = Context(sample, gs, np.take(raw, idx, axis=0), comps)
+                    ctx = Context(sample, gs, np.take(raw, idx, axis=0), comps=comps)
                     hist = _binned(ctx, gate.dimensions[:len(dims)], transforms[:len(dims)], dims)
             except Unsupported:  # a dimension or transform binned from its exact values, below
                 hist = None
         if hist is None:
             # the plots draw the parent's events and the gate, not which events it keeps: no inside
-            plots.append(plot_of(GateView(gate_path, gate, custom, gate_values(sample, gs, gate, idx),
+            plots.append(plot_of(GateView(gate_path, gate, custom, gate_values(sample, gs, gate, rows=idx),
                                           np.zeros(0, dtype=bool), int(member_rows.size), parent_count,
                                           transforms)))
             continue
@@ -388,7 +352,7 @@ def _binned(ctx, gate_dims, transforms, dims: list[PlotDim]) -> np.ndarray:
     against each inner bin edge taken back to linear units, widened by
     :data:`_BAND`; only the events within those bands (about one in 10,000)
     get their exact values and bins. The same counts, bin for bin
-    (``tests/review/test_events.py`` compares them with a re-read's).
+    (``tests/review/test_plotdata.py`` compares them with a re-read's).
     """
     bins, near = [], []
     for g, x, d, v in zip(gate_dims, transforms, dims, ctx.values_many(list(gate_dims), None)):
@@ -434,111 +398,3 @@ def plot_of(view: GateView) -> GatePlot:
         hist=hist.astype(np.uint32),
         points=values.astype(np.float32) if values.shape[0] <= POINTS_MAX else None,
     )
-
-
-def save_plots(path: str | os.PathLike, data: SamplePlots) -> Path:
-    """Store a sample's plot data in one compressed ``.npz`` (no pickles).
-
-    Arrays hold the histograms, events, vertices and PNGs; a JSON string
-    the rest (paths, counts, axes, Time QC, format and cytopipe version).
-    The PNGs are stored as they are (deflated already), the rest deflated
-    at level 1: a quarter of :func:`numpy.savez_compressed`'s time (~1 ms
-    a sample), files ~4 % larger; :func:`numpy.load` reads either.
-    """
-    import zipfile
-
-    from .._version import __version__
-
-    arrays: dict[str, np.ndarray] = {}
-    gates = []
-    for k, p in enumerate(data.plots):
-        arrays[f"hist{k}"] = p.hist
-        if p.vertices is not None:
-            arrays[f"vertices{k}"] = p.vertices
-        if p.points is not None:
-            arrays[f"points{k}"] = p.points
-        gates.append({"path": list(p.path), "custom": p.custom, "count": p.count, "parent_count": p.parent_count,
-                      "dims": [{"id": d.id, "min": d.min, "max": d.max, "ticks": d.ticks} for d in p.dims]})
-    for k, png in enumerate(data.pngs):
-        arrays[f"png{k}"] = np.frombuffer(png, dtype=np.uint8)
-    meta = {"format": PLOTS_FORMAT, "cytopipe_version": __version__, "gates": gates, "n_pngs": len(data.pngs),
-            "time_qc": data.time_qc, "thresholds": data.thresholds, "max_events": data.max_events}
-    arrays["meta"] = np.array(json.dumps(meta))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, array in arrays.items():
-            npy = io.BytesIO()
-            np.lib.format.write_array(npy, np.asanyarray(array), allow_pickle=False)
-            if name.startswith("png"):
-                zf.writestr(f"{name}.npy", npy.getvalue(), compress_type=zipfile.ZIP_STORED)
-            else:
-                zf.writestr(f"{name}.npy", npy.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-    return replace_file(path, buf.getvalue())
-
-
-def replace_file(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary sibling, then rename it over ``path``; never a partial file there.
-
-    Not synced to disk (unlike :func:`~cytopipe.outputs.tables.atomic_write`, ~4 ms a file here): for
-    what can be made again. After a power cut such a file may be empty or gone; :func:`load_plots`
-    then returns None, and the report reads the FCS file instead.
-    """
-    import tempfile
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; as the run's other outputs
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def load_plots(path: str | os.PathLike, *, pngs_only: bool = False) -> SamplePlots | None:
-    """A sample's stored plot data; None when absent, unreadable, or from another version of cytopipe.
-
-    ``pngs_only``: when every gate's PNG is stored, leave its histogram empty
-    and its events and vertices out (a third of the time): what a report
-    page shows.
-    """
-    from .._version import __version__
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") != PLOTS_FORMAT or meta.get("cytopipe_version") != __version__:
-                return None
-            arrays = not (pngs_only and meta["n_pngs"] == len(meta["gates"]))
-            plots = []
-            for k, g in enumerate(meta["gates"]):
-                plots.append(GatePlot(
-                    path=tuple(g["path"]), custom=g["custom"], count=g["count"], parent_count=g["parent_count"],
-                    dims=[PlotDim(d["id"], d["min"], d["max"], None if d["ticks"] is None else tuple(d["ticks"]))
-                          for d in g["dims"]],
-                    vertices=z[f"vertices{k}"] if arrays and f"vertices{k}" in z else None,
-                    hist=z[f"hist{k}"] if arrays else np.zeros(0, dtype=np.uint32),
-                    points=z[f"points{k}"] if arrays and f"points{k}" in z else None))
-            pngs = [z[f"png{k}"].tobytes() for k in range(meta["n_pngs"])]
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return None
-    return SamplePlots(plots, pngs, meta["time_qc"], meta["thresholds"], meta["max_events"])
-
-
-def store_sample_plots(path: str | os.PathLike, plots: list[GatePlot], *, time_qc: dict[str, Any] | None,
-                       thresholds: dict[str, Any], max_events: int = 20_000, render: bool = True) -> Path:
-    """Render (:func:`~cytopipe.review.plots.gate_png`) and store (:func:`save_plots`) a sample's plots.
-
-    Called by the worker that gated the sample, with :func:`gate_plots`
-    computed while the gates' events were in memory.
-    """
-    pngs: Sequence[bytes] = []
-    if render:
-        from .plots import gate_png
-
-        pngs = [gate_png(p) for p in plots]
-    return save_plots(path, SamplePlots(list(plots), list(pngs), time_qc, dict(thresholds), max_events))

@@ -1,4 +1,5 @@
-"""The report's plot data: computed by the worker from the events in memory, the same as a re-read gives."""
+"""The report's plot data: computed by the worker from the events in memory, the same as a re-read gives;
+stored and read back (review.plotstore)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ import numpy as np
 import pytest
 
 from cytopipe.batch.task import PLOTS_DIR, process_sample
-from cytopipe.review.events import (
-    PLOT_BINS,
-    POINTS_MAX,
-    gate_views,
-    load_plots,
-    plot_key,
-    save_plots,
-)
+from cytopipe.review.plotdata import PLOT_BINS, POINTS_MAX, gate_views
+from cytopipe.review.plotstore import load_plots, plot_key, save_plots
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.strategy.registry import load_strategy
 
@@ -132,11 +127,11 @@ def _near_every_edge(edges_linear, rng, n_random, spread):
 
 @pytest.mark.parametrize("transform", ["logicle", "asinh", "hyperlog"])
 def test_bins_decided_in_linear_units_are_numpys_bins_of_the_exact_values(transform):
-    """The worker's fast binning (review.events._binned) equals np.histogram2d of the exact transformed values,
+    """The worker's fast binning (review.plotdata._binned) equals np.histogram2d of the exact transformed values,
     clipped to the axes, bin for bin, also for values on and within rounding of every edge."""
     import flowkit as fk
 
-    from cytopipe.review.events import LOGICLE_RANGE, SCATTER_RANGE, PlotDim, _binned
+    from cytopipe.review.plotdata import LOGICLE_RANGE, SCATTER_RANGE, PlotDim, _binned
 
     xform = {"logicle": fk.transforms.LogicleTransform(262144, 0.5, 4.5, 0),
              "asinh": fk.transforms.AsinhTransform(262144, 4.0, 0.5),

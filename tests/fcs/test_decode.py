@@ -5,7 +5,7 @@ Files are written byte by byte by this module: integers of 8 to 64 bits
 writers, ``$PnR`` masks that cut high bits, float32, float64 and ASCII. The
 expected values come from ``int.from_bytes`` / ``struct`` per value, never
 from the code under test. FlowIO keeps reading what it reads; the rest goes
-through cytopipe's own decoder (``cytopipe.fcs.layout._read_data``).
+through cytopipe's own decoder (``cytopipe.fcs.decode.decode_data``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 from cytopipe.exceptions import CytopipeError, FCSReadError
 from cytopipe.fcs import read_fcs, read_fcs_lean, read_for_gating, scan_header, scan_headers
-from cytopipe.fcs.layout import _flowio_cannot_read
+from cytopipe.fcs.decode import flowio_cannot_read
 
 CORPUS = Path(__file__).parents[2].parent / "shared" / "fcs_corpus"
 MANIFEST = CORPUS / "MANIFEST.tsv"
@@ -103,7 +103,7 @@ def _raw(path: Path) -> np.ndarray:
 
 def _reader(path: Path) -> str:
     text = scan_header(path)
-    return "flowio" if _flowio_cannot_read(text, int(text["$PAR"])) is None else "own"
+    return "flowio" if flowio_cannot_read(text, int(text["$PAR"])) is None else "own"
 
 
 def _assert_refused(path: Path, *parts: str) -> str:
