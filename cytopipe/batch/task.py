@@ -460,7 +460,7 @@ def process_sample(
         sample = conform_sample(sample, panel, strategy, gating_strategy=gs)
         if pregated:
             out.panel_flags += pregated_flags(sample, strategy, pregated)  # kept with the result, as panel flags
-            gs = pregated_gating_strategy(gs, strategy, pregated, sample, adjustments)
+            gs = pregated_gating_strategy(gs, strategy, pregated, sample=sample, adjustments=adjustments)
         # data-driven gates placed on this sample (a reviewer's adjustment wins); the placement gates
         # its own subsample of events, then one pass gates every event with the placed gates in
         # place: cheaper than handing upstream rows around (docs/performance.md)

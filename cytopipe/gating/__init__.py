@@ -22,7 +22,9 @@ from .placement import (
     sample_gatingml,
 )
 from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
-from .pregated import PREGATED_STATUS, pregated_paths
+from .pregated import (PREGATED_STATUS, mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
+                       pregated_paths)
+from .stain import STAIN_REASON, TREG_HIGH, stain_flags, stained
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
 
 __all__ = [
@@ -63,4 +65,12 @@ __all__ = [
     "file_units_gatingml",
     "PREGATED_STATUS",
     "pregated_paths",
+    "mark_pregated",
+    "needed_markers",
+    "pregated_flags",
+    "pregated_gating_strategy",
+    "STAIN_REASON",
+    "TREG_HIGH",
+    "stain_flags",
+    "stained",
 ]

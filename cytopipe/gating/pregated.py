@@ -98,7 +98,7 @@ def _pass_all(name: str, dimension: str):
     return fk.gates.RectangleGate(name, [dim])
 
 
-def pregated_gating_strategy(gs, strategy, pregated, sample, adjustments=()):
+def pregated_gating_strategy(gs, strategy, pregated, *, sample, adjustments=()):
     """A copy of ``gs`` whose gates in ``pregated`` pass every event of ``sample``.
 
     Each becomes a rectangle open above on one of the file's channels (the

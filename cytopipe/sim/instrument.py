@@ -135,7 +135,7 @@ class Instrument:
         return f"{base}-{self.compensates}"
 
     @classmethod
-    def draw(cls, family: str, seed, fluorescence: tuple[str, ...], spill_pairs) -> Instrument:
+    def draw(cls, family: str, seed, *, fluorescence: tuple[str, ...] = (), spill_pairs=()) -> Instrument:
         """Draw one instrument of ``family``.
 
         Parameters

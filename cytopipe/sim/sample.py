@@ -314,8 +314,8 @@ def _kind_seed(spec: SampleSpec) -> np.random.SeedSequence:
 
 
 def _instrument(spec: SampleSpec) -> Instrument:
-    return Instrument.draw(_kind_name(spec, "instrument"), _kind_seed(spec).spawn(2)[0], FLUORESCENCE,
-                           tuple(_SPILL_ENTRIES))
+    return Instrument.draw(_kind_name(spec, "instrument"), _kind_seed(spec).spawn(2)[0], fluorescence=FLUORESCENCE,
+                           spill_pairs=tuple(_SPILL_ENTRIES))
 
 
 def _real_shape(spec: SampleSpec) -> RealShape | None:
@@ -509,7 +509,7 @@ def _real_values(z, c, j, components, p_pos, centre, sigma, mean, sd, real: Real
     ch, name = CHANNELS[j], components[c][0]
     if p_pos[c, j] <= 0:
         if ch in ("FSC-A", "SSC-A"):  # scatter clouds lean and have tails too
-            z[:] = mean[c, j] + sd[c, j] * skew_t(z, shape_rng, real.alpha[ch], real.df)
+            z[:] = mean[c, j] + sd[c, j] * skew_t(z, shape_rng, alpha=real.alpha[ch], df=real.df)
         else:  # a negative: electronic noise, Gaussian
             z[:] = mean[c, j] + sd[c, j] * z
         return
@@ -524,7 +524,7 @@ def _real_values(z, c, j, components, p_pos, centre, sigma, mean, sd, real: Real
         # sigma[c, j] carries the world's width factor on the default 0.25 (0.4 when hard)
         alpha, spread = real.treg_alpha, sigma[c, j] / 0.25 * real.treg_sigma if sigma[c, j] < 0.4 else (
             sigma[c, j] / 0.4 * real.treg_sigma)
-    positive = centre[c, j] * np.exp(log_shift + spread * skew_t(z, shape_rng, alpha, real.df))
+    positive = centre[c, j] * np.exp(log_shift + spread * skew_t(z, shape_rng, alpha=alpha, df=real.df))
     z[:] = positive if pos is None else np.where(pos, positive, sd[c, j] * z)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 __all__ = ["RealShape", "skew_t"]
 
 
-def skew_t(z: np.ndarray, rng: np.random.Generator, alpha: float, df: float) -> np.ndarray:
+def skew_t(z: np.ndarray, rng: np.random.Generator, *, alpha: float, df: float) -> np.ndarray:
     """A skew-t variate with unit standard deviation and zero mean, built from standard normals ``z``.
 
     Parameters
