@@ -33,7 +33,7 @@ conventional instruments (Nguyen et al., Cytometry A 2013).
 Examples
 --------
 >>> from cytopipe.sim.instrument import Instrument
->>> Instrument.draw("cytoflex", 1).names["PE-Cy7-A"]
+>>> Instrument.draw("cytoflex", 1, fluorescence=("PE-Cy7-A",)).names["PE-Cy7-A"]
 'PC7-A'
 """
 

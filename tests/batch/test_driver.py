@@ -78,7 +78,7 @@ def test_failures_become_rows_and_the_batch_goes_on(tmp_path, dask_client, monke
     assert result.exit_code == 1 and result.n_failed == 3 and result.n_ok == 1
     assert t.loc["good.fcs", "qc_status"] == "ok"
     assert "detector PE-Cy7-A should carry CD25 but the file says 'CD127'" in t.loc["mislabelled.fcs", "error"]
-    assert "missing detector(s) ['APC-A']" in t.loc["nofoxp3.fcs", "error"]
+    assert "no detector for marker(s) ['FOXP3']" in t.loc["nofoxp3.fcs", "error"]
     assert "broken.fcs" in t.loc["broken.fcs", "error"]
     assert all("\n" not in e for e in t["error"])
     assert t.loc["mislabelled.fcs", "qc_status"] == "error"
