@@ -44,7 +44,7 @@ from ..outputs.schema import read_output, validate_table
 from ..outputs.tables import SCHEMA_VERSION, manifest_path
 from ..review.decisions import adjustments_digest, gate_adjustments, review_fields
 from ..strategy.registry import load_strategy, strategy_dir
-from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
+from ..batch.task import SampleResult, cache_key, conform_digest, row_site, versions_sha
 
 __all__ = ["verify_run"]
 
@@ -347,17 +347,12 @@ def _stored_result(run_dir: Path, run: RunRecord, row: pd.Series, sha: str, vers
         digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha))
         key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds,
                         manifest_sha=str(run.strategy_manifest_sha256 or ""),
-                        conform=conform_digest(_text(row.get("panel_digest")), _text(row.get("starts_at"))))
+                        conform=conform_digest(*row_site(row)))
         path = RunFolder(run_dir).stored_result_path(key)
         if path.is_file():
             return path
         candidates.append(path)
     return candidates[0]
-
-
-def _text(value: Any) -> str:
-    """A table cell as text: "" for an empty or missing one (NaN, None, pandas' NA)."""
-    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
 def _time(text: Any) -> _dt.datetime | None:

@@ -35,7 +35,7 @@ import pandas as pd
 from .._version import __version__
 from .cluster import _discard_client, _start_client
 from .dispatch import run_each
-from ..exceptions import CytopipeError, OutputError, one_line
+from ..exceptions import CytopipeError, OutputError, PanelError, SampleSheetError, one_line
 from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.placement import auto_gate_specs, placement_specs
@@ -43,7 +43,9 @@ from ..gating.qc import flag_visit_outliers, load_thresholds
 from ..outputs.runfolder import Decision, RunFolder
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_table
 from ..review.decisions import gate_adjustments, review_fields
-from .task import SampleResult, process_sample, versions_sha
+from .task import SampleResult, panel_digest, process_sample, site_options, versions_sha
+from ..gating.pregated import pregated_paths
+from ..strategy.panel import read_panel_file
 from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
 
@@ -206,13 +208,9 @@ def run_batch(
         common = dict(allow_draft=allow_draft, cache_dir=str(cache_dir.resolve()),
                       qc_thresholds=dataclasses.asdict(qc), plots=report)  # the report's plots from the workers
         tasks = [dict(common, reviews=by_file.get(f, [])) for f in sheet["file"]]
-        if lab_panels:  # only where used: a run without them calls the task exactly as before
+        if "panel_digest" in sheet.columns or "starts_at" in sheet.columns:
             for task, rec in zip(tasks, sheet.to_dict("records")):
-                task.update(lab_panel=lab_panels.get(rec.get("panel_digest") or ""),
-                            starts_at=rec.get("starts_at") or None)
-        elif "starts_at" in sheet.columns:
-            for task, rec in zip(tasks, sheet.to_dict("records")):
-                task.update(starts_at=rec.get("starts_at") or None)
+                task.update(site_options(lab_panels, rec))
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
         t_batch = time.time()
         first = min((r.started for r in results.values() if r.started is not None), default=t_batch)
@@ -278,11 +276,6 @@ def _site_columns(sheet: pd.DataFrame, sheet_path: Path, strat, panel, starts_at
     Every panel file is read and every start checked before gating starts;
     all problems are listed at once. Returns the sheet and the panels by digest.
     """
-    from ..exceptions import PanelError, SampleSheetError
-    from ..gating.pregated import pregated_paths
-    from ..strategy.panel import read_panel_file
-    from .task import panel_digest
-
     problems: list[str] = []
     base = sheet_path.resolve().parent
     per_row = list(sheet["panel"]) if "panel" in sheet.columns else [""] * len(sheet)

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -133,25 +134,33 @@ def panel_digest(lab_panel: dict[str, str] | None) -> str:
     return hashlib.sha256(json.dumps(sorted(lab_panel.items())).encode()).hexdigest()[:16]
 
 
-def site_options(run: dict[str, Any], row) -> dict[str, Any]:
-    """The ``lab_panel`` and ``starts_at`` a run gated one table row with (for gating it again).
-
-    Parameters
-    ----------
-    run
-        The run's ``run.json`` (its ``lab_panels`` by digest).
-    row
-        The row of ``treg_by_visit`` (its ``panel_digest`` and ``starts_at``, where the run used them).
-    """
+def row_site(row) -> tuple[str, str]:
+    """A table or sheet row's ``(panel_digest, starts_at)``, "" where it has none (a missing or empty cell)."""
     def text(key: str) -> str:
         value = row.get(key) if hasattr(row, "get") else None
         return "" if value is None or (not isinstance(value, str) and value != value) else str(value)
 
+    return text("panel_digest"), text("starts_at")
+
+
+def site_options(lab_panels: Mapping[str, dict[str, str]], row) -> dict[str, Any]:
+    """The ``lab_panel`` and ``starts_at`` one row is gated with: :func:`process_sample`'s keywords.
+
+    Parameters
+    ----------
+    lab_panels
+        The run's lab panels by digest (``run.json`` ``lab_panels``).
+    row
+        A row of the sheet or of ``treg_by_visit`` (its ``panel_digest`` and
+        ``starts_at``, where the run used them). Only what the row uses is
+        returned, so a row without either is gated exactly as before they existed.
+    """
+    digest, start = row_site(row)
     out: dict[str, Any] = {}
-    if text("panel_digest"):
-        out["lab_panel"] = (run.get("lab_panels") or {}).get(text("panel_digest"))
-    if text("starts_at"):
-        out["starts_at"] = text("starts_at")
+    if digest:
+        out["lab_panel"] = lab_panels.get(digest)
+    if start:
+        out["starts_at"] = start
     return out
 
 
@@ -469,13 +478,13 @@ def process_sample(
         if auto is not None:
             gs = auto.gating_strategy
             mark_pregated(auto, pregated)
-        # the gates' events, kept for the report's plots; gate_sample then only counts them
-        rows = _gate_rows_or_none(sample, gs, strategy) if plots and cache_dir else None
+        # every gate's events, once: counted here, read by the stain check and (with plots) the report's plots
+        rows = _gate_rows_or_none(sample, gs, strategy)
         counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
         # a failed or missing stain (an unstained or isotype control) never yields a number
         den_rows = None if rows is None else rows.get(strategy.denominator)
         out.panel_flags += stain_flags(sample, gs, strategy, rows=den_rows)
-        plot_data = None if rows is None else _plot_data(sample, gs, strategy, rows, out)
+        plot_data = None if rows is None or not (plots and cache_dir) else _plot_data(sample, gs, strategy, rows, out)
         del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct

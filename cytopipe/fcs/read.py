@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ __all__ = [
     "scan_header",
     "scan_headers",
     "spillover_channels",
+    "spillover_names",
 ]
 
 
@@ -311,6 +312,33 @@ def _fix_spillover(sample: fk.Sample, notes: list[str]) -> None:
         notes.append(f"spillover in ${key.upper()} names channels not in $PnN: {unknown!r}")
 
 
+def spillover_names(text: str, pnn: Sequence[str] = ()) -> list[str]:
+    """The channels a spillover keyword's matrix names ([] when it is empty or malformed).
+
+    Parameters
+    ----------
+    text
+        The keyword's value (``n,name1,...,namen,coefficients...``).
+    pnn
+        The file's ``$PnN``: channel numbers (1-based, as some instruments
+        write them) are translated to these names.
+
+    Examples
+    --------
+    >>> spillover_names("2,3,4,1,0.1,0.02,1", ["FSC-A", "SSC-A", "BL1-H", "YL4-H"])
+    ['BL1-H', 'YL4-H']
+    """
+    parts = [p.strip() for p in str(text or "").split(",")]
+    try:
+        n = int(parts[0])
+    except ValueError:
+        return []
+    names = parts[1 : n + 1]
+    if pnn and all(x.isdigit() and 1 <= int(x) <= len(pnn) for x in names) and not set(names) <= set(pnn):
+        names = [pnn[int(x) - 1] for x in names]
+    return names
+
+
 def spillover_channels(sample) -> list[str]:
     """The ``$PnN`` the sample's spillover matrix compensates ([] without one).
 
@@ -320,13 +348,7 @@ def spillover_channels(sample) -> list[str]:
         As read (channel numbers in the matrix already translated to ``$PnN``).
     """
     meta = sample.metadata
-    text = next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), "")
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        n = int(parts[0])
-    except ValueError:
-        return []
-    return parts[1 : n + 1]
+    return spillover_names(next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), ""))
 
 
 def default_sample_id(path: PathLike) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..fcs.read import spillover_channels
+
 __all__ = ["ChannelMap", "ConformedSample", "channel_map", "conform_sample", "file_units_gatingml"]
 
 #: Suffix of a file channel renamed aside because the strategy gives its name to another marker.
@@ -154,15 +156,6 @@ def _renamed_spill(text: str, renames: dict[str, str]) -> str:
     return ",".join([parts[0], *names, *parts[n + 1 :]])
 
 
-def _spill_names(meta: dict[str, Any]) -> list[str]:
-    text = next((str(meta[k]) for k in ("spillover", "spill") if str(meta.get(k, "")).strip()), "")
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        return parts[1 : int(parts[0]) + 1]
-    except ValueError:
-        return []
-
-
 class ConformedSample:
     """A read sample with its channels renamed and scaled as a :class:`ChannelMap` says.
 
@@ -193,7 +186,7 @@ class ConformedSample:
         self.metadata = meta
         # an instrument that writes -A and -H of every detector compensates one kind only: the others are
         # not fluorescence to compensate (FlowKit's Matrix wants every fluorescence channel in the matrix)
-        spill = _spill_names(meta)
+        spill = spillover_channels(self)
         if spill:
             self.fluoro_indices = [i for i in getattr(base, "fluoro_indices", []) if self.pnn_labels[i] in spill]
         self._events: np.ndarray | None = None

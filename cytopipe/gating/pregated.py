@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from typing import Any
 
 import numpy as np
 
@@ -183,8 +182,3 @@ def pregated_flags(sample, strategy, pregated, *, min_events: int = 500, max_out
         if outside > max_outside:
             return [f"{REVIEW_FLAG}:{start[-1]}:not_pregated"]
     return []
-
-
-def pregated_record(pregated) -> list[dict[str, Any]]:
-    """The pre-gated gates as records: ``gate_path``, ``status`` pregated, ``reason``."""
-    return [{"gate_path": "/".join(p), "status": PREGATED_STATUS, "reason": _REASON} for p in pregated]

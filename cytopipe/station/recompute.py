@@ -80,7 +80,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         pos = hits[0]
         decisions = folder.decisions()
         mine = [d for d in decisions if d.file == str(file)]
-        site = site_options({"lab_panels": run.lab_panels or {}}, table.iloc[pos])  # the run's lab panel and start
+        site = site_options(run.lab_panels or {}, table.iloc[pos])  # the run's lab panel and start
         res = process_sample(str(run.sample_path(file)), str(Path(strategy.directory).resolve()), allow_draft=True,
                              cache_dir=str((folder.path / "cache").resolve()),
                              qc_thresholds=dataclasses.asdict(thresholds), reviews=mine, **site)
