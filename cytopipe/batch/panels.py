@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..exceptions import CytopipeError, one_line
 from ..fcs.header import channels, scan_header
+from ..fcs.read import spillover_names
 from ..gating.pregated import needed_markers, pregated_paths
 from ..strategy.panel import read_panel_file, resolve_panel
 from ..strategy.registry import DEFAULT_STRATEGY, load_strategy
@@ -25,14 +26,10 @@ __all__ = ["PANEL_COLUMNS", "check_panels"]
 PANEL_COLUMNS = ("file", "marker", "detector", "found_by", "flags", "error")
 
 
-def _spill_names(head: dict[str, str]) -> list[str]:
-    text = next((head[k] for k in ("$SPILLOVER", "SPILL", "$COMP") if str(head.get(k, "")).strip()), "")
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        n = int(parts[0])
-    except ValueError:
-        return []
-    return parts[1 : n + 1]
+def _spilled(head: dict[str, str], pnn: list[str]) -> list[str]:
+    """The channels a header's spillover names, as the reader takes them (channel numbers as $PnN)."""
+    key = next((k for k in ("$SPILLOVER", "SPILL", "$COMP") if str(head.get(k, "")).strip()), None)
+    return spillover_names(head[key], pnn) if key else []
 
 
 def check_panels(sample_sheet: str | os.PathLike, *, strategy: str = DEFAULT_STRATEGY,
@@ -76,7 +73,7 @@ def check_panels(sample_sheet: str | os.PathLike, *, strategy: str = DEFAULT_STR
             chans = channels(head)
             res = resolve_panel([c.pnn for c in chans], [c.pns for c in chans], strat, source=rec["file"],
                                 lab_panel=lab, needed=needed_markers(strat, gs, pregated),
-                                compensated=_spill_names(head))
+                                compensated=_spilled(head, [c.pnn for c in chans]))
         except CytopipeError as e:
             rows.append({"file": rec["file"], "marker": "", "detector": "", "found_by": "", "flags": "",
                          "error": one_line(e)})
