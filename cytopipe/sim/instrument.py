@@ -15,10 +15,14 @@ bd        by fluorochrome            262,144      ``$SPILLOVER`` (3.1) / ``SPILL
 cytoflex  ``PC7-A``, ``PB450-A``...  1,048,576    ``SPILL`` or ``$SPILLOVER`` (drawn)
 attune    laser + channel, -A & -H   1,048,576    ``$COMP`` or ``$SPILLOVER``, by index
                                                   or by name, on -A or -H (each drawn)
-ique      laser + channel, -H only   16,777,216   ``$COMP`` or ``$SPILLOVER``, by index
-                                                  or by name (drawn), on -H
+ique      laser + channel, -A & -H   16,777,216   ``$COMP`` or ``$SPILLOVER``, by index
+          (-H only when exported)                 or by name (drawn), on -H
 aurora    unmixed, by fluorochrome   4,194,304    none: the values are already unmixed
 ========  =========================  ===========  ======================================
+
+PANEL.md gives the iQue an ``-A`` and an ``-H`` parameter for every detector, as
+the Attune; the iQue3 export of already-gated cells the issue describes held
+heights only, so a pre-gated iQue export (``heights_only``) is written so.
 
 Values scale with the range (``$PnR`` / 262,144): an iQue file's lymphocytes
 sit near FSC-H 4,000,000. The spillover fractions of a non-BD instrument
@@ -84,7 +88,7 @@ class Instrument:
         One of :data:`FAMILIES`.
     names
         Nominal detector (``FITC-A``, ..., ``FSC-A``) -> the family's ``-A``
-        name (for ``ique``, which writes no area, its ``-H`` name).
+        name (for a heights-only ``ique`` export, its ``-H`` name).
     parameters
         The file's parameters in nominal order: ``($PnN, nominal detector, "A" or "H")``.
         ``Time`` is not listed.
@@ -135,7 +139,8 @@ class Instrument:
         return f"{base}-{self.compensates}"
 
     @classmethod
-    def draw(cls, family: str, seed, *, fluorescence: tuple[str, ...] = (), spill_pairs=()) -> Instrument:
+    def draw(cls, family: str, seed, *, fluorescence: tuple[str, ...] = (), spill_pairs=(),
+             heights_only: bool = False) -> Instrument:
         """Draw one instrument of ``family``.
 
         Parameters
@@ -148,6 +153,8 @@ class Instrument:
             Nominal fluorescence detectors, in nominal order.
         spill_pairs
             Nominal (source, destination) pairs that spill.
+        heights_only
+            An ``ique`` export that kept only the ``-H`` parameters (pre-gated exports are written so).
 
         Raises
         ------
@@ -159,9 +166,9 @@ class Instrument:
             raise ValueError(msg)
         rng = np.random.default_rng(seed)
         base = _BASE_NAMES[family]
-        if family == "ique":
+        if family == "ique" and heights_only:
             suffixes, scatter = ("H",), (("FSC-H", "FSC-H"), ("SSC-H", "SSC-A"))
-        elif family == "attune":
+        elif family in ("attune", "ique"):
             suffixes = ("A", "H")
             scatter = (("FSC-A", "FSC-A"), ("FSC-H", "FSC-H"), ("SSC-A", "SSC-A"), ("SSC-H", "SSC-A"))
         else:
@@ -171,7 +178,8 @@ class Instrument:
             params += [(f"{base[nominal]}-{s}", nominal, s) for s in suffixes]
         names = {nominal: f"{base[nominal]}-{suffixes[0]}" for nominal in fluorescence}
         names.update({nominal: name for name, nominal in scatter if nominal not in names})
-        spill_key, by_index, compensates = None, False, suffixes[0]
+        # iQue compensates its heights (its -H parameters are the ones it writes in every export)
+        spill_key, by_index, compensates = None, False, "H" if family == "ique" else suffixes[0]
         if family == "cytoflex":
             spill_key = ("SPILL", "$SPILLOVER")[int(rng.integers(2))]
         elif family in ("attune", "ique"):

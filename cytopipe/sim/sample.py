@@ -315,7 +315,7 @@ def _kind_seed(spec: SampleSpec) -> np.random.SeedSequence:
 
 def _instrument(spec: SampleSpec) -> Instrument:
     return Instrument.draw(_kind_name(spec, "instrument"), _kind_seed(spec).spawn(2)[0], fluorescence=FLUORESCENCE,
-                           spill_pairs=tuple(_SPILL_ENTRIES))
+                           spill_pairs=tuple(_SPILL_ENTRIES), heights_only=spec.pregated is not None)
 
 
 def _real_shape(spec: SampleSpec) -> RealShape | None:

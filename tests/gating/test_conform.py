@@ -39,10 +39,7 @@ def test_every_marker_is_found_on_the_detector_the_generator_used(tmp_path, fami
     path, truth = _write(tmp_path, "a.fcs", instrument=family)
     strategy = load_strategy(DEFAULT)
     sample = read_fcs(path)
-    # iQue writes heights only: its files are gated from a pre-gated export, which needs no scatter
-    need = {m.marker for m in strategy.markers} if family == "ique" else None
-    panel = resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, compensated=spillover_channels(sample),
-                          needed=need)
+    panel = resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, compensated=spillover_channels(sample))
     assert panel.detectors == {m: truth["detectors"][m] for m in panel.detectors}
     assert set(panel.detectors) == {m.marker for m in strategy.markers}
 
@@ -70,15 +67,15 @@ def test_another_range_is_scaled_by_a_power_of_two_and_renamed(tmp_path, family,
     np.testing.assert_array_equal(conformed.get_events()[:, cd25], raw * scale)
 
 
-def test_a_heights_only_whole_file_is_refused_saying_why(tmp_path):
-    path, _ = _write(tmp_path, "a.fcs", instrument="ique")
+def test_a_heights_only_file_gated_as_a_whole_acquisition_is_refused_saying_why(tmp_path):
+    # a pre-gated iQue export holds heights only: without --starts-at the Singlets gate has no FSC-A
+    path, _ = _write(tmp_path, "a.fcs", instrument="ique", pregated="CD4pos")
     res = process_sample(str(path), str(load_strategy(DEFAULT).directory))
     assert "missing scatter detector(s) ['FSC-A', 'SSC-A'] (the file has only heights ['FSC-H', 'SSC-H']" in res.error
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_each_instrument_family_is_gated_near_the_truth_and_flowkit_reproduces_its_counts(tmp_path, family):
-    start = "CD4pos" if family == "ique" else None  # heights only: a pre-gated export
+@pytest.mark.parametrize("family,start", [(f, None) for f in FAMILIES] + [("ique", "CD4pos")])
+def test_each_instrument_family_is_gated_near_the_truth_and_flowkit_reproduces_its_counts(tmp_path, family, start):
     path, truth = _write(tmp_path, "a.fcs", instrument=family, seed=21, pregated=start)
     strategy = load_strategy(DEFAULT)
     # a pre-gated export's $PnS are empty: the lab's panel names the detectors

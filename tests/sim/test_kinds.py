@@ -18,8 +18,9 @@ FAMILY_CHANNELS = {
     "attune": ["FSC-A", "FSC-H", "SSC-A", "SSC-H"] + [f"{c}-{s}" for c in
                                                      ("BL1", "YL1", "YL4", "RL1", "RL3", "VL1", "VL2", "BL3")
                                                      for s in "AH"] + ["Time"],
-    "ique": ["FSC-H", "SSC-H"] + [f"{c}-H" for c in ("BL1", "BL2", "BL4", "RL1", "RL2", "VL1", "VL2", "BL3")]
-    + ["Time"],
+    "ique": ["FSC-A", "FSC-H", "SSC-A", "SSC-H"] + [f"{c}-{s}" for c in
+                                                   ("BL1", "BL2", "BL4", "RL1", "RL2", "VL1", "VL2", "BL3")
+                                                   for s in "AH"] + ["Time"],
     "aurora": ["FSC-A", "FSC-H", "SSC-A", "FITC-A", "PE-A", "PE-Cy7-A", "Alexa Fluor 647-A", "APC-Fire 750-A",
                "BV421-A", "BV510-A", "7-AAD-A", "Time"],
 }
@@ -57,6 +58,14 @@ def test_each_family_reads_with_flowkit_with_its_names_range_and_scale(tmp_path,
     # the truth names the file's detector of every marker
     assert set(truth["detectors"].values()) <= set(sample.pnn_labels)
     assert truth["detectors"]["CD25"] in {"PE-Cy7-A", "PC7-A", "YL4-A", "YL4-H", "BL4-H"}
+
+
+def test_a_pregated_ique_export_holds_heights_only(tmp_path):
+    # the iQue3 export of already-gated cells (issue 25) held only -H parameters; whole acquisitions have both
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=3000, seed=3, instrument="ique", pregated="CD4pos"))
+    names = flowkit.Sample(str(tmp_path / "a.fcs")).pnn_labels
+    assert sorted(names) == sorted(["FSC-H", "SSC-H", "Time"] + [f"{c}-H" for c in
+                                                                ("BL1", "BL2", "BL4", "RL1", "RL2", "VL1", "VL2", "BL3")])
 
 
 def _first_world(family, want):
