@@ -33,8 +33,8 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             ctx.exit(EXIT_USAGE)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
+            raise  # a closed pipe is the reader's choice (`| head`), not an internal error: click exits 1 quietly
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

@@ -100,3 +100,33 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):
     debug = subprocess.run(args[:3] + ["--debug"] + args[3:], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "missing.fcs" in plain.stderr
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    # `cytopipe panel SHEET | head -1`: the pipe closes after the first line; the command stops quietly (as click
+    # does for a closed pipe), not with an internal error.
+    # 400 files print far more than a pipe's buffer holds, so the command is still writing when it closes
+    import os
+    import subprocess
+    import sys
+
+    from cytopipe.sim import SampleSpec, write_fcs
+
+    src = tmp_path / "t0.fcs"
+    write_fcs(src, SampleSpec(n_events=500, seed=1))
+    rows = ["file,patient_id,visit"]
+    for i in range(400):
+        if i:
+            os.link(src, tmp_path / f"t{i}.fcs")
+        rows.append(f"t{i}.fcs,P{i:03d},D1")
+    (tmp_path / "samples.csv").write_text("\n".join(rows) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cytopipe", "panel", "samples.csv"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    first = proc.stdout.readline().decode()
+    proc.stdout.close()  # the reader goes away before the command has written everything
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=120)
+    assert first.strip().endswith(".fcs")
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Internal error" not in err, err
+    assert proc.returncode == 1  # click's status for a closed pipe
