@@ -94,6 +94,8 @@ class StationServer:
         self.station = Station(Path(run_dir))
         self.token = token or secrets.token_urlsafe(24)
         hosts = ["127.0.0.1", "localhost"] + ([host] if host not in ("127.0.0.1", "localhost") else [])
+        if ":" in host:  # an IPv6 address: the browser's Host header names it in brackets ("[::1]:8765")
+            hosts.append(f"[{host}]")
         if host in ("0.0.0.0", "::"):
             hosts = ["*"]  # any name this machine answers to; the password guards the door
         self.app = create_app(self.station, token=self.token, password=password, allowed_hosts=hosts)

@@ -56,3 +56,23 @@ def test_serve_refuses_a_sample_and_a_missing_run(tmp_path, station_run):
     assert res.exit_code == 2 and "treg_by_visit.parquet" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["review", str(station_run), "P01:D1", "--approve"])
     assert res.exit_code == 2 and "--reviewer" in res.output
+
+
+def test_an_ipv6_loopback_url_answers(station_run):
+    # `--host ::1` printed http://[::1]:PORT/... and every request to it answered 400 (Host "[::1]" refused)
+    import socket
+
+    from cytopipe.station.server import StationServer
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+        srv = StationServer(station_run, host="::1", port=0).start()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert srv.url.startswith(f"http://[::1]:{srv.port}/?token=")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with opener.open(srv.url, timeout=30) as page:
+            assert page.status == 200 and "review station" in page.read().decode()
+    finally:
+        srv.stop()
