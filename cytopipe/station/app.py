@@ -288,6 +288,8 @@ def create_app(station: Station, *, token: str, password: str | None = None,
 
     async def thumb(request: Request, sess: Session) -> Response:
         tint = request.query_params.get("tint")
+        if tint not in (None, "") and not tint.isdigit():
+            return _json({"error": f"tint must be a whole number (a colour's index), got {tint!r}."}, 400)
         return _json(await run_in_threadpool(station.thumb, int(request.path_params["i"]),
                                              request.query_params.get("gate", ""),
                                              int(tint) if tint not in (None, "") else None))

@@ -239,14 +239,30 @@ class Station:
         opened = None if row["qc_status"] == "error" else self._load(row, decisions, keep=True)
         return row, opened, decisions, run
 
+    def gate_path(self, text: str) -> tuple[str, ...]:
+        """A gate path as the browser sends it, checked against the strategy's gates.
+
+        Raises
+        ------
+        ReviewError
+            Not a gate of the run's strategy (the message lists them).
+        """
+        from .sample import parse_gate_path
+
+        path = parse_gate_path(text)
+        paths = self.strategy.gate_paths()
+        if path not in paths:
+            msg = f"{text!r} is not a gate of {self.strategy.ref}; its gates: {['/'.join(p) for p in paths]}."
+            raise ReviewError(msg)
+        return path
+
     def population(self, i: int, path: str, cand: str | None) -> tuple[str, Any]:
         """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
+        gate = self.gate_path(path)
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
-        from .sample import parse_gate_path as _path
-
         opened = self._load(row, decisions, keep=True)
-        return opened.population(_path(path), cand)
+        return opened.population(gate, cand)
 
     def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""
@@ -336,13 +352,9 @@ class Station:
     def batch(self, gate: str) -> dict[str, Any]:
         """Every sample's count of one gate (from ``populations``), whether it is an outlier, and the gate's axes."""
         from .render import OUTLIER_RULE, axis_spec, batch_outliers
-        from .sample import parse_gate_path as _path
 
         strategy = self.strategy
-        path = _path(gate)
-        if path not in strategy.gate_paths():
-            msg = f"{gate!r} is not a gate of {strategy.ref}."
-            raise ReviewError(msg)
+        path = self.gate_path(gate)
         gs = strategy.gating_strategy()
         template = gs.get_gate(path[-1], gate_path=path[:-1])
         markers = {m.detector: m.marker for m in strategy.markers}
@@ -363,8 +375,7 @@ class Station:
 
     def thumb(self, i: int, gate: str, tint: int | None = None) -> dict[str, Any]:
         """One sample's gate, small: its geometry, counts and parent density (for the batch view)."""
-        from .sample import parse_gate_path as _path
-
+        name = "/".join(self.gate_path(gate))
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
         if row["qc_status"] == "error":
@@ -376,7 +387,6 @@ class Station:
                                  "geometry": {"/".join(p): opened.geometry(p) for p in opened.paths},
                                  "counts": {c["path"]: c for c in opened.counts()}}
         got = self._thumbs[key]
-        name = "/".join(_path(gate))
         hist = got["hists"][name]
         out = {"i": i, "geometry": got["geometry"][name], "count": got["counts"][name]["count"],
                "parent_count": got["counts"][name]["parent_count"]}

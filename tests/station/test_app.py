@@ -334,3 +334,15 @@ def test_no_decision_lands_while_another_process_holds_the_run_folder(station, r
                     json={"version": opened["sample"]["version"], "action": "approve"})
     assert r.status_code == 200, r.json()
     assert [json.loads(x)["action"] for x in (run_copy / "review.jsonl").read_text().splitlines()] == ["approve"]
+
+
+@pytest.mark.parametrize("url", ["/api/sample/0/population?gate=root/Nope", "/api/sample/0/population",
+                                 "/api/thumb/0?gate=root/Nope", "/api/thumb/0?tint=abc", "/api/thumb/0?tint=9999",
+                                 "/api/batch?gate=root/Nope", "/api/batch", "/api/sample/999",
+                                 "/api/sample/999/population?gate=" + TREG, "/api/thumb/999"])
+def test_a_bad_gate_tint_or_sample_is_a_4xx_with_a_message(station, url):
+    client = TestClient(create_app(station, token=TOKEN), base_url="http://127.0.0.1", raise_server_exceptions=False)
+    _login(client)
+    res = client.get(url)
+    assert 400 <= res.status_code < 500, (url, res.status_code, res.text[:200])
+    assert res.json()["error"]
