@@ -113,11 +113,11 @@ def _page(csrf: str) -> str:
 across the batch</button></nav></header>
 <p id="message" role="status"></p>
 <main>
-<aside id="queue-pane"><table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
-<th>flags</th><th>status</th></tr></thead><tbody></tbody></table>
-<p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve &middot; <kbd>r</kbd> reject
-&middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd> undo moves. Drag a gate's edges, corners or
-vertices; the counts follow when you let go.</p></aside>
+<aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
+&middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd> undo moves. Drag a
+gate's edges, corners or vertices; the counts follow when you let go.</p>
+<table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
+<th>flags</th><th>status</th></tr></thead><tbody></tbody></table></aside>
 <section id="sample-view"><div id="sample-head"></div>
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
 id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button

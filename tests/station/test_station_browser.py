@@ -125,3 +125,57 @@ def test_review_station_in_headless_chromium(run_copy, tmp_path):
     finally:
         drv.quit()
         srv.stop()
+
+
+@pytest.mark.slow
+def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
+    """Space after Approve decides nothing; the next sample in queue order opens; a flagged sample's approval
+    asks why (issue 27: two samples were approved 2-3 s apart by a focused button)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(run_copy, port=0).start()
+    log = run_copy / "review.jsonl"
+    lines = lambda: len(log.read_text().splitlines()) if log.exists() else 0  # noqa: E731
+    try:
+        drv.get(srv.url)
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("Dr Careful")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, "document.getElementById('who').textContent.indexOf('Dr Careful') >= 0")
+        rows = drv.find_elements("css selector", "#queue tbody tr")
+        order = [(r.get_attribute("data-i"), r.find_elements("css selector", "td")[3].text) for r in rows]
+        k = next(n for n, (_, flags) in enumerate(order) if not flags and n + 1 < len(order))
+        first, after = order[k][0], order[k + 1][0]
+        rows[k].click()
+        _wait(drv, f"document.querySelector('#queue tr.current') && "
+                   f"document.querySelector('#queue tr.current').getAttribute('data-i') === '{first}' && "
+                   "document.querySelectorAll('#plots .card').length > 0")
+        drv.find_element("id", "btn-approve").click()
+        _wait(drv, "document.getElementById('message').textContent.indexOf('approve recorded') >= 0")
+        assert lines() == 1
+        assert drv.execute_script("return document.activeElement.tagName") != "BUTTON"
+        # the sample after it in the queue as it was is the one now open, not the queue's first undecided
+        _wait(drv, f"document.querySelector('#queue tr.current').getAttribute('data-i') === '{after}'")
+        ActionChains(drv).send_keys(Keys.SPACE).send_keys(Keys.ENTER).perform()
+        time.sleep(1.5)
+        assert lines() == 1, "Space or Enter after Approve recorded a decision"
+        # a flagged sample: Approve asks why; Cancel records nothing
+        flagged = next(i for i, flags in order if flags)
+        drv.find_element("css selector", f'#queue tr[data-i="{flagged}"]').click()
+        _wait(drv, f"document.querySelector('#queue tr.current').getAttribute('data-i') === '{flagged}' && "
+                   "document.getElementById('sample-head').textContent.indexOf('QC:') >= 0")
+        drv.find_element("id", "btn-approve").click()
+        _wait(drv, "!document.getElementById('modal').hidden")
+        assert "is flagged" in drv.find_element("id", "modal-label").text
+        drv.find_element("id", "modal-cancel").click()
+        time.sleep(0.5)
+        assert lines() == 1
+    finally:
+        drv.quit()
+        srv.stop()

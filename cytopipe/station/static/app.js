@@ -176,8 +176,10 @@
     var d = S.sample, s = d.sample, head = clear($('sample-head'));
     head.appendChild(el('h2', { text: s.patient + ' · ' + s.visit + (s.day ? ' (day ' + s.day + ')' : '') }));
     var treg = el('span', { id: 'treg-now', text: ciText(s) });
+    var counted = s.cd4_count === null || s.cd4_count === undefined ? ' · '
+      : ' (' + fmtInt(s.treg_count) + ' of ' + fmtInt(s.cd4_count) + ' CD4) · ';  // a failed file has no counts
     head.appendChild(el('p', {}, [
-      'Treg % CD4 [95 % CI]: ', treg, ' (' + fmtInt(s.treg_count) + ' of ' + fmtInt(s.cd4_count) + ' CD4) · ',
+      'Treg % CD4 [95 % CI]: ', treg, counted,
       el('span', { id: 'treg-candidate', 'class': 'candidate' }), ' file ', el('code', { text: s.file }),
       ' · ' + fmtInt(s.events) + ' events'
     ]));
@@ -453,14 +455,26 @@
     return s.patient + ' ' + s.visit;
   }
 
+  function unfocusButtons() {
+    // a decision button that kept the focus would take the next Space or Enter as a decision on the
+    // sample opened after this one, unseen
+    var a = document.activeElement;
+    if (a && a.tagName === 'BUTTON') { a.blur(); }
+  }
+
   function decide(action) {
+    unfocusButtons();
     if (!S.sample || S.current === null) { return; }
     if (!S.reviewer) { askName(); return; }
-    var i = S.current, moved = Object.keys(S.cands).length > 0;
+    var i = S.current, moved = Object.keys(S.cands).length > 0, flags = S.sample.sample.flags || [];
     if (action === 'adjust' && !moved) { message('Nothing to save: drag a gate edge, corner or vertex first.', 'error'); return; }
-    var needReason = action === 'reject' || moved;
+    // approving a flagged sample is a judgement against the QC: it needs its reason, as a rejection does
+    var flagged = action === 'approve' && !moved && flags.length > 0;
+    var needReason = action === 'reject' || moved || flagged;
     var label = action === 'reject' ? 'Why is ' + sampleName() + ' rejected?'
+      : flagged ? sampleName() + ' is flagged (' + flags.join(', ') + '). Why approve it?'
       : 'Why was the gate of ' + sampleName() + ' moved?' + (action === 'approve' ? ' (It is then approved.)' : '');
+    var next = nextUndecided(i);  // the next in queue order now: the queue is sorted again after the decision
     (needReason ? ask(label, '') : Promise.resolve('')).then(function (reason) {
       if (reason === null) { return; }
       if (needReason && !reason.trim()) { message('A reason is needed; nothing was recorded.', 'error'); return; }
@@ -471,7 +485,7 @@
         message(what + ' recorded for ' + sampleName() + ' in review.jsonl' +
           (r.recomputed ? '; Treg % CD4 now ' + fmtPct(r.sample.treg_pct) : ''), 'ok');
         return refresh().then(function () {
-          return openSample(action === 'adjust' ? i : nextUndecided(i), true);
+          return openSample(action === 'adjust' ? i : next, true);
         });
       });
     }).catch(showError);
@@ -592,7 +606,7 @@
     $('btn-approve').addEventListener('click', function () { decide('approve'); });
     $('btn-reject').addEventListener('click', function () { decide('reject'); });
     $('btn-edit').addEventListener('click', function () { decide('adjust'); });
-    $('btn-undo').addEventListener('click', undo);
+    $('btn-undo').addEventListener('click', function () { unfocusButtons(); undo(); });
     $('tab-sample').addEventListener('click', function () { showView('sample'); });
     $('tab-batch').addEventListener('click', function () { showView('batch'); });
     $('batch-gate').addEventListener('change', loadBatch);
