@@ -445,7 +445,8 @@ def gate_file(
 
     Examples
     --------
-    >>> gated = gate_file("P01_D1.fcs", load_strategy("treg_adaptive"))  # doctest: +SKIP
+    >>> strategy = load_strategy("treg_adaptive")  # doctest: +SKIP
+    >>> gated = gate_file("sample_fcs/P01_D1.fcs", strategy)  # doctest: +SKIP
     >>> gated.counts()[strategy.numerator].count  # doctest: +SKIP
     """
     adjusted: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (adjustments or {}).items()}
