@@ -39,12 +39,12 @@ import pandas as pd
 from ..exceptions import CytopipeError, OutputError
 from ..fcs.read import file_sha256
 from ..gating.qc import QCThresholds, sample_flags
-from ..outputs.runfolder import REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord
+from ..outputs.runfolder import REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord, row_site
 from ..outputs.schema import read_output, validate_table
 from ..outputs.tables import SCHEMA_VERSION, manifest_path
 from ..review.decisions import adjustments_digest, gate_adjustments, review_fields
 from ..strategy.registry import load_strategy, strategy_dir
-from ..batch.task import SampleResult, cache_key, conform_digest, row_site, versions_sha
+from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 
 __all__ = ["verify_run"]
 

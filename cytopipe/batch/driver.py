@@ -40,10 +40,10 @@ from ..fcs.read import file_sha256, scan_header
 from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.placement import auto_gate_specs, placement_specs
 from ..gating.qc import flag_visit_outliers, load_thresholds
-from ..outputs.runfolder import Decision, RunFolder
+from ..outputs.runfolder import Decision, RunFolder, site_options
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_table
 from ..review.decisions import gate_adjustments, review_fields
-from .task import SampleResult, panel_digest, process_sample, site_options, versions_sha
+from .task import SampleResult, panel_digest, process_sample, versions_sha
 from ..gating.pregated import pregated_paths
 from ..strategy.panel import read_panel_file
 from .samplesheet import read_sample_sheet

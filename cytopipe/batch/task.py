@@ -23,35 +23,26 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..gating.placement import data_driven_gates
-from .cluster import _check_memory
 from ..exceptions import CytopipeError, one_line
-from ..fcs.read import default_sample_id, file_sha256, read_fcs
 from ..fcs.lean import gates_exactly, read_fcs_lean
-from ..gating.api import gate_rows, gate_sample, treg_percent
-from ..gating.engine import cascade_rows
-from ..gating.placement import sample_gatingml
-from ..outputs.miflowcyt import instrument_fields
-from ..gating.stain import stain_flags
-from ..gating.conform import ConformedSample, conform_sample, file_units_gatingml
-from ..gating.pregated import (mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
-                               pregated_paths)
-from ..fcs.read import spillover_channels
-from ..strategy.panel import resolve_panel
+from ..fcs.read import file_sha256, read_fcs
+from ..gating.api import treg_percent
+from ..gating.gated import GatedSample, gate_file
 from ..gating.qc import QCThresholds, sample_flags, sample_time_qc
+from ..outputs.miflowcyt import instrument_fields
 from ..outputs.runfolder import Decision
 from ..outputs.tables import atomic_write
-from ..review.decisions import adjusted_gating_strategy, adjustments_digest, gate_adjustments
+from ..review.decisions import adjustments_digest, gate_adjustments
 from ..review.plotdata import gate_plots
 from ..review.plotstore import plot_key, store_sample_plots
 from ..strategy.registry import Strategy, load_strategy
+from .cluster import _check_memory
 
 __all__ = ["SampleResult", "cache_key", "process_sample", "versions_sha", "worker_versions"]
 
@@ -132,36 +123,6 @@ def panel_digest(lab_panel: dict[str, str] | None) -> str:
     if not lab_panel:
         return ""
     return hashlib.sha256(json.dumps(sorted(lab_panel.items())).encode()).hexdigest()[:16]
-
-
-def row_site(row) -> tuple[str, str]:
-    """A table or sheet row's ``(panel_digest, starts_at)``, "" where it has none (a missing or empty cell)."""
-    def text(key: str) -> str:
-        value = row.get(key) if hasattr(row, "get") else None
-        return "" if value is None or (not isinstance(value, str) and value != value) else str(value)
-
-    return text("panel_digest"), text("starts_at")
-
-
-def site_options(lab_panels: Mapping[str, dict[str, str]], row) -> dict[str, Any]:
-    """The ``lab_panel`` and ``starts_at`` one row is gated with: :func:`process_sample`'s keywords.
-
-    Parameters
-    ----------
-    lab_panels
-        The run's lab panels by digest (``run.json`` ``lab_panels``).
-    row
-        A row of the sheet or of ``treg_by_visit`` (its ``panel_digest`` and
-        ``starts_at``, where the run used them). Only what the row uses is
-        returned, so a row without either is gated exactly as before they existed.
-    """
-    digest, start = row_site(row)
-    out: dict[str, Any] = {}
-    if digest:
-        out["lab_panel"] = lab_panels.get(digest)
-    if start:
-        out["starts_at"] = start
-    return out
 
 
 def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions: dict[str, str],
@@ -342,35 +303,15 @@ def _io_thread():
         return _IO_THREAD[0][1]
 
 
-def _gate_rows_or_none(sample, gs, strategy):
-    """Every gate's events; the root's left as None (every event) instead of an index array of them.
-
-    The cascade's own rows where it can: gate_rows spells the root out, 8 bytes an event more at the
-    peak of a big file (glibc maps such an array afresh on top of the heap the cascade left).
-    """
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows = cascade_rows(sample, gs, strategy.gate_paths())
-        if rows is None:  # a gate the cascade leaves to FlowKit
-            rows = gate_rows(sample, gs, strategy.gate_paths())
-    except Exception:  # noqa: BLE001 - gate_sample gates again and names what is wrong
-        return None
-    rows[("root",)] = None
-    return rows
-
-
 def _plots_failed(out: SampleResult, e: Exception) -> None:
     logging.getLogger("cytopipe").warning("%s: plots not stored (%s: %s); the report will read the file again",
                                           out.path, type(e).__name__, e)
 
 
-def _plot_data(sample, gs, strategy, rows, out: SampleResult):
+def _plot_data(gated: GatedSample, out: SampleResult):
     """The report's plot data of this sample, while the gates' events are in memory (None if that failed)."""
     try:
-        return gate_plots(sample, gs, strategy, rows)
+        return gate_plots(gated.sample, gated.gating_strategy, gated.strategy, gated.all_rows())
     except Exception as e:  # noqa: BLE001 - a failure here costs the report a re-read, never the sample
         _plots_failed(out, e)
         return None
@@ -451,54 +392,43 @@ def process_sample(
             finish_auto_gates(stored)  # auto-gate flags
             stored.started, stored.duration_s = started, time.time() - started
             return stored
-        pregated = pregated_paths(strategy, starts_at)
-        gs = (adjusted_gating_strategy(strategy, default_sample_id(path), adjustments) if adjustments
-              else strategy.gating_strategy())
-        # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
-        if lean is not None and not gates_exactly(lean, gs):
-            lean = None  # e.g. a gate on Time: FlowKit's reader decides (a big file's float32 copy is freed first)
-        if lean is None:  # FlowKit's reader needs about twice the memory of a lean read
-            _check_memory(path)
-        sample = lean if lean is not None else read_fcs(path)
-        out.instrument = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
-        panel = resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path, lab_panel=lab_panel,
-                              needed=needed_markers(strategy, gs, pregated), compensated=spillover_channels(sample))
-        out.panel_flags = list(panel.qc_flags)
-        # another instrument's detector names and range, in the strategy's terms (the file as it is when it
-        # already is); a pre-gated file's gates down to its start pass every event
-        sample = conform_sample(sample, panel, strategy, gating_strategy=gs)
-        if pregated:
-            out.panel_flags += pregated_flags(sample, strategy, pregated)  # kept with the result, as panel flags
-            gs = pregated_gating_strategy(gs, strategy, pregated, sample=sample, adjustments=adjustments)
-        # data-driven gates placed on this sample (a reviewer's adjustment wins); the placement gates
-        # its own subsample of events, then one pass gates every event with the placed gates in
-        # place: cheaper than handing upstream rows around (docs/performance.md)
-        skip = list(adjustments) + ["/".join(p) for p in pregated]
-        auto = data_driven_gates(sample, strategy, gating_strategy=gs, skip=skip)
-        if auto is not None:
-            gs = auto.gating_strategy
-            mark_pregated(auto, pregated)
-        # every gate's events, once: counted here, read by the stain check and (with plots) the report's plots
-        rows = _gate_rows_or_none(sample, gs, strategy)
-        counts = gate_sample(sample, strategy, gating_strategy=gs, known_rows=rows)
+        box = [lean]  # the lean read's one reference: a file read again by FlowKit's reader frees it first
+        del lean
+
+        def read(file: str, gs):
+            sample, box[0] = box[0], None
+            # float32 events when that is exactly what FlowKit would gate (as read_for_gating decides)
+            if sample is not None and not gates_exactly(sample, gs):
+                sample = None  # e.g. a gate on Time: FlowKit's reader decides (the float32 copy freed first)
+            if sample is None:  # FlowKit's reader needs about twice the memory of a lean read
+                _check_memory(file)
+                sample = read_fcs(file)
+            out.instrument = instrument_fields(sample)  # for the MIFlowCyt record: no second header scan
+            return sample
+
+        # read, conformed to the strategy (another instrument, a lab panel, a pre-gated start), placed, and
+        # every gate's events found once: counted here, read by the stain check and (with plots) the report's plots
+        gated = gate_file(path, strategy, adjustments=adjustments, lab_panel=lab_panel, starts_at=starts_at,
+                          read=read)
+        sample = gated.sample
+        out.panel_flags = list(gated.panel_flags)  # kept with the result
+        counts = gated.counts()
         # a failed or missing stain (an unstained or isotype control) never yields a number
-        den_rows = None if rows is None else rows.get(strategy.denominator)
-        out.panel_flags += stain_flags(sample, gs, strategy, rows=den_rows)
-        plot_data = None if rows is None or not (plots and cache_dir) else _plot_data(sample, gs, strategy, rows, out)
-        del rows  # freed before Time QC's own temporaries: the same peak memory as without plots
+        out.panel_flags += gated.stain_flags()
+        plot_data = _plot_data(gated, out) if gated.has_rows and plots and cache_dir else None
+        gated.free_rows()  # before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
         out.time_qc = sample_time_qc(sample, thresholds=thresholds)
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
                                     time_metrics=out.time_qc) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
-        if auto is not None:  # fit outcome, QC flag, the placed gates' GatingML (in the file's own terms)
-            auto.gatingml = file_units_gatingml(auto.gatingml, sample)
-            out.auto_gates = auto.record()
+        if gated.placement is not None:  # fit outcome, QC flag, the placed gates' GatingML (in the file's own terms)
+            out.auto_gates = gated.placement_record()
             finish_auto_gates(out)
-        elif adjustments or pregated or isinstance(sample, ConformedSample):
+        elif adjustments or gated.pregated or gated.conformed:
             # the record names the gates applied (a reviewer's, pre-gated ones), with the file's own detectors
-            out.gatingml = file_units_gatingml(sample_gatingml(gs, default_sample_id(path)), sample)
+            out.gatingml = gated.gatingml()
         stored = None
         if cache_file is not None:
             text = json.dumps(out.cache_record())

@@ -1,5 +1,6 @@
 """Stage 3: gate one sample: the public gating API, the cascade engine, data-driven gate
-placement, and the per-sample QC flags.
+placement, one file gated end to end (:func:`gate_file`, :class:`GatedSample`), and the
+per-sample QC flags.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .placement import (
     ridge_unimodal,
     sample_gatingml,
 )
+from .gated import GatedSample, adjusted_gating_strategy, gate_file, gate_from_spec
 from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
 from .pregated import (PREGATED_STATUS, mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
                        pregated_paths)
@@ -42,6 +44,10 @@ __all__ = [
     "gate_sample",
     "gate_values",
     "treg_percent",
+    "GatedSample",
+    "adjusted_gating_strategy",
+    "gate_file",
+    "gate_from_spec",
     "Context",
     "Unsupported",
     "cascade_rows",

@@ -18,7 +18,7 @@ from .tables import (
     run_folder_lock,
     manifest_path,
 )
-from .runfolder import GENESIS, REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord
+from .runfolder import GENESIS, REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunRecord, row_site, site_options
 from .schema import TABLES, dtypes_for, read_output, validate_table, write_docs, render_markdown, render_json
 from .miflowcyt import (
     SAMPLE_GATES_DIR,
@@ -53,6 +53,8 @@ __all__ = [
     "Decision",
     "RunFolder",
     "RunRecord",
+    "row_site",
+    "site_options",
     "TABLES",
     "dtypes_for",
     "read_output",

@@ -30,7 +30,7 @@ import pandas as pd
 from ..exceptions import OutputError
 from .tables import POPULATION_COLUMNS, TREG_COLUMNS, read_treg_table, run_folder_lock, write_json, write_table
 
-__all__ = ["GENESIS", "REVIEW_FILE", "RUN_FILE", "Decision", "RunFolder", "RunRecord"]
+__all__ = ["GENESIS", "REVIEW_FILE", "RUN_FILE", "Decision", "RunFolder", "RunRecord", "row_site", "site_options"]
 
 #: The run's record, written by ``cytopipe run`` (and updated when the review station gates a sample again).
 RUN_FILE = "run.json"
@@ -165,9 +165,47 @@ class RunRecord:
         """The FCS file of a sheet row, as the run resolved it (relative to the sample sheet's folder)."""
         return (Path(self.sample_sheet).parent / str(file)).resolve()
 
+    def site_options(self, row) -> dict[str, Any]:
+        """The ``lab_panel`` and ``starts_at`` the run gated a table row's file with (:func:`site_options`)."""
+        return site_options(self.lab_panels or {}, row)
+
     def last_gated(self, file: str) -> _dt.datetime:
         """When ``file`` was last gated: the end of the run, or the review station gating it again since."""
         return max(_dt.datetime.fromisoformat(t) for t in (self.finished, self.recomputed.get(str(file))) if t)
+
+
+def row_site(row) -> tuple[str, str]:
+    """A table or sheet row's ``(panel_digest, starts_at)``, "" where it has none (a missing or empty cell)."""
+    def text(key: str) -> str:
+        value = row.get(key) if hasattr(row, "get") else None
+        return "" if value is None or (not isinstance(value, str) and value != value) else str(value)
+
+    return text("panel_digest"), text("starts_at")
+
+
+def site_options(lab_panels: Mapping[str, dict[str, str]], row) -> dict[str, Any]:
+    """The ``lab_panel`` and ``starts_at`` one row is gated with, as keywords.
+
+    The keywords of :func:`cytopipe.batch.task.process_sample` and
+    :func:`cytopipe.gating.gate_file`, so a worker, the report's re-read and
+    the review station gate a row's file alike.
+
+    Parameters
+    ----------
+    lab_panels
+        The run's lab panels by digest (``run.json`` ``lab_panels``, :attr:`RunRecord.lab_panels`).
+    row
+        A row of the sheet or of ``treg_by_visit`` (its ``panel_digest`` and
+        ``starts_at``, where the run used them). Only what the row uses is
+        returned, so a row without either is gated exactly as before they existed.
+    """
+    digest, start = row_site(row)
+    out: dict[str, Any] = {}
+    if digest:
+        out["lab_panel"] = lab_panels.get(digest)
+    if start:
+        out["starts_at"] = start
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,8 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import ReviewError
+# kept importable from here (and cytopipe.review) for callers written before it moved to gating
+from ..gating.gated import adjusted_gating_strategy, gate_from_spec
 from ..outputs.runfolder import REVIEW_FILE, Decision, RunFolder, RunRecord
 
 __all__ = [
@@ -122,38 +124,6 @@ def adjustments_digest(adjustments: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(adjustments, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _gate_from_spec(name: str, spec: dict[str, Any]):
-    import flowkit as fk
-
-    dims = [
-        fk.Dimension(d["id"], compensation_ref=d["compensation_ref"], transformation_ref=d["transformation_ref"],
-                     range_min=d.get("min"), range_max=d.get("max"))
-        for d in spec["dimensions"]
-    ]
-    if spec["type"] == "RectangleGate":
-        return fk.gates.RectangleGate(name, dims)
-    return fk.gates.PolygonGate(name, dims, [list(v) for v in spec["vertices"]])
-
-
-def adjusted_gating_strategy(strategy, sample_id: str, adjustments: dict[str, dict[str, Any]]):
-    """A fresh FlowKit ``GatingStrategy`` with the adjustments as custom gates of ``sample_id``.
-
-    Parameters
-    ----------
-    strategy : cytopipe.strategy.registry.Strategy
-        The loaded strategy.
-    sample_id
-        The FlowKit sample id the custom gates apply to (``Sample.id``).
-    adjustments
-        From :func:`gate_adjustments`.
-    """
-    gs = strategy.gating_strategy()
-    for path, spec in adjustments.items():
-        parts = tuple(path.split("/"))
-        gs.add_gate(_gate_from_spec(parts[-1], spec), parts[:-1], sample_id=sample_id)
-    return gs
-
-
 def find_sample(table: pd.DataFrame, sample: str) -> pd.Series:
     """The ``treg_by_visit`` row of SAMPLE: its ``file`` as in the sheet, or ``PATIENT:VISIT``.
 
@@ -240,7 +210,7 @@ def build_gate_spec(
     else:
         msg = f"{gate_path} is a {kind}; only rectangle and polygon gates can be adjusted."
         raise ReviewError(msg)
-    _gate_from_spec(parts[-1], spec)  # FlowKit checks the geometry now, not at the next run
+    gate_from_spec(parts[-1], spec)  # FlowKit checks the geometry now, not at the next run
     return spec
 
 

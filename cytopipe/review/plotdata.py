@@ -11,8 +11,8 @@ no FCS file.
 
 When a sample has no stored plots (a result cached before plots were stored,
 or a reviewer adjusted a gate since the run), :func:`gate_views` reads the
-file again and gates it with the same strategy and the same custom sample
-gates (:func:`cytopipe.gating.api.gate_rows`, the engine of the run). Both
+file again and gates it as the run did (:func:`cytopipe.gating.gate_file`:
+the same strategy, custom sample gates, lab panel and pre-gated start). Both
 paths draw the same subsample: the values plotted are the ones the gate was
 applied to, compensated and transformed as the gate's dimensions say.
 """
@@ -156,8 +156,13 @@ class SamplePlots:
 
 
 def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, max_events: int = 20_000,
-               seed: int = 0) -> tuple[list[GateView], Any]:
-    """Re-gate one FCS file: one :class:`GateView` per gate (parents first) and the sample.
+               seed: int = 0, lab_panel: dict[str, str] | None = None,
+               starts_at: str | None = None) -> tuple[list[GateView], Any]:
+    """Re-gate one FCS file: one :class:`GateView` per gate (parents first) and the sample as gated.
+
+    The file is gated as the run gated it (:func:`cytopipe.gating.gate_file`):
+    another instrument's file conformed to the strategy, the row's lab panel
+    and pre-gated start honoured, the data-driven gates placed again.
 
     Parameters
     ----------
@@ -171,25 +176,21 @@ def gate_views(path: str, strategy, adjustments: dict[str, dict[str, Any]], *, m
         Parent events kept per plot (a random subsample beyond that).
     seed
         Seed of the subsample, so a report is reproducible.
+    lab_panel, starts_at
+        The run's lab panel and pre-gated start for this row
+        (:func:`cytopipe.outputs.site_options`); None when it used neither.
 
     Raises
     ------
     cytopipe.exceptions.CytopipeError
-        The file cannot be read.
+        The file cannot be read or gated.
     """
-    from ..gating.placement import data_driven_gates
-    from ..fcs.read import default_sample_id
-    from ..fcs.lean import read_for_gating
-    from ..gating.api import gate_rows
-    from .decisions import adjusted_gating_strategy
+    from ..gating.gated import gate_file
 
-    gs = adjusted_gating_strategy(strategy, default_sample_id(path), adjustments)
-    sample = read_for_gating(path, gs)
-    placed = data_driven_gates(sample, strategy, gating_strategy=gs, skip=adjustments)
-    if placed is not None:  # deterministic: placing again draws exactly the gates the run used
-        gs = placed.gating_strategy
-    rows = gate_rows(sample, gs, strategy.gate_paths())
-    return _views(sample, gs, strategy, rows, max_events, seed), sample
+    # deterministic: placing again draws exactly the gates the run used
+    gated = gate_file(path, strategy, adjustments=adjustments, lab_panel=lab_panel, starts_at=starts_at)
+    views = _views(gated.sample, gated.gating_strategy, strategy, gated.all_rows(), max_events, seed)
+    return views, gated.sample
 
 
 def _draws(sample, gs, strategy, rows, max_events: int, seed: int):

@@ -25,7 +25,7 @@ from ..exceptions import CytopipeError
 from ..gating.qc import QCThresholds, binomial_ci, load_thresholds, sample_time_qc
 from ..outputs.html import escape as _e
 from ..outputs.html import html_page, img_tag
-from ..outputs.runfolder import RunFolder, RunRecord
+from ..outputs.runfolder import RunFolder, RunRecord, site_options
 from .decisions import find_sample, gate_adjustments, review_fields
 from .plotdata import gate_views
 from .plotstore import PLOTS_FORMAT, load_plots, plot_key, replace_file
@@ -119,7 +119,7 @@ def write_report(run_dir: str | os.PathLike, *, strategy=None, max_events: int =
         wanted = {str(find_sample(table, s)["file"]) for s in samples}
         todo = [i for i, row in enumerate(rows) if str(row["file"]) in wanted]
     common = dict(strategy=strategy, decisions=decisions, t=thresholds, max_events=max_events,
-                  plots_dir=run_dir / "cache" / _PLOTS_DIR)
+                  plots_dir=run_dir / "cache" / _PLOTS_DIR, lab_panels=run.lab_panels)
     # the index's plots first: with a cluster, its workers draw them while the pages are assembled here
     calls = _index_calls(table)
     drawing = _memo_start(run_dir / "cache" / _INDEX_DIR, calls, client)
@@ -281,7 +281,8 @@ def _gate_png(plot):
 
 
 def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThresholds, max_events: int,
-                 plots_dir: Path | None = None, stored_only: bool = False) -> str | None:
+                 plots_dir: Path | None = None, stored_only: bool = False,
+                 lab_panels: dict[str, dict[str, str]] | None = None) -> str | None:
     title = f"{row['patient_id']} {row['visit']}"
     lo, hi = _ci(row)
     info = [("patient", row["patient_id"]), ("visit", row["visit"]), ("day", row["day"]),
@@ -318,7 +319,9 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
                 pngs = stored.pngs if len(stored.pngs) == len(stored.plots) else [_gate_png(p) for p in stored.plots]
                 named = [(p.path, png) for p, png in zip(stored.plots, pngs)]
             else:
-                views, sample = gate_views(str(path), strategy, adjustments, max_events=max_events)
+                # gated as the run gated it: the row's lab panel and pre-gated start, another instrument conformed
+                views, sample = gate_views(str(path), strategy, adjustments, max_events=max_events,
+                                           **site_options(lab_panels or {}, row))
                 tq = sample_time_qc(sample, thresholds=t)
                 named = [(v.path, _gate_png(v)) for v in views]
         except (CytopipeError, OSError) as e:

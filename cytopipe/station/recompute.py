@@ -62,7 +62,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         A ``cytopipe run`` is writing the folder, or a table cannot be written.
     """
     from ..batch.driver import applied_gates
-    from ..batch.task import process_sample, site_options, versions_sha
+    from ..batch.task import process_sample, versions_sha
     from ..outputs import replace_sample_gates
     from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
     from ..review.decisions import review_fields
@@ -80,7 +80,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         pos = hits[0]
         decisions = folder.decisions()
         mine = [d for d in decisions if d.file == str(file)]
-        site = site_options(run.lab_panels or {}, table.iloc[pos])  # the run's lab panel and start
+        site = run.site_options(table.iloc[pos])  # the run's lab panel and start
         res = process_sample(str(run.sample_path(file)), str(Path(strategy.directory).resolve()), allow_draft=True,
                              cache_dir=str((folder.path / "cache").resolve()),
                              qc_thresholds=dataclasses.asdict(thresholds), reviews=mine, **site)

@@ -1,21 +1,22 @@
 """One sample opened in the station: its events kept in memory, its gates as drawn, recounts of moved gates.
 
 Opening a sample reads its file once and gates it exactly as
-:func:`cytopipe.batch.task.process_sample` does (the reviewer adjustments
-already recorded as FlowKit custom sample gates, then the strategy's
-data-driven gates placed from the data), keeping every gate's event rows.
+:func:`cytopipe.batch.task.process_sample` does, with the same
+:func:`cytopipe.gating.gate_file` (the reviewer adjustments already recorded
+as FlowKit custom sample gates, another instrument's file conformed, the
+run's lab panel and pre-gated start, then the strategy's data-driven gates
+placed from the data), keeping every gate's event rows.
 A moved gate is a candidate adjustment: it is turned into the very gate spec
 ``cytopipe review --adjust-gate`` would record
 (:func:`cytopipe.review.decisions.build_gate_spec`, from compensated linear
 values), and only that gate and the gates below it are evaluated again, by
 the cascade engine of a re-run, on the events its parent kept. Gates placed
 from the data below a moved gate are placed again, as a re-run would place
-them on the new parent population.
+them on the new parent population (:meth:`cytopipe.gating.GatedSample.regate`).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ReviewError
+from ..gating.gated import GatedSample
 from .render import BINS, axis_spec, density_png, histogram
 
 __all__ = ["OpenSample", "display_to_linear"]
@@ -62,6 +64,10 @@ def parse_gate_path(text: str) -> tuple[str, ...]:
 class OpenSample:
     """A sample's events, gates and per-gate event rows, for drawing and recounting.
 
+    The file is gated as the run gated it (:func:`cytopipe.gating.gate_file`:
+    another instrument's file conformed to the strategy, the row's lab panel
+    and pre-gated start honoured) and kept as a :class:`~cytopipe.gating.GatedSample`.
+
     Parameters
     ----------
     path
@@ -71,6 +77,9 @@ class OpenSample:
     adjustments
         The sample's recorded gate adjustments
         (:func:`cytopipe.review.decisions.gate_adjustments`).
+    lab_panel, starts_at
+        The run's lab panel and pre-gated start for this sample
+        (:meth:`cytopipe.outputs.RunRecord.site_options`); None when it used neither.
 
     Raises
     ------
@@ -78,30 +87,32 @@ class OpenSample:
         The file cannot be read or gated.
     """
 
-    def __init__(self, path: str, strategy, adjustments: dict[str, dict[str, Any]]):
-        from ..fcs.lean import read_for_gating
-        from ..fcs.read import default_sample_id
-        from ..gating.api import gate_rows
-        from ..gating.placement import auto_gate_specs, data_driven_gates, placement_specs
-        from ..review.decisions import adjusted_gating_strategy
+    def __init__(self, path: str, strategy, adjustments: dict[str, dict[str, Any]], *,
+                 lab_panel: dict[str, str] | None = None, starts_at: str | None = None):
+        from ..gating.gated import gate_file
 
         self.path, self.strategy = str(path), strategy
         self.adjustments = dict(adjustments)
-        self.sample_id = default_sample_id(path)
         self.paths: list[tuple[str, ...]] = strategy.gate_paths()
         self.markers = {m.detector: m.marker for m in strategy.markers}
-        # gates the strategy places from each sample's data (none for a fixed template)
-        self.data_driven = [s.gate_path for s in placement_specs(strategy)] + \
-            [s.gate_path for s in auto_gate_specs(strategy)]
-        gs = adjusted_gating_strategy(strategy, self.sample_id, self.adjustments)
-        self.sample = read_for_gating(self.path, gs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            placed = data_driven_gates(self.sample, strategy, gating_strategy=gs, skip=self.adjustments)
-        self.gs = placed.gating_strategy if placed is not None else gs
-        self.rows = gate_rows(self.sample, self.gs, self.paths)
-        self._candidates: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+            self.gated = gate_file(self.path, strategy, adjustments=self.adjustments, lab_panel=lab_panel,
+                                   starts_at=starts_at)
+            self.gated.all_rows()  # every gate's events held (found again if the cascade could not)
+        self.sample_id = self.gated.sample_id
+        self._candidates: OrderedDict[str, GatedSample] = OrderedDict()
         self._ids = itertools.count(1)
+
+    @property
+    def sample(self):
+        """The sample as gated (in the strategy's terms)."""
+        return self.gated.sample
+
+    @property
+    def gs(self):
+        """The FlowKit gates applied to the opened sample."""
+        return self.gated.gating_strategy
 
     # -- what is drawn ----------------------------------------------------------------------------
 
@@ -132,37 +143,29 @@ class OpenSample:
         """True when a reviewer's recorded adjustment replaces this gate."""
         return "/".join(path) in self.adjustments
 
-    def counts(self, rows: dict | None = None) -> list[dict[str, Any]]:
-        """Count and parent count of every gate (the opened state, or a candidate's rows)."""
-        rows = rows if rows is not None else self.rows
-        total = int(self.sample.event_count)
-        out = []
-        for p in self.paths:
-            parent = total if len(p) == 2 else int(rows[p[:-1]].size)
-            out.append({"path": "/".join(p), "count": int(rows[p].size), "parent_count": parent})
-        return out
+    def counts(self, gated: GatedSample | None = None) -> list[dict[str, Any]]:
+        """Count and parent count of every gate (the opened state, or a candidate's), in gate-tree order."""
+        counts = (gated or self.gated).counts()
+        return [{"path": "/".join(p), "count": int(counts[p].count), "parent_count": int(counts[p].parent_count)}
+                for p in self.paths]
 
     def population(self, path: tuple[str, ...], cand: str | None = None) -> tuple[str, bytes | list[int]]:
         """The parent population of a gate on its plot: ``("png", bytes)`` (2-D) or ``("hist", counts)`` (1-D).
 
         ``cand`` draws the parent as a candidate (a moved gate above) leaves it.
         """
-        gs, rows = self.gs, self.rows
+        gated = self.gated
         if cand:
             if cand not in self._candidates:
                 msg = f"The moved gate {cand!r} has expired (the last {_KEPT_CANDIDATES} are kept); drag it again."
                 raise ReviewError(msg)
-            gs, rows = self._candidates[cand]
-        from ..gating.api import gate_values
-
-        gate = self.gate(path, gs)
-        parent = rows[path[:-1]]
-        idx = parent
+            gated = self._candidates[cand]
+        idx = gated.rows(path[:-1])
         if idx.size > _MAX_PLOT_EVENTS:  # fixed seed: the same picture each time the sample opens
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(idx, size=_MAX_PLOT_EVENTS, replace=False))
         ranges = [a["range"] for a in self.axes(path)]
-        values = gate_values(self.sample, gs, gate, rows=idx) if idx.size else np.empty((0, len(ranges)))
+        values = gated.values(path, idx) if idx.size else np.empty((0, len(ranges)))
         hist = histogram(values, ranges, BINS)
         if len(ranges) == 1:
             return "hist", [int(v) for v in hist]
@@ -170,16 +173,13 @@ class OpenSample:
 
     def histograms(self) -> dict[str, np.ndarray]:
         """Every gate's parent-population histogram on its plot axes (for the batch view)."""
-        from ..gating.api import gate_values
-
         out = {}
         for p in self.paths:
-            idx = self.rows[p[:-1]]
+            idx = self.gated.rows(p[:-1])
             if idx.size > 20_000:
                 idx = np.sort(np.random.default_rng(0).choice(idx, size=20_000, replace=False))
             ranges = [a["range"] for a in self.axes(p)]
-            values = (gate_values(self.sample, self.gs, self.gate(p), rows=idx) if idx.size
-                      else np.empty((0, len(ranges))))
+            values = self.gated.values(p, idx) if idx.size else np.empty((0, len(ranges)))
             out["/".join(p)] = histogram(values, ranges, BINS // 2)
         return out
 
@@ -261,10 +261,11 @@ class OpenSample:
     def recount(self, specs: dict[str, dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
         """Counts of every gate with candidate adjustments ``specs`` (gate path to spec) in place.
 
-        Gates outside the moved gates' subtrees keep the rows of the opened
-        state; the subtrees are gated again from their parents' rows by the
-        cascade (:func:`cytopipe.gating.engine.cascade_rows`, what
-        :func:`~cytopipe.gating.api.gate_sample` runs in a re-run).
+        :meth:`cytopipe.gating.GatedSample.regate`: gates outside the moved
+        gates' subtrees keep the rows of the opened state; the subtrees are
+        gated again from their parents' rows by the cascade (what
+        :func:`~cytopipe.gating.api.gate_sample` runs in a re-run), and gates
+        placed from the data below a moved gate are placed again.
 
         Returns
         -------
@@ -272,42 +273,15 @@ class OpenSample:
             A handle on the candidate's rows (for :meth:`population`; None
             when FlowKit's own engine had to count) and :meth:`counts`.
         """
-        from ..gating.placement import data_driven_gates
-        from ..gating.api import gate_sample
-        from ..gating.engine import cascade_rows
-        from ..review.decisions import adjusted_gating_strategy
-
-        adjustments = {**self.adjustments, **specs}
-        gs = adjusted_gating_strategy(self.strategy, self.sample_id, adjustments)
-        moved = [parse_gate_path(p) for p in specs]
-
-        def below(p):  # the moved gate itself or a gate under it
-            return any(p[: len(m)] == m for m in moved)
-
-        placed = [p for p in self.data_driven if "/".join(p) not in adjustments]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if any(below(p) for p in placed):  # a re-run places these again on the moved gate's events
-                res = data_driven_gates(self.sample, self.strategy, gating_strategy=gs, skip=adjustments)
-                gs = res.gating_strategy if res is not None else gs
-            else:  # placed above or beside the moved gates: exactly as placed when the sample opened
-                for p in placed:
-                    if self.gs.is_custom_gate(self.sample_id, p[-1], p[:-1]):
-                        gs.add_gate(copy.deepcopy(self.gate(p)), p[:-1], sample_id=self.sample_id)
-            known = {p: r for p, r in self.rows.items() if not below(p)}
-            rows = cascade_rows(self.sample, gs, self.paths, known=known)
-            if rows is None:  # a gate type the cascade leaves to FlowKit: FlowKit counts, as in a re-run
-                counts = gate_sample(self.sample, self.strategy, gating_strategy=gs)
-                total = int(self.sample.event_count)
-                return None, [{"path": "/".join(p), "count": c.count, "parent_count": c.parent_count if len(p) > 2
-                               else total} for p, c in counts.items()]
-        rows[("root",)] = self.rows[("root",)]
+        regated = self.gated.regate(specs)
+        if not regated.has_rows:  # a gate type the cascade leaves to FlowKit: FlowKit counted, as in a re-run
+            return None, self.counts(regated)
         cand = f"c{next(self._ids)}"
-        self._candidates[cand] = (gs, rows)
+        self._candidates[cand] = regated
         while len(self._candidates) > _KEPT_CANDIDATES:
             self._candidates.popitem(last=False)
-        return cand, self.counts(rows)
+        return cand, self.counts(regated)
 
     def candidate_geometry(self, cand: str, path: tuple[str, ...]) -> dict[str, Any]:
         """A gate's shape in a candidate (the spec as recorded, rounding included)."""
-        return self.geometry(path, self._candidates[cand][0])
+        return self.geometry(path, self._candidates[cand].gating_strategy)

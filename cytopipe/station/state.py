@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import CytopipeError, ReviewError
-from ..outputs.runfolder import Decision, RunFolder, RunRecord
+from ..outputs.runfolder import Decision, RunFolder, RunRecord, row_site
 from ..review.decisions import StaleError, sample_version
 from .pages import ReportWriter
 from .recompute import recompute_sample
@@ -167,7 +167,9 @@ class Station:
 
         sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
         adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
-        return (str(row["file"]), sha, str(row["strategy_sha256"]), adjustments_digest(adjustments)), adjustments
+        # the row's lab panel and pre-gated start too: a re-run that changed either gates the file otherwise
+        return (str(row["file"]), sha, str(row["strategy_sha256"]), adjustments_digest(adjustments),
+                row_site(row)), adjustments
 
     def _load(self, row: pd.Series, decisions, *, keep: bool) -> OpenSample:
         key, adjustments = self._key(row, decisions)
@@ -184,7 +186,8 @@ class Station:
                 if hit is not None and hit[0] == key:
                     return hit[1]
             with self._load_slots:
-                opened = OpenSample(str(self.run().sample_path(file)), self.strategy, adjustments)
+                run = self.run()  # gated with the run's lab panel and pre-gated start for this row, as the run did
+                opened = OpenSample(str(run.sample_path(file)), self.strategy, adjustments, **run.site_options(row))
             if keep:
                 with self._open_lock:
                     self._open[file] = (key, opened)

@@ -123,8 +123,8 @@ def test_a_stored_result_is_recomputed_after_an_upgrade_and_carries_the_new_vers
     assert process_sample(str(path), d, cache_dir=str(cache)).cached
 
     gated = []
-    real_gate = task.gate_sample
-    monkeypatch.setattr(task, "gate_sample", lambda *a, **k: gated.append(1) or real_gate(*a, **k))
+    real_gate = task.gate_file
+    monkeypatch.setattr(task, "gate_file", lambda *a, **k: gated.append(1) or real_gate(*a, **k))
     for name in ("flowkit", "numpy", "flowutils", "scikit-learn"):
         monkeypatch.setattr(task, "worker_versions", lambda name=name: {**real, name: "9.9.9"})
         upgraded = process_sample(str(path), d, cache_dir=str(cache))
