@@ -315,7 +315,7 @@ def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
             problems.append(f"{where}: versions_sha is {_show(row['versions_sha'])}, its stored result was computed "
                             f"with {versions_sha(stored.versions)}")
         flags = sample_flags(stored.events_total, stored.cd4_count, stored.treg_count, thresholds=thresholds,
-                             time_metrics=stored.time_qc) + list(stored.panel_flags)
+                             time_metrics=stored.time_qc, pregated=bool(row_site(row)[1])) + list(stored.panel_flags)
         flags += (stored.auto_gates or {}).get("qc_flags", [])
         have = {f for f in str("" if _missing(row["qc_flags"]) else row["qc_flags"]).split(";") if f}
         if have - _TABLE_FLAGS != set(flags):

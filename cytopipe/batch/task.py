@@ -388,7 +388,7 @@ def process_sample(
             stored.cached = True
             stored.qc_flags = sample_flags(  # today's thresholds on the stored measures
                 stored.events_total, stored.cd4_count, stored.treg_count,
-                thresholds=thresholds, time_metrics=stored.time_qc) + stored.panel_flags
+                thresholds=thresholds, time_metrics=stored.time_qc, pregated=bool(starts_at)) + stored.panel_flags
             finish_auto_gates(stored)  # auto-gate flags
             stored.started, stored.duration_s = started, time.time() - started
             return stored
@@ -421,7 +421,7 @@ def process_sample(
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
         out.time_qc = sample_time_qc(sample, thresholds=thresholds)
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
-                                    time_metrics=out.time_qc) + out.panel_flags
+                                    time_metrics=out.time_qc, pregated=bool(starts_at)) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
         if gated.placement is not None:  # fit outcome, QC flag, the placed gates' GatingML (in the file's own terms)
             out.auto_gates = gated.placement_record()

@@ -293,6 +293,7 @@ def sample_flags(
     *,
     thresholds: QCThresholds | None = None,
     time_metrics: dict[str, Any] | None = None,
+    pregated: bool = False,
 ) -> list[str]:
     """Return the QC flags of one gated sample (empty when all is well).
 
@@ -304,10 +305,14 @@ def sample_flags(
         Defaults to the packaged :class:`QCThresholds` defaults.
     time_metrics
         The result of :func:`time_qc`, when the Time channel was checked.
+    pregated
+        The file is an export of one population (``--starts-at``): ``min_events`` is a
+        whole tube's acquisition count and does not apply (a CD4 export of a good tube holds a
+        fraction of it); ``low_cd4`` still judges whether its CD4 cells are enough.
     """
     t = thresholds or QCThresholds()
     flags = []
-    if events < t.min_events:
+    if events < t.min_events and not pregated:
         flags.append("low_events")
     lo, hi = binomial_ci(treg, cd4)
     if cd4 == 0 or max(hi - 100 * treg / cd4, 100 * treg / cd4 - lo) > t.max_ci_halfwidth_pp:

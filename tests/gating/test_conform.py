@@ -182,6 +182,11 @@ def test_a_pregated_export_with_a_panel_file_starts_at_cd4pos(tmp_path, dask_cli
         assert row["cd4_count"] == truth["n_events"]  # every event of the file is a CD4 cell
         assert abs(row["treg_pct_cd4"] - truth["treg_pct_cd4"]) < 1.0
         assert row["starts_at"] == "CD4pos"
+        # a CD4 export of a good tube holds a fraction of its acquisition: low_events judges whole tubes only
+        assert row["events_total"] < 20_000 and "low_events" not in str(row["qc_flags"])
+    from cytopipe.audit import verify_run
+
+    assert verify_run(tmp_path / "out") == []  # verify recomputes the flags the same way
     pops = result.populations
     lymph = pops[pops["gate_path"] == "root/Lymphocytes"]
     assert (lymph["count"].to_numpy() == lymph["parent_count"].to_numpy()).all()

@@ -210,3 +210,9 @@ def test_visit_outliers_follow_the_rule_on_random_tables(seed):
     rest = out.drop(index=expected)
     assert rest["qc_flags"].equals(table.drop(index=expected)["qc_flags"])
     assert rest["qc_status"].equals(table.drop(index=expected)["qc_status"])
+
+
+def test_a_pregated_export_is_not_judged_by_a_whole_tubes_event_count():
+    assert "low_events" in sample_flags(8_000, 8_000, 800)
+    assert sample_flags(8_000, 8_000, 800, pregated=True) == []
+    assert sample_flags(300, 300, 30, pregated=True) == ["low_cd4"]  # too few CD4 cells still flagged
