@@ -42,7 +42,8 @@ _TREG_DESCR = {
     "treg_pct_cd4": "100 x treg_count / cd4_count; empty when qc_status is error.",
     "qc_status": "Outcome of gating and QC.",
     "qc_flags": "`;`-separated QC flags: `low_events` (< 20,000 events in a whole tube; not for a pre-gated "
-                "export), `low_cd4` (95 % Wilson CI half-width of Treg % CD4 > 1 percentage point), `flow_rate:<p>%` and `signal_drift:<p>%` "
+                "export), `low_cd4` (95 % Wilson CI half-width of Treg % CD4 > 1 percentage point), "
+                "`flow_rate:<p>%` and `signal_drift:<p>%` "
                 "(Time-channel anomalies, with the share of events affected), `treg_outlier` (out of line "
                 "with the patient's other visits), `auto_gate_fallback` (a data-driven gate fell back to the "
                 "template), `needs_review:<gate>:<reason>` (a gate could not be placed from the data with "

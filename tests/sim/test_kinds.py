@@ -64,8 +64,8 @@ def test_a_pregated_ique_export_holds_heights_only(tmp_path):
     # the iQue3 export of already-gated cells (issue 25) held only -H parameters; whole acquisitions have both
     write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=3000, seed=3, instrument="ique", pregated="CD4pos"))
     names = flowkit.Sample(str(tmp_path / "a.fcs")).pnn_labels
-    assert sorted(names) == sorted(["FSC-H", "SSC-H", "Time"] + [f"{c}-H" for c in
-                                                                ("BL1", "BL2", "BL4", "RL1", "RL2", "VL1", "VL2", "BL3")])
+    heights = [f"{c}-H" for c in ("BL1", "BL2", "BL4", "RL1", "RL2", "VL1", "VL2", "BL3")]
+    assert sorted(names) == sorted(["FSC-H", "SSC-H", "Time", *heights])
 
 
 def _first_world(family, want):
