@@ -423,7 +423,7 @@ def decide(
         records = [run.append_decision(_decision(row, "adjust", reviewer, reason, now, gate_path=path, gate=spec))
                    for path, spec in moved]
         recomputed = recompute is not None and bool(moved or unapplied)
-        if recomputed:
+        if recompute is not None and recomputed:
             recompute(file)  # the adjusted numbers now, before they are approved
         if action in ("approve", "reject"):
             records.append(run.append_decision(_decision(row, action, reviewer, reason, now)))

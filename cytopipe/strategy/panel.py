@@ -354,14 +354,14 @@ def resolve_panel(
             continue
         candidates = [n for n in pnn if m in named_by[n]]
         if candidates:
-            d = _pick(marker, candidates, compensated)
-            if d is None:
+            picked = _pick(marker, candidates, compensated)
+            if picked is None:
                 if m not in need:
                     continue
                 msg = (f"{where}{m} is named by the $PnS of several detectors {candidates}; say which one "
                        f"carries it with a panel file (--panel PANEL.csv, columns marker,detector).")
                 raise PanelError(msg)
-            detectors[m], how[m] = d, "$PnS"
+            detectors[m], how[m] = picked, "$PnS"
             continue
         if marker.detector in by_name:
             label = by_name[marker.detector]
