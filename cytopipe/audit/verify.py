@@ -255,6 +255,8 @@ def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
         problems.append(f"{run_dir / 'review.jsonl'}: {len(_decisions(run_dir))} lines, but {run_json} says the run "
                         f"applied {run.review_decisions}: lines were removed from its end")
     try:
+        if run.qc_thresholds is None:
+            raise KeyError("qc_thresholds")
         thresholds = QCThresholds(**run.qc_thresholds)
         raw_thresholds = dict(run.qc_thresholds)
     except (KeyError, TypeError) as e:
@@ -275,8 +277,8 @@ def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
             problems.append(f"{where}: strategy_version is {_show(row['strategy_version'])}, run.json says "
                             f"{run.strategy_version!r}")
         sha = None if _missing(row["file_sha256"]) else str(row["file_sha256"])
-        want = review_fields(every, str(row["file"]), sha, strategy_sha)
-        for col, value in want.items():
+        review = review_fields(every, str(row["file"]), sha, strategy_sha)
+        for col, value in review.items():
             if not _same(row[col], value):
                 problems.append(f"{where}: {col} is {_show(row[col])}, {REVIEW_FILE} gives {value!r}")
         if row["qc_status"] == "error":
@@ -314,6 +316,10 @@ def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
         if versions_sha(stored.versions) != row["versions_sha"]:
             problems.append(f"{where}: versions_sha is {_show(row['versions_sha'])}, its stored result was computed "
                             f"with {versions_sha(stored.versions)}")
+        if stored.events_total is None or stored.cd4_count is None or stored.treg_count is None:
+            problems.append(f"{where}: its stored result {cache_file.relative_to(run_dir)} has no counts, though the "
+                            f"row is gated")
+            continue
         flags = sample_flags(stored.events_total, stored.cd4_count, stored.treg_count, thresholds=thresholds,
                              time_metrics=stored.time_qc, pregated=bool(row_site(row)[1])) + list(stored.panel_flags)
         flags += (stored.auto_gates or {}).get("qc_flags", [])

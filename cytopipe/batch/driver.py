@@ -454,7 +454,8 @@ def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResul
                   table: pd.DataFrame, by_file: dict[str, list[Decision]]) -> list[dict[str, Any] | None]:
     """Write every gated sample's applied gates to ``out/sample_gates/``; their entries for the MIFlowCyt record."""
     template = strat.gatingml_path.read_bytes()
-    texts, info = [], []
+    texts: list[str | bytes | None] = []
+    info: list[dict[str, Any] | None] = []
     for i, (file, status) in enumerate(zip(sheet["file"], table["qc_status"])):
         res = results.get(i)
         if res is None or status == "error":
@@ -465,7 +466,7 @@ def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResul
         texts.append(text)
         info.append(extra)
     written = write_sample_gates(out, list(sheet["file"]), texts)
-    return [None if w is None else {**w, **extra, "content": t.encode("utf-8") if isinstance(t, str) else t}
+    return [None if w is None else {**w, **(extra or {}), "content": t.encode("utf-8") if isinstance(t, str) else t}
             for w, extra, t in zip(written, info, texts)]
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -80,7 +81,7 @@ def read_sample_sheet(path: str | os.PathLike, *, allow_outside: bool = False) -
         if len(raw) != len(header):
             problems.append(f"line {line}: {len(raw)} fields, the header has {len(header)}")
             continue
-        rec = {h: v.strip() for h, v in zip(header, raw)}
+        rec: dict[str, Any] = {h: v.strip() for h, v in zip(header, raw)}
         for col in REQUIRED_COLUMNS:
             if not rec[col]:
                 problems.append(f"line {line}: empty {col!r}")
