@@ -177,22 +177,6 @@ def test_the_command_line_starts_without_the_heavy_stages():
     assert out[0] == "[]" and out[1] == "True"
 
 
-# Offenders in files other branches are changing now (gating placement, the run folder, the readers and
-# batch): their parameters become keyword-only once those branches are merged, then they leave this list.
-_AWAITING_MERGE = {
-    "cytopipe.gating.ridge_unimodal",  # gating/treg_cluster.py
-    "cytopipe.outputs.replace_sample_gates",  # outputs/miflowcyt.py
-    "cytopipe.outputs.write_miflowcyt",  # outputs/miflowcyt.py
-    "cytopipe.review.gate_adjustments",  # review/decisions.py
-    "cytopipe.review.review_fields",  # review/decisions.py
-    "cytopipe.review.gate_plots",  # its caller is batch/task.py
-    "cytopipe.review.patient_png",  # its caller is review/report.py
-    "cytopipe.batch.run_each",  # batch/dispatch.py
-    "cytopipe.batch.applied_gates",  # batch/driver.py
-    "cytopipe.station.Station.queue_row",  # station/state.py
-}
-
-
 def _positional(func, *, bound: bool) -> list[str]:
     import inspect
 
@@ -234,7 +218,5 @@ def test_public_functions_take_at_most_three_positional_arguments():
     ``__init__(self, *, ...)``): a call reads ``f(data, what, where, option=...)``, never by position."""
     over = {name: args for name, func, bound in _exported_callables()
             if len(args := _positional(func, bound=bound)) > 3}
-    wrong = [f"{name}({', '.join(args)})" for name, args in over.items() if name not in _AWAITING_MERGE]
+    wrong = [f"{name}({', '.join(args)})" for name, args in over.items()]
     assert not wrong, "make the parameters after the third keyword-only (*,):\n" + "\n".join(wrong)
-    fixed = sorted(_AWAITING_MERGE - set(over))
-    assert not fixed, f"{fixed} take at most three positional arguments now: drop them from _AWAITING_MERGE"

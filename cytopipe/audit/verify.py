@@ -277,7 +277,7 @@ def _check_rows(run_dir: Path, run: RunRecord, treg: pd.DataFrame,
             problems.append(f"{where}: strategy_version is {_show(row['strategy_version'])}, run.json says "
                             f"{run.strategy_version!r}")
         sha = None if _missing(row["file_sha256"]) else str(row["file_sha256"])
-        review = review_fields(every, str(row["file"]), sha, strategy_sha)
+        review = review_fields(every, str(row["file"]), sha, strategy_sha=strategy_sha)
         for col, value in review.items():
             if not _same(row[col], value):
                 problems.append(f"{where}: {col} is {_show(row[col])}, {REVIEW_FILE} gives {value!r}")
@@ -350,7 +350,7 @@ def _stored_result(run_dir: Path, run: RunRecord, row: pd.Series, sha: str, vers
     histories += [applied, every]
     candidates = []
     for decisions in histories:
-        digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha))
+        digest = adjustments_digest(gate_adjustments(decisions, file, sha, strategy_sha=strategy_sha))
         key = cache_key(sha, strategy_sha, adjusted=digest, versions=versions, thresholds=thresholds,
                         manifest_sha=str(run.strategy_manifest_sha256 or ""),
                         conform=conform_digest(*row_site(row)))

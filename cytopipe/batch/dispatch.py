@@ -114,7 +114,7 @@ def _run_group(fn: Callable[..., Any], calls: list[Call]) -> list[Any]:
 
 
 def run_each(
-    client, fn: Callable[..., Any], calls: Sequence[Call], paths: Sequence[str]
+    client, fn: Callable[..., Any], calls: Sequence[Call], *, paths: Sequence[str]
 ) -> Iterator[tuple[int, Any]]:
     """Run ``fn(*args, **kwargs)`` for every call on a Dask cluster; yield results as they finish.
 

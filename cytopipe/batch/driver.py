@@ -248,7 +248,7 @@ def run_batch(
             run["lab_panels"] = lab_panels
         files.append(RunFolder(out).write_record(run))
         gates = _sample_gates(out, sheet, results, strat, table, by_file)
-        files.append(write_miflowcyt(out, strat, table, pops, paths=list(sheet["path"]),
+        files.append(write_miflowcyt(out, strat, table, populations=pops, paths=list(sheet["path"]),
                                      instruments=[results[i].instrument if i in results else None
                                                   for i in range(len(sheet))],
                                      sample_gates=gates))
@@ -371,7 +371,7 @@ def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str
     log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
     try:
         failed = 0
-        for i, res in run_each(client, process_sample, calls, paths):
+        for i, res in run_each(client, process_sample, calls, paths=paths):
             if isinstance(res, BaseException):  # e.g. the file killed its worker each time
                 res = SampleResult(paths[i], error=one_line(f"{paths[i]}: task failed: {type(res).__name__}: {res}"))
             results[i] = res
@@ -419,7 +419,7 @@ def _one_version(results: dict[int, SampleResult], name: str) -> str | None:
     return found[0] if len(found) == 1 else (", ".join(found) or None)
 
 
-def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[Decision],
+def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[Decision], *,
                   template: bytes | None = None) -> tuple[str | bytes, dict[str, Any]]:
     """The GatingML a gated sample was counted with, and what it holds, for its gates file and record.
 
@@ -441,7 +441,7 @@ def applied_gates(res: SampleResult, strat: Strategy, decisions: Sequence[Decisi
         ``{"gates_applied": <in words>, "adjusted_gates": [...], "placement": [...]}``.
     """
     own = res.applied_gatingml()
-    adjusted = sorted(gate_adjustments(list(decisions), None, res.file_sha256, strat.sha256))
+    adjusted = sorted(gate_adjustments(list(decisions), None, res.file_sha256, strategy_sha=strat.sha256))
     placed = list((res.auto_gates or {}).get("gates", []))
     kinds = (["placed from the sample's data"] if placed else []) + (
         ["adjusted by a reviewer: " + ", ".join(adjusted)] if adjusted else [])
@@ -462,7 +462,7 @@ def _sample_gates(out: Path, sheet: pd.DataFrame, results: dict[int, SampleResul
             texts.append(None)
             info.append(None)
             continue
-        text, extra = applied_gates(res, strat, by_file.get(file, []), template)
+        text, extra = applied_gates(res, strat, by_file.get(file, []), template=template)
         texts.append(text)
         info.append(extra)
     written = write_sample_gates(out, list(sheet["file"]), texts)
@@ -497,7 +497,7 @@ def _tables(sheet: pd.DataFrame, results: dict[int, SampleResult], strat: Strate
             "strategy_sha256": strat.sha256,
             "cytopipe_version": versions.get("cytopipe", __version__),
             **software,
-            **review_fields(list(decisions), rec["file"], res.file_sha256, strat.sha256),
+            **review_fields(list(decisions), rec["file"], res.file_sha256, strategy_sha=strat.sha256),
         }
         row.update({c: rec[c] for c in extra})
         rows.append(row)

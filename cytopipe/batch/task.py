@@ -311,7 +311,7 @@ def _plots_failed(out: SampleResult, e: Exception) -> None:
 def _plot_data(gated: GatedSample, out: SampleResult):
     """The report's plot data of this sample, while the gates' events are in memory (None if that failed)."""
     try:
-        return gate_plots(gated.sample, gated.gating_strategy, gated.strategy, gated.all_rows())
+        return gate_plots(gated.sample, gated.gating_strategy, gated.strategy, rows=gated.all_rows())
     except Exception as e:  # noqa: BLE001 - a failure here costs the report a re-read, never the sample
         _plots_failed(out, e)
         return None
@@ -378,7 +378,7 @@ def process_sample(
         lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
         out.file_sha256 = sha
         thresholds = QCThresholds(**(qc_thresholds or {}))
-        adjustments = gate_adjustments(reviews or [], None, sha, strategy.sha256)
+        adjustments = gate_adjustments(reviews or [], None, sha, strategy_sha=strategy.sha256)
         key = cache_key(sha, strategy.sha256, adjusted=adjustments_digest(adjustments), versions=out.versions,
                         thresholds=asdict(thresholds), manifest_sha=strategy.manifest_sha256,
                         conform=conform_digest(panel_digest(lab_panel), starts_at or ""))

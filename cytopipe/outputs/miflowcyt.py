@@ -274,8 +274,8 @@ def build_miflowcyt(strategy: Strategy, table: pd.DataFrame, populations: pd.Dat
     }
 
 
-def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.DataFrame,
-                    populations: pd.DataFrame, *, paths: Sequence[str] | None = None,
+def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.DataFrame, *,
+                    populations: pd.DataFrame, paths: Sequence[str] | None = None,
                     instruments: Sequence[dict[str, Any] | None] | None = None,
                     sample_gates: Sequence[dict[str, Any] | None] | None = None) -> Path:
     """Write ``RUN_DIR/miflowcyt.json``, the MIFlowCyt-style record of a run.
@@ -311,7 +311,7 @@ def write_miflowcyt(run_dir: str | os.PathLike, strategy: Strategy, table: pd.Da
     return write_json(record, Path(run_dir) / "miflowcyt.json")
 
 
-def replace_sample_gates(run_dir: str | os.PathLike, row: int, gatingml: str | bytes,
+def replace_sample_gates(run_dir: str | os.PathLike, row: int, gatingml: str | bytes, *,
                          info: dict[str, Any], table: pd.DataFrame, populations: pd.DataFrame) -> dict[str, str]:
     """Rewrite one sample's gates file and its entries in ``miflowcyt.json`` (a sample gated again alone).
 

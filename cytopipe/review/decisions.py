@@ -87,7 +87,7 @@ def _valid(decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, 
 
 
 def review_fields(
-    decisions: Sequence[Decision | Mapping[str, Any]], file: str, file_sha: str | None, strategy_sha: str | None
+    decisions: Sequence[Decision | Mapping[str, Any]], file: str, file_sha: str | None, *, strategy_sha: str | None
 ) -> dict[str, Any]:
     """``review_status, reviewer, reviewed_at`` of one sample from the decisions.
 
@@ -102,7 +102,7 @@ def review_fields(
 
 
 def gate_adjustments(
-    decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, file_sha: str | None,
+    decisions: Sequence[Decision | Mapping[str, Any]], file: str | None, file_sha: str | None, *,
     strategy_sha: str | None
 ) -> dict[str, dict[str, Any]]:
     """The sample's current gate adjustments: gate path (``root/...``) to gate spec.
@@ -522,7 +522,8 @@ def update_review_columns(run_dir: str | os.PathLike) -> pd.DataFrame:
     decisions = folder.decisions()
     for idx, row in table.iterrows():
         sha = None if pd.isna(row["file_sha256"]) else row["file_sha256"]
-        for key, value in review_fields(decisions, str(row["file"]), sha, str(row["strategy_sha256"])).items():
+        fields = review_fields(decisions, str(row["file"]), sha, strategy_sha=str(row["strategy_sha256"]))
+        for key, value in fields.items():
             table.at[idx, key] = value
     folder.write_treg_by_visit(table)
     return table

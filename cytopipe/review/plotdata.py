@@ -234,7 +234,7 @@ def _views(sample, gs, strategy, rows, max_events: int, seed: int, inside: bool 
     return views
 
 
-def gate_plots(sample, gs, strategy, rows, *, max_events: int = 20_000, seed: int = 0) -> list[GatePlot]:
+def gate_plots(sample, gs, strategy, *, rows, max_events: int = 20_000, seed: int = 0) -> list[GatePlot]:
     """Every gate's :class:`GatePlot` from a sample whose gates' events are in memory.
 
     Parameters

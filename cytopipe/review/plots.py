@@ -298,12 +298,13 @@ def _frame_key(dims: Sequence[PlotDim]) -> tuple:
     return tuple((d.id, d.ticks) for d in dims)  # the frame: its axes, not the gate's bounds
 
 
-def patient_png(patient: str, visits: Sequence[str], pct: Sequence[float], lo: Sequence[float],
-                hi: Sequence[float]) -> bytes:
+def patient_png(patient: str, visits: Sequence[str], values: Sequence[Sequence[float]]) -> bytes:
     """Treg % CD4 of one patient across visits, with 95 % CIs.
 
-    Patients with the same visits and y range share one frame (see :func:`gate_png`).
+    ``values`` holds one ``(Treg %, CI low, CI high)`` a visit. Patients with the same visits and y
+    range share one frame (see :func:`gate_png`).
     """
+    pct, lo, hi = (list(col) for col in zip(*values)) if len(values) else ([], [], [])
     p = np.asarray(pct, dtype=float)
     top = max(25.0, float(np.nanmax(np.asarray(hi, dtype=float), initial=0)) + 2)
     key = ("patient", tuple(str(v) for v in visits), top)

@@ -169,8 +169,8 @@ def _index_calls(table: pd.DataFrame) -> list[tuple[str, tuple]]:
     for patient, rows in gated.groupby("patient_id", sort=False):
         cis = [_ci(r) for _, r in rows.iterrows()]
         calls.append(("patient_png", (str(patient), [str(v) for v in rows["visit"]],
-                                      [float(v) for v in rows["treg_pct_cd4"]],
-                                      [float(c[0]) for c in cis], [float(c[1]) for c in cis])))
+                                      [(float(v), float(lo), float(hi))
+                                       for v, (lo, hi) in zip(rows["treg_pct_cd4"], cis)])))
     if len(gated):
         labels = [f"{p}:{v}" for p, v in zip(gated["patient_id"], gated["visit"])]
         series = {"Treg % CD4": [float(v) for v in gated["treg_pct_cd4"]],
@@ -301,7 +301,7 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
     if row["qc_status"] == "error":
         parts.append(f'<p class="error">Not gated: {_e(row["error"])}</p>')
     else:
-        adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
+        adjustments = gate_adjustments(decisions, str(row["file"]), sha, strategy_sha=str(row["strategy_sha256"]))
         # A reviewer's adjustment recorded since the run changes the key: that sample's file is read
         # again (below), since the gates it changed, and those under them, were not what the worker drew.
         stored = None
@@ -336,8 +336,9 @@ def _sample_page(row: pd.Series, path: Path, strategy, decisions, t: QCThreshold
             parts.append("</div>")
     mine = [d for d in decisions if d.file == str(row["file"])]
     if mine:
-        valid = {id(d) for d in mine if review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))
-                 ["review_status"] != "pending"}
+        strategy_sha = str(row["strategy_sha256"])
+        valid = {id(d) for d in mine
+                 if review_fields([d], str(row["file"]), sha, strategy_sha=strategy_sha)["review_status"] != "pending"}
         trs = "".join(
             f'<tr class="{"" if id(d) in valid else "void"}"><td>{_e(d.time)}</td><td>{_e(d.reviewer)}'
             f'</td><td>{_e(d.action)}</td><td>{_e(d.gate_path or "")}</td><td>{_e(d.reason)}'

@@ -105,14 +105,15 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         table = flag_visit_outliers(_without_outlier_flags(table), thresholds=thresholds)
         for i, row in table.iterrows():
             sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
-            for key, value in review_fields(decisions, str(row["file"]), sha, str(row["strategy_sha256"])).items():
+            fields = review_fields(decisions, str(row["file"]), sha, strategy_sha=str(row["strategy_sha256"]))
+            for key, value in fields.items():
                 table.at[i, key] = value
         pops = _replace_populations(folder.populations(), table.loc[idx], res)
         folder.write_treg_by_visit(table)
         folder.write_populations(pops)
         if not res.error:  # the record names the gates that gave the new numbers, as a re-run's does
             text, info = applied_gates(res, strategy, mine)
-            replace_sample_gates(folder.path, pos, text, info, table, pops)
+            replace_sample_gates(folder.path, pos, text, info=info, table=table, populations=pops)
         folder.mark_recomputed(str(file), _dt.datetime.now(_dt.timezone.utc))
     return table.loc[idx].to_dict()
 

@@ -130,7 +130,7 @@ class Station:
         """A short hash of everything a decision on this sample rests on (:func:`cytopipe.review.sample_version`)."""
         return sample_version(row, decisions, run)
 
-    def queue_row(self, i: int, row: pd.Series, decisions, run) -> dict[str, Any]:
+    def queue_row(self, i: int, row: pd.Series, decisions, *, run) -> dict[str, Any]:
         """What the queue shows of one sample, with its version."""
         from ..gating.qc import binomial_ci
 
@@ -150,7 +150,7 @@ class Station:
     def queue(self) -> dict[str, Any]:
         """Every sample in review order (needs_review, other flags, pending, decided), and how many are left."""
         table, decisions, run = self.table(), self._decisions(), self.run()
-        rows = [self.queue_row(i, r, decisions, run) for i, (_, r) in enumerate(table.iterrows())]
+        rows = [self.queue_row(i, r, decisions, run=run) for i, (_, r) in enumerate(table.iterrows())]
         rows.sort(key=lambda r: (r["group"], r["i"]))
         strategy = self.strategy
         return {"rows": rows, "left": sum(r["group"] < 3 for r in rows), "total": len(rows),
@@ -166,7 +166,7 @@ class Station:
         from ..review.decisions import adjustments_digest, gate_adjustments
 
         sha = None if pd.isna(row["file_sha256"]) else str(row["file_sha256"])
-        adjustments = gate_adjustments(decisions, str(row["file"]), sha, str(row["strategy_sha256"]))
+        adjustments = gate_adjustments(decisions, str(row["file"]), sha, strategy_sha=str(row["strategy_sha256"]))
         # the row's lab panel and pre-gated start too: a re-run that changed either gates the file otherwise
         return (str(row["file"]), sha, str(row["strategy_sha256"]), adjustments_digest(adjustments),
                 row_site(row)), adjustments
@@ -200,7 +200,8 @@ class Station:
         """Open sample ``i`` (its events stay in memory): its row, version and every gate as drawn."""
         table, decisions, run = self.table(), self._decisions(), self.run()
         row = self._row(table, i)
-        out = {"sample": self.queue_row(i, row, decisions, run), "gates": [], "history": self._history(row, decisions)}
+        out = {"sample": self.queue_row(i, row, decisions, run=run), "gates": [],
+               "history": self._history(row, decisions)}
         strategy = self.strategy
         out.update(numerator="/".join(strategy.numerator), denominator="/".join(strategy.denominator))
         if row["qc_status"] == "error":
@@ -226,7 +227,8 @@ class Station:
         for d in decisions:
             if d.file != str(row["file"]):
                 continue
-            valid = review_fields([d], str(row["file"]), sha, str(row["strategy_sha256"]))["review_status"] != "pending"
+            fields = review_fields([d], str(row["file"]), sha, strategy_sha=str(row["strategy_sha256"]))
+            valid = fields["review_status"] != "pending"
             out.append({"time": d.time, "reviewer": d.reviewer, "action": d.action,
                         "gate_path": d.gate_path or "", "reason": d.reason, "valid": valid})
         return out
@@ -348,7 +350,7 @@ class Station:
             self.report.request(file)
             table, decisions, run = self.table(), self._decisions(), self.run()
             return {"records": [d.to_dict() for d in decided.records], "recomputed": decided.recomputed,
-                    "sample": self.queue_row(i, self._row(table, i), decisions, run)}
+                    "sample": self.queue_row(i, self._row(table, i), decisions, run=run)}
 
     # -- one gate across the batch --------------------------------------------------------------------
 
@@ -369,7 +371,7 @@ class Station:
         table, decisions, run = self.table(), self._decisions(), self.run()
         samples = []
         for i, (_, row) in enumerate(table.iterrows()):
-            q = self.queue_row(i, row, decisions, run)
+            q = self.queue_row(i, row, decisions, run=run)
             c = counts.get(q["file"])
             q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
             samples.append(q)

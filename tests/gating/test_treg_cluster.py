@@ -43,12 +43,12 @@ def test_ridgeline_modality_matches_the_closed_form_in_one_dimension(gap):
     """Two equal Gaussians (SD 1) are unimodal exactly when their means are at most 2 SD apart; beyond, the
     dip at the midpoint against the peaks' height is what a grid of the density says."""
     one = np.eye(1)
-    assert ridge_unimodal(np.zeros(1), one, 0.5, np.array([gap]), one, 0.5, 1.0) == (gap <= 2.0)
+    assert ridge_unimodal((np.zeros(1), one, 0.5), (np.array([gap]), one, 0.5), ratio=1.0) == (gap <= 2.0)
     x = np.linspace(-4, gap + 4, 20001)
     f = 0.5 * norm.pdf(x) + 0.5 * norm.pdf(x, gap)
     dip = f[np.argmin(np.abs(x - gap / 2))] / f.max()
     for ratio in (dip - 0.02, dip + 0.02):
-        assert ridge_unimodal(np.zeros(1), one, 0.5, np.array([gap]), one, 0.5, ratio) == (dip >= ratio)
+        assert ridge_unimodal((np.zeros(1), one, 0.5), (np.array([gap]), one, 0.5), ratio=ratio) == (dip >= ratio)
 
 
 def test_ridgeline_sees_a_valley_off_the_line_between_the_means():
@@ -61,7 +61,7 @@ def test_ridgeline_sees_a_valley_off_the_line_between_the_means():
     f = 0.5 * mvn(m1, s1).pdf(g) + 0.5 * mvn(m2, s2).pdf(g)
     inner = f[1:-1, 1:-1]
     peaks = sum((inner > np.roll(f, s, axis=a)[1:-1, 1:-1]).astype(int) for a in (0, 1) for s in (1, -1)) == 4
-    assert ridge_unimodal(m1, s1, 0.5, m2, s2, 0.5, 1.0) == (int(peaks.sum()) == 1)
+    assert ridge_unimodal((m1, s1, 0.5), (m2, s2, 0.5), ratio=1.0) == (int(peaks.sum()) == 1)
 
 
 @pytest.mark.parametrize("hard", [False, True])

@@ -38,7 +38,7 @@ def test_write_miflowcyt(tmp_path):
                          "gate_path": ["root/Lymphocytes"], "gate": ["Lymphocytes"], "count": [600],
                          "parent_count": [1000], "pct_parent": [60.0], "pct_total": [60.0],
                          "strategy": ["treg"], "strategy_version": ["1.0.0"]})
-    rec = json.loads(write_miflowcyt(tmp_path, strat, table, pops, paths=paths).read_text())
+    rec = json.loads(write_miflowcyt(tmp_path, strat, table, populations=pops, paths=paths).read_text())
     assert [i["serial"] for i in rec["instrument"]] == ["R6600001", None]
     assert rec["instrument"][0]["spillover_keyword"] == "$SPILLOVER"
     cd25 = next(r for r in rec["reagents"] if r["marker"] == "CD25")

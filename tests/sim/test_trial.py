@@ -113,7 +113,7 @@ def test_miflowcyt_record_of_the_run(trial_endpoint):
     base, run, _ = trial_endpoint
     strat = load_strategy()
     paths = [str(base / "fcs" / f) for f in run.table["file"]]
-    path = write_miflowcyt(base / "run", strat, run.table, run.populations, paths=paths)
+    path = write_miflowcyt(base / "run", strat, run.table, populations=run.populations, paths=paths)
     rec = json.loads(path.read_text())
     assert {i["cytometer"] for i in rec["instrument"]} == {"LSRFortessa"}
     treg = next(g for g in rec["gates"] if g["id"] == strat.numerator[-1])  # CD127lo under Treg since 1.1.0

@@ -307,13 +307,13 @@ def no_dip(f: np.ndarray, ratio: float) -> bool:
     return bool(np.all(f >= ratio * rim))
 
 
-def ridge_unimodal(m1, s1, w1, m2, s2, w2, ratio: float, n: int = 101) -> bool:
+def ridge_unimodal(first: tuple, second: tuple, *, ratio: float, n: int = 101) -> bool:
     """Whether two weighted Gaussians form one mode: no dip below ``ratio`` of the lower maximum on their ridgeline.
 
     Parameters
     ----------
-    m1, s1, w1, m2, s2, w2
-        Mean (d,), covariance (d, d) and weight of each Gaussian.
+    first, second
+        ``(mean (d,), covariance (d, d), weight)`` of each Gaussian.
     ratio : float
         The shallowest dip that counts as a valley, as a fraction of the
         lower of the two maxima either side: 1.0 is strict unimodality.
@@ -329,9 +329,10 @@ def ridge_unimodal(m1, s1, w1, m2, s2, w2, ratio: float, n: int = 101) -> bool:
     --------
     >>> import numpy as np
     >>> one = np.eye(1)
-    >>> ridge_unimodal(np.zeros(1), one, 0.5, np.full(1, 1.9), one, 0.5, 1.0)  # at most 2 SD apart
+    >>> ridge_unimodal((np.zeros(1), one, 0.5), (np.full(1, 1.9), one, 0.5), ratio=1.0)  # at most 2 SD apart
     True
-    >>> ridge_unimodal(np.zeros(1), one, 0.5, np.full(1, 3.0), one, 0.5, 1.0)
+    >>> ridge_unimodal((np.zeros(1), one, 0.5), (np.full(1, 3.0), one, 0.5), ratio=1.0)
     False
     """
-    return no_dip(ridge_density(m1, s1, m2, s2, [(m1, s1, w1), (m2, s2, w2)], n), ratio)
+    (m1, s1, _), (m2, s2, _) = first, second
+    return no_dip(ridge_density(m1, s1, m2, s2, [first, second], n), ratio)
