@@ -524,7 +524,7 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
         from .station import serve as serve_station
 
         serve_station(run_dir, host=host, port=port, open_browser=not no_browser, password=password,
-                      echo=click.echo)
+                      echo=click.echo, registry=registry)
         return
     if not sample:
         raise click.UsageError("Give the SAMPLE to decide on (its file as in the sheet, or PATIENT:VISIT), "
