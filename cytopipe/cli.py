@@ -411,6 +411,70 @@ def _parse_vertex(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _registry_option(f):
+    return click.option(
+        "--registry", "registry", default=None, envvar="CYTOPIPE_REVIEWERS",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The lab's reviewer registry (a JSON file) [default: $CYTOPIPE_REVIEWERS].")(f)
+
+
+def _password_stdin_option(f):
+    return click.option("--password-stdin", is_flag=True,
+                        help="Read the password from the first line of stdin (scripts), not a hidden prompt.")(f)
+
+
+def _password(prompt: str, from_stdin: bool, *, twice: bool = False) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=twice)
+
+
+def _need_registry(registry: Path | None) -> Path:
+    if registry is None:
+        raise click.UsageError("Give the reviewer registry: --registry PATH, or set CYTOPIPE_REVIEWERS.")
+    return registry
+
+
+@cli.group()
+def reviewer() -> None:
+    """Enrol and list the reviewers who may sign review decisions."""
+
+
+@reviewer.command("add")
+@click.argument("name")
+@_registry_option
+@_password_stdin_option
+def reviewer_add(name: str, registry: Path | None, password_stdin: bool) -> None:
+    """Enrol NAME: asks for their password twice, makes their signing key, writes the registry.
+
+    The name is printed on every decision they sign: NFC-normalised, spaces
+    collapsed; invisible and control characters are refused, and it must be
+    unique whatever its case. The reviewer types the password themselves.
+    """
+    from .review import ReviewerRegistry, normalise_name
+
+    reg = ReviewerRegistry(_need_registry(registry))
+    printed = normalise_name(name)  # refused before anyone types a password
+    if reg.get(printed) is not None:
+        raise click.UsageError(f"{printed!r} is already enrolled in {reg.path} as {reg.require(printed).name!r}.")
+    entry = reg.add(printed, _password(f"Password for {printed}", password_stdin, twice=True))
+    click.echo(f"enrolled {entry.name!r} in {reg.path} (Ed25519 key {entry.public_key[:12]}...)")
+
+
+@reviewer.command("list")
+@_registry_option
+def reviewer_list(registry: Path | None) -> None:
+    """List the enrolled reviewers: name, enrolment time, the start of their public key."""
+    from .review import ReviewerRegistry
+
+    reg = ReviewerRegistry(_need_registry(registry))
+    entries = reg.reviewers()
+    if not entries:
+        click.echo(f"no reviewer is enrolled in {reg.path}: 'cytopipe reviewer add NAME'", err=True)
+    for r in entries:
+        click.echo(f"{r.name:<32} {r.enrolled:<26} {r.public_key[:12]}...")
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("sample", required=False)
@@ -434,14 +498,21 @@ def _parse_vertex(text: str) -> tuple[float, float]:
 @click.option("--no-browser", is_flag=True, help="Print the station's URL without opening a browser.")
 @click.option("--password", default=None, envvar="CYTOPIPE_REVIEW_PASSWORD",
               help="Asked once per browser session [default: $CYTOPIPE_REVIEW_PASSWORD].")
+@_registry_option
+@_password_stdin_option
 def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str | None, bounds: tuple[str, ...],
            vertices: tuple[str, ...], reason: str, reviewer: str | None, no_report: bool, serve: bool, port: int,
-           host: str, no_browser: bool, password: str | None) -> None:
+           host: str, no_browser: bool, password: str | None, registry: Path | None, password_stdin: bool) -> None:
     """Approve, reject or adjust one SAMPLE of RUN_DIR (its file as in the sheet, or PATIENT:VISIT).
 
     Decisions are appended to RUN_DIR/review.jsonl with reviewer, time and
     reason, and bound to the file's and the strategy's sha256. An adjusted
     gate takes effect at the next 'cytopipe run' into RUN_DIR.
+
+    With a reviewer registry (--registry or CYTOPIPE_REVIEWERS) the reviewer
+    must be enrolled: their password is asked for and each line is signed
+    with their key. Without one, lines are unsigned and 'cytopipe verify'
+    says so.
 
     With --serve (and no SAMPLE), start the review station instead: it
     prints its URL (with a one-time token), opens it in the browser, and
@@ -453,14 +524,14 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
         from .station import serve as serve_station
 
         serve_station(run_dir, host=host, port=port, open_browser=not no_browser, password=password,
-                      echo=click.echo)
+                      echo=click.echo, registry=registry)
         return
     if not sample:
         raise click.UsageError("Give the SAMPLE to decide on (its file as in the sheet, or PATIENT:VISIT), "
                                "or --serve.")
     if not reviewer:
         raise click.UsageError("Missing option '--reviewer': who decides.")
-    from .review import decide
+    from .review import ReviewerRegistry, decide, normalise_name
 
     if gate_path and action:
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate.")
@@ -469,14 +540,20 @@ def review(run_dir: Path, sample: str | None, action: str | None, gate_path: str
         raise click.UsageError("Give one of --approve, --reject or --adjust-gate GATE_PATH.")
     gates = {gate_path: {"bounds": dict(_parse_bound(b) for b in bounds) or None,
                          "vertices": [_parse_vertex(v) for v in vertices] or None}} if gate_path else None
+    signer = None
+    if registry is not None:  # enrolled and the password right, or nothing is written
+        reg = ReviewerRegistry(registry)
+        name = reg.require(normalise_name(reviewer)).name  # before the prompt: a name not enrolled is refused
+        signer = reg.unlock(name, _password(f"Password for {name}", password_stdin))
     # under the folder's lock: never while a run or the station rewrites the tables
     rec = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates,
-                 holder="cytopipe review").records[-1]
+                 holder="cytopipe review", signer=signer).records[-1]
     if not no_report:  # this sample's page and the index; the other pages did not change
         from .review import write_report
 
         write_report(run_dir, samples=[rec.file])
-    click.echo(f"{rec.action} {rec.file} by {rec.reviewer} recorded in {run_dir / 'review.jsonl'}")
+    how = "signed" if rec.signature else "unsigned (no reviewer registry)"
+    click.echo(f"{rec.action} {rec.file} by {rec.reviewer} recorded, {how}, in {run_dir / 'review.jsonl'}")
     if action == "adjust":
         click.echo(f"re-run 'cytopipe run ... --out {run_dir}' to gate {rec.file} with the adjusted gate")
 
@@ -492,10 +569,13 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def verify(run_dir: Path) -> None:
+@_registry_option
+def verify(run_dir: Path, registry: Path | None) -> None:
     """Check RUN_DIR's record: print OK, or every discrepancy (one line each, naming the file and row).
 
-    Checks the review log's hash chain; every table row against its stored
+    Checks the review log's hash chain and, with a reviewer registry, every
+    decision's signature (enrolled key, not forged or copied, in the key
+    owner's name); every table row against its stored
     result (cache/) and run.json; the FCS files and sample sheet, where still
     present, against their recorded sha256; the strategy against its release
     and the registry; each table's CSV against its Parquet and both against
@@ -508,13 +588,20 @@ def verify(run_dir: Path) -> None:
       2  RUN_DIR is not a run folder
     """
     from .audit import verify_run
+    from .review import signature_report
 
-    problems = verify_run(run_dir)
+    problems = verify_run(run_dir, registry=registry)
     for line in problems:
         click.echo(line)
     if problems:
         sys.exit(EXIT_SAMPLES_FAILED)
     click.echo("OK")
+    counts = signature_report(run_dir, None)
+    if registry is None and counts.unsigned:
+        click.echo(f"note: {counts.unsigned} review decision(s) are unsigned: no reviewer registry was given "
+                   "(--registry or CYTOPIPE_REVIEWERS)", err=True)
+    elif counts.signed:
+        click.echo(f"{counts.signed} review decision(s) signed by enrolled reviewers")
 
 
 @cli.command()

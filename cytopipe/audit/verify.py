@@ -7,8 +7,10 @@ review decisions were applied), the hash-chained ``review.jsonl``, each
 sample's applied gates (``sample_gates/``, named in ``miflowcyt.json``) and
 each table's manifest. :func:`verify_run` checks them against each other:
 
-- ``review.jsonl``: the hash chain (no line edited, removed or inserted), and
-  the review columns of ``treg_by_visit`` against it;
+- ``review.jsonl``: the hash chain (no line edited, removed or inserted),
+  every signature against the lab's reviewer registry (an unenrolled key, a
+  forged or copied signature, a name that is not the key's), and the review
+  columns of ``treg_by_visit`` against it;
 - each table's CSV and Parquet against its manifest (sha256, rows, schema
   version), against the data dictionary, and against each other cell by cell;
 - every ``treg_by_visit`` row against ``run.json`` (strategy, software,
@@ -43,6 +45,8 @@ from ..outputs.runfolder import REVIEW_FILE, RUN_FILE, Decision, RunFolder, RunR
 from ..outputs.schema import read_output, validate_table
 from ..outputs.tables import SCHEMA_VERSION, manifest_path
 from ..review.decisions import adjustments_digest, gate_adjustments, review_fields
+from ..review.reviewers import ReviewerRegistry
+from ..review.signatures import signature_report
 from ..strategy.registry import load_strategy, strategy_dir
 from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 
@@ -54,13 +58,19 @@ _RUN_TABLES = {"treg_by_visit": True, "populations": False}
 _TABLE_FLAGS = {"treg_outlier"}
 
 
-def verify_run(run_dir: str | os.PathLike) -> list[str]:
+def verify_run(run_dir: str | os.PathLike, *, registry: str | os.PathLike | ReviewerRegistry | None = None
+               ) -> list[str]:
     """Check a run folder's record: every discrepancy found, one line each (empty when intact).
 
     Parameters
     ----------
     run_dir
         A folder written by ``cytopipe run``.
+    registry
+        The lab's reviewer registry (a path or a :class:`ReviewerRegistry`):
+        every decision must be signed by an enrolled reviewer in their own
+        name (:func:`cytopipe.review.signature_report`). None: unsigned
+        decisions pass, and a signed one is reported as not checkable.
 
     Returns
     -------
@@ -91,6 +101,9 @@ def verify_run(run_dir: str | os.PathLike) -> list[str]:
     except OSError as e:  # OutputError too: not JSON, or not a run's record
         return [f"{e} Nothing else can be checked against it."]
     problems += folder.verify_chain()
+    if registry is not None and not isinstance(registry, ReviewerRegistry):
+        registry = ReviewerRegistry(registry)
+    problems += signature_report(folder, registry).problems
     tables = {name: _check_table(run_dir, name, csv, problems) for name, csv in _RUN_TABLES.items()}
     for path in sorted(run_dir.glob("*.manifest.json")):  # any other table of the folder
         name = path.name.removesuffix(".manifest.json")

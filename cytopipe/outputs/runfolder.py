@@ -20,7 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ REVIEW_FILE = "review.jsonl"
 GENESIS = "0" * 64
 
 _ACTIONS = ("approve", "reject", "adjust")
+# what a signature is over starts with this, so it can never be replayed as a signature of anything else
+_SIGNED_TAG = b"cytopipe review decision v1\n"
 
 
 def _line_sha256(line: str) -> str:
@@ -239,6 +241,12 @@ class Decision:
         The operating-system user who ran the command.
     prev_sha256
         sha256 of the previous line's text (:data:`GENESIS` for the first).
+    signer_key
+        The signing reviewer's Ed25519 public key (raw, base64); None: unsigned.
+    signature
+        Ed25519 signature (base64) over :meth:`signed_content`: every other
+        field, ``prev_sha256`` and ``signer_key`` included, so it holds for this
+        line at this place in the log only (21 CFR 11.70).
     """
 
     time: str
@@ -257,6 +265,8 @@ class Decision:
     meaning: str | None = None
     os_user: str | None = None
     prev_sha256: str | None = None
+    signer_key: str | None = None
+    signature: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = REVIEW_FILE) -> Decision:
@@ -281,10 +291,20 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         """The decision as its line holds it (optional keys left out when unset)."""
         out = dataclasses.asdict(self)
-        for name in ("gate_path", "gate", "meaning", "os_user", "prev_sha256"):
+        for name in ("gate_path", "gate", "meaning", "os_user", "prev_sha256", "signer_key", "signature"):
             if out[name] is None:
                 del out[name]
         return out
+
+    def signed_content(self) -> bytes:
+        """The bytes a signature covers: a fixed tag, then the line's fields but ``signature`` as canonical JSON.
+
+        Canonical: keys sorted, no spaces, UTF-8, so the same decision gives
+        the same bytes whoever serialises it.
+        """
+        fields = {k: v for k, v in self.to_dict().items() if k != "signature"}
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return _SIGNED_TAG + body.encode("utf-8")
 
     def to_line(self) -> str:
         """The line's text (without its newline), as :meth:`RunFolder.append_decision` writes it."""
@@ -400,6 +420,14 @@ class RunFolder:
             return []
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    def numbered_lines(self) -> list[tuple[int, str]]:
+        """Every non-blank line of ``review.jsonl`` with its line number (from 1), oldest first."""
+        path = self.review_path
+        if not path.is_file():
+            return []
+        return [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                if line.strip()]
+
     def decisions(self) -> list[Decision]:
         """Every decision of ``review.jsonl``, oldest first (empty if none).
 
@@ -424,11 +452,20 @@ class RunFolder:
             out.append(Decision.from_dict(data, f"{path}: line {n}"))
         return out
 
-    def append_decision(self, decision: Decision) -> Decision:
-        """Append one decision to ``review.jsonl``, chained to the line before it.
+    def append_decision(self, decision: Decision, sign: Callable[[Decision], Decision] | None = None) -> Decision:
+        """Append one decision to ``review.jsonl``, chained to the line before it, signed when ``sign`` is given.
 
         The log is locked while the last line is read and the new one
         written, so two reviewers at once still chain one after the other.
+
+        Parameters
+        ----------
+        decision
+            The decision; its ``prev_sha256`` is set here.
+        sign
+            Called with the chained decision, under the log's lock, to return
+            it signed (``cytopipe.review.Signer.sign_decision``): the signature
+            covers the link to the line before.
 
         Returns
         -------
@@ -442,6 +479,8 @@ class RunFolder:
             fh.seek(0)
             lines = [line for line in fh.read().splitlines() if line.strip()]
             written = dataclasses.replace(decision, prev_sha256=_line_sha256(lines[-1]) if lines else GENESIS)
+            if sign is not None:
+                written = sign(written)
             fh.seek(0, os.SEEK_END)
             fh.write(written.to_line() + "\n")
             fh.flush()

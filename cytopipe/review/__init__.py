@@ -24,6 +24,8 @@ from .decisions import (
     update_review_columns,
     verify_review_chain,
 )
+from .reviewers import REGISTRY_ENV, Reviewer, ReviewerRegistry, Signer, name_key, normalise_name, registry_path
+from .signatures import SignatureReport, signature_report
 from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
 from .outliers import OUTLIER_Z, robust_outliers
 from .png import png_bytes, viridis
@@ -46,6 +48,15 @@ __all__ = [
     "review_fields",
     "update_review_columns",
     "verify_review_chain",
+    "REGISTRY_ENV",
+    "Reviewer",
+    "ReviewerRegistry",
+    "Signer",
+    "name_key",
+    "normalise_name",
+    "registry_path",
+    "SignatureReport",
+    "signature_report",
     "GatePlot",
     "GateView",
     "PlotDim",

@@ -34,6 +34,7 @@ from ..exceptions import ReviewError
 # kept importable from here (and cytopipe.review) for callers written before it moved to gating
 from ..gating.gated import adjusted_gating_strategy, gate_from_spec
 from ..outputs.runfolder import REVIEW_FILE, Decision, RunFolder, RunRecord
+from .reviewers import REGISTRY_ENV, Signer, name_key, normalise_name, registry_path
 
 __all__ = [
     "REVIEW_FILE",
@@ -274,15 +275,16 @@ def sample_version(row: pd.Series, decisions: Sequence[Decision], record: RunRec
 
 def _decision(row: pd.Series, action: str, reviewer: str, reason: str, now: _dt.datetime | None,
               **gate: Any) -> Decision:
-    """A decision on the sample of ``row``, timed now, unsigned by the chain yet."""
+    """A decision on the sample of ``row``, timed now, not chained or signed yet."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
+    meaning = _MEANINGS[action] if action != "adjust" else _MEANINGS[action].format(gate=gate["gate_path"])
     return Decision(
-        time=now.isoformat(timespec="milliseconds"), action=action, reviewer=reviewer.strip(), reason=reason or "",
+        time=now.isoformat(timespec="milliseconds"), action=action, reviewer=reviewer, reason=reason or "",
         file=str(row["file"]), patient_id=str(row["patient_id"]), visit=str(row["visit"]),
         file_sha256=None if pd.isna(row["file_sha256"]) else str(row["file_sha256"]),
         strategy=str(row["strategy"]), strategy_version=str(row["strategy_version"]),
         strategy_sha256=str(row["strategy_sha256"]), **gate,
-        meaning=_MEANINGS[action],  # what the signature means (21 CFR 11.50)
+        meaning=meaning,  # what the signature means (21 CFR 11.50)
         os_user=_os_user())
 
 
@@ -298,6 +300,7 @@ def decide(
     recompute: Callable[[str], Any] | None = None,
     holder: str = "cytopipe review",
     now: _dt.datetime | None = None,
+    signer: Signer | None = None,
 ) -> Decided:
     """Check and record one reviewer's decision on one sample, then rewrite the run's review columns.
 
@@ -322,7 +325,9 @@ def decide(
     action : {"approve", "reject", "adjust"}
         What the reviewer decided; ``adjust`` records the moved ``gates`` only.
     reviewer
-        Who decided (required, non-empty).
+        Who decided: their name as printed (:func:`cytopipe.review.normalise_name`;
+        invisible and control characters are refused). With ``signer``, the
+        name they are enrolled under, in any case.
     reason
         Why; required to reject, and whenever a gate moved.
     gates
@@ -341,6 +346,11 @@ def decide(
         Who holds the folder's lock, as a run that finds it locked is told.
     now
         The decisions' time (UTC); defaults to the clock at each.
+    signer
+        The reviewer's unlocked key (:meth:`cytopipe.review.ReviewerRegistry.unlock`):
+        every line appended is signed with it. None: the lines are unsigned,
+        allowed only while no registry is configured (``$CYTOPIPE_REVIEWERS``
+        unset); ``cytopipe verify`` counts them as unsigned.
 
     Returns
     -------
@@ -350,9 +360,10 @@ def decide(
     Raises
     ------
     ReviewError
-        Unknown action or sample, no reviewer, no reason, an invalid gate or
-        geometry, a gate moved on a sample that could not be gated, or an
-        approval refused (see above).
+        Unknown action or sample, no reviewer or an invisible character in
+        the name, a ``signer`` of another name, no signer while a registry is
+        configured, no reason, an invalid gate or geometry, a gate moved on a
+        sample that could not be gated, or an approval refused (see above).
     StaleError
         ``version`` is not the sample's current version: nothing is recorded.
     OutputError
@@ -372,6 +383,18 @@ def decide(
     if not (reviewer or "").strip():
         msg = "A review decision needs the reviewer's name (--reviewer NAME; in the station, enter your name)."
         raise ReviewError(msg)
+    reviewer = normalise_name(reviewer)
+    if signer is not None:
+        if name_key(reviewer) != name_key(signer.name):
+            msg = (f"The decision is in the name of {reviewer!r}, but the key unlocked is {signer.name!r}'s: "
+                   "each reviewer signs their own decisions.")
+            raise ReviewError(msg)
+        reviewer = signer.name  # the printed name as enrolled
+    elif registry_path() is not None:
+        msg = (f"A reviewer registry is configured (${REGISTRY_ENV}={registry_path()}): every decision must be "
+               "signed. Give the reviewer's password (cytopipe review asks for it).")
+        raise ReviewError(msg)
+    sign = signer.sign_decision if signer is not None else None
     gates = dict(gates or {}) if action != "reject" else {}
     if action == "adjust" and not gates:
         msg = ("An adjustment needs the moved gate: --adjust-gate GATE_PATH (e.g. "
@@ -420,13 +443,13 @@ def decide(
                 msg = (f"{file}: its {last} gate was adjusted after the last run; "
                        f"re-run 'cytopipe run' so the numbers use it, then approve.")
                 raise ReviewError(msg)
-        records = [run.append_decision(_decision(row, "adjust", reviewer, reason, now, gate_path=path, gate=spec))
-                   for path, spec in moved]
+        records = [run.append_decision(_decision(row, "adjust", reviewer, reason, now, gate_path=path, gate=spec),
+                                       sign) for path, spec in moved]
         recomputed = recompute is not None and bool(moved or unapplied)
         if recompute is not None and recomputed:
             recompute(file)  # the adjusted numbers now, before they are approved
         if action in ("approve", "reject"):
-            records.append(run.append_decision(_decision(row, action, reviewer, reason, now)))
+            records.append(run.append_decision(_decision(row, action, reviewer, reason, now), sign))
         update_review_columns(run.path)
     return Decided(tuple(records), recomputed)
 
@@ -442,6 +465,7 @@ def record_decision(
     bounds: dict[str, tuple[float | None, float | None]] | None = None,
     vertices: list[tuple[float, float]] | None = None,
     now: _dt.datetime | None = None,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
     """Record one decision on one sample of a run, as ``cytopipe review`` does (:func:`decide`).
 
@@ -462,6 +486,8 @@ def record_decision(
         compensated linear units (see :func:`build_gate_spec`).
     now
         The decision time (UTC); defaults to the clock.
+    signer
+        The reviewer's unlocked key, to sign the line (see :func:`decide`).
 
     Returns
     -------
@@ -478,12 +504,12 @@ def record_decision(
         Another process holds the run folder.
     """
     gates = {gate_path: {"bounds": bounds, "vertices": vertices}} if action == "adjust" and gate_path else None
-    decided = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates, now=now)
+    decided = decide(run_dir, sample, action, reviewer=reviewer, reason=reason, gates=gates, now=now, signer=signer)
     return decided.records[-1].to_dict()
 
 
 _MEANINGS = {"approve": "reviewed and approved", "reject": "reviewed and rejected",
-             "adjust": "gate adjusted by the reviewer; the sample awaits approval"}
+             "adjust": "adjusted gate {gate}; the sample awaits approval"}
 
 
 def _os_user() -> str:

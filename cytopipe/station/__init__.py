@@ -15,6 +15,7 @@ __all__ = [
     "COOKIE",
     "CSP",
     "CSRF_HEADER",
+    "IDLE_TIMEOUT",
     "create_app",
     "RUN_LOCK",
     "recompute_sample",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "COOKIE": "app", "CSP": "app", "CSRF_HEADER": "app", "create_app": "app",
+    "COOKIE": "app", "CSP": "app", "CSRF_HEADER": "app", "IDLE_TIMEOUT": "app", "create_app": "app",
     "RUN_LOCK": "recompute", "recompute_sample": "recompute", "run_folder_lock": "recompute",
     "sample_path": "recompute",
     "BINS": "render", "OUTLIER_RULE": "render", "axis_label": "render", "axis_spec": "render",

@@ -1,14 +1,17 @@
 """The review station's web app (Starlette): who gets in, what each request may do, and the routes.
 
-Access: the URL printed at start carries a fresh random token; the first
-request with it gets a session cookie (HttpOnly, SameSite=Strict) and is
-redirected to the same page without the token, so it leaves the address
-bar and the history. Every other request needs that cookie; with a password
-(required to serve beyond this machine), the session also needs the
-password once. Requests that change anything (POST) also need the
-session's CSRF token in an ``X-CSRF-Token`` header, which a page of another
-site can neither read nor send. The reviewer's name is asked once per
-session and goes into every decision.
+Access: the URL printed at start carries a fresh random token, good for one
+use; the request with it gets a session cookie (HttpOnly, SameSite=Strict)
+and is redirected to the same page without the token, so it leaves the
+address bar and the history. Every other request needs that cookie. With a
+reviewer registry, the session then signs in with a reviewer's name and
+password, which unlocks their signing key for the session: every decision
+is signed with it, in their name. Without one, a station password (required
+to serve beyond this machine) is asked once, and the reviewer's name once
+per session, never changed after. A sign-in expires after 15 minutes
+without a request; the session signs in again. Requests that change
+anything (POST) also need the session's CSRF token in an ``X-CSRF-Token``
+header, which a page of another site can neither read nor send.
 
 Every response carries a Content-Security-Policy that lets the page load its
 own script, style and images and nothing else (no CDN, no inline script);
@@ -38,11 +41,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..exceptions import CytopipeError, OutputError
+from ..exceptions import CytopipeError, OutputError, ReviewError
 from ..outputs.html import escape
+from ..review.reviewers import ReviewerRegistry, Signer, normalise_name
 from .state import StaleError, Station
 
-__all__ = ["COOKIE", "CSP", "CSRF_HEADER", "create_app"]
+__all__ = ["COOKIE", "CSP", "CSRF_HEADER", "IDLE_TIMEOUT", "create_app"]
+
+#: Seconds without a request after which a session's sign-in expires (its reviewer signs in again).
+IDLE_TIMEOUT = 15 * 60.0
 
 COOKIE = "cytopipe_station"
 CSRF_HEADER = "X-CSRF-Token"
@@ -54,16 +61,21 @@ _HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 _NO_SESSION = ("This review station needs the link it printed when it started (http://HOST:PORT/?token=...); "
                "open that link again, or restart 'cytopipe review RUN_DIR --serve' for a new one.")
+_USED = ("This station's link was used already: it opens one browser session. Use the browser that opened it, "
+         "or restart 'cytopipe review RUN_DIR --serve' for a new link.")
+_EXPIRED = "Your sign-in expired after 15 minutes without activity: sign in again."
 
 
 @dataclass
 class Session:
-    """One browser's session: its CSRF token, whether it gave the password, the reviewer's name."""
+    """One browser's session: its CSRF token, whether it signed in, the reviewer and their unlocked key."""
 
     csrf: str
     authed: bool
     reviewer: str = ""
     failures: int = 0
+    signer: Signer | None = None
+    last_seen: float = 0.0
 
 
 class _SecurityHeaders:
@@ -136,18 +148,23 @@ type="button" id="btn-undo">Undo moves (Esc)</button></div>
 """
 
 
-def _login_page(csrf: str, note: str = "") -> str:
+def _login_page(csrf: str, note: str = "", *, reviewer: bool = False) -> str:
+    name = ('<label>Your name, as enrolled <input type="text" name="name" id="login-name" autocomplete="username" '
+            'maxlength="100" autofocus></label>' if reviewer else "")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cytopipe review station: password</title>
+<html lang="en"><head><meta charset="utf-8"><title>cytopipe review station: sign in</title>
 <link rel="stylesheet" href="/static/app.css"></head><body class="login">
-<form method="post" action="/login"><h1>cytopipe review station</h1><p>{escape(note)}</p>
-<label>Password <input type="password" name="password" autofocus></label>
-<input type="hidden" name="csrf" value="{escape(csrf)}"><button type="submit">Enter</button></form></body></html>
+<form method="post" action="/login"><h1>cytopipe review station</h1><p id="login-note">{escape(note)}</p>
+{name}<label>Password <input type="password" name="password" id="login-password"
+autocomplete="current-password"{"" if reviewer else " autofocus"}></label>
+<input type="hidden" name="csrf" value="{escape(csrf)}"><button type="submit" id="login-ok">Sign in</button></form>
+</body></html>
 """
 
 
 def create_app(station: Station, *, token: str, password: str | None = None,
-               allowed_hosts: list[str] | None = None) -> Starlette:
+               allowed_hosts: list[str] | None = None, registry: ReviewerRegistry | None = None,
+               idle_timeout: float = IDLE_TIMEOUT) -> Starlette:
     """The station's ASGI app for one run folder.
 
     Parameters
@@ -161,22 +178,39 @@ def create_app(station: Station, *, token: str, password: str | None = None,
     allowed_hosts
         ``Host`` header values accepted (default: this machine's names), which
         stops a hostile page from reaching the app through DNS rebinding.
+    registry
+        The lab's reviewer registry: each session signs in with a reviewer's
+        name and password (instead of ``password``), and every decision is
+        signed with their key.
+    idle_timeout
+        Seconds without a request after which a sign-in expires.
 
     Returns
     -------
     starlette.applications.Starlette
     """
     sessions: dict[str, Session] = {}
+    token_used = False
+    signs_in = registry is not None or password is not None  # else no sign-in to expire: the token is the key
 
     def session_of(request: Request) -> Session | None:
         sid = request.cookies.get(COOKIE)
-        return sessions.get(sid) if sid else None
+        sess = sessions.get(sid) if sid else None
+        if sess is not None and sess.authed and signs_in:
+            now = time.monotonic()
+            if now - sess.last_seen > idle_timeout:  # signed out: the key is dropped from memory
+                sess.authed, sess.signer, sess.reviewer = False, None, ""
+            else:
+                sess.last_seen = now
+        return sess
 
     def guard(handler, *, changes_state: bool = False):
         async def endpoint(request: Request) -> Response:
             sess = session_of(request)
-            if sess is None or not sess.authed:
+            if sess is None:
                 return _json({"error": _NO_SESSION}, 401)
+            if not sess.authed:
+                return _json({"error": _EXPIRED if signs_in else _NO_SESSION, "login": True}, 401)
             if changes_state and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), sess.csrf):
                 return _json({"error": f"Refused: a request that changes anything needs the {CSRF_HEADER} header "
                                        "of this session's page; reload the page."}, 403)
@@ -204,13 +238,17 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         return data
 
     async def index(request: Request) -> Response:
+        nonlocal token_used
         given = request.query_params.get("token")
         if given is not None:
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return PlainTextResponse("This link's token is not this station's. " + _NO_SESSION, 403)
+            if token_used:
+                return PlainTextResponse(_USED, 403)
+            token_used = True
             sid = secrets.token_urlsafe(32)
-            sessions[sid] = Session(csrf=secrets.token_urlsafe(24), authed=password is None)
-            resp = RedirectResponse("/" if password is None else "/login", status_code=303)
+            sessions[sid] = Session(csrf=secrets.token_urlsafe(24), authed=not signs_in)
+            resp = RedirectResponse("/login" if signs_in else "/", status_code=303)
             resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/")
             return resp
         sess = session_of(request)
@@ -225,17 +263,34 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         if sess is None:
             return PlainTextResponse(_NO_SESSION, 401)
         if request.method == "GET":
-            return HTMLResponse(_login_page(sess.csrf))
+            if sess.authed:
+                return RedirectResponse("/", status_code=303)
+            note = "Sign in with your name and password to review and sign decisions." if registry else ""
+            return HTMLResponse(_login_page(sess.csrf, note, reviewer=registry is not None))
         form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
         csrf, given = form.get("csrf", [""])[0], form.get("password", [""])[0]
         if not hmac.compare_digest(csrf, sess.csrf):
             return PlainTextResponse("Refused: the form is not this session's; reload the page.", 403)
-        if password is not None and hmac.compare_digest(given.encode(), password.encode()):
-            sess.authed = True
+        if registry is not None:
+            name = form.get("name", [""])[0]
+            try:
+                signer = await run_in_threadpool(registry.unlock, name, given)  # Scrypt: ~0.1 s off the loop
+            except CytopipeError:
+                signer = None
+            if signer is not None:
+                sess.authed, sess.signer, sess.reviewer = True, signer, signer.name
+                sess.last_seen, sess.failures = time.monotonic(), 0
+                return RedirectResponse("/", status_code=303)
+            note = ("Name or password not recognised. Give your name as enrolled ('cytopipe reviewer list'); "
+                    "not enrolled yet: ask for 'cytopipe reviewer add'.")
+        elif signs_in and hmac.compare_digest(given.encode(), (password or "").encode()):
+            sess.authed, sess.last_seen = True, time.monotonic()
             return RedirectResponse("/", status_code=303)
+        else:
+            note = "Wrong password."
         sess.failures += 1
         await asyncio.sleep(min(5.0, 0.5 * sess.failures))  # slows guessing
-        return HTMLResponse(_login_page(sess.csrf, "Wrong password."), status_code=403)
+        return HTMLResponse(_login_page(sess.csrf, note, reviewer=registry is not None), status_code=403)
 
     async def static(request: Request, sess: Session) -> Response:
         name = request.path_params["name"]
@@ -247,14 +302,26 @@ def create_app(station: Station, *, token: str, password: str | None = None,
     async def state(request: Request, sess: Session) -> Response:
         out = await run_in_threadpool(station.queue)
         out["reviewer"] = sess.reviewer
+        out["signed"] = sess.signer is not None
         return _json(out)
 
     async def reviewer(request: Request, sess: Session) -> Response:
-        name = str((await body_of(request)).get("name", "")).strip()
-        if not name or len(name) > 100:
-            return _json({"error": "Give your name (1-100 characters): it is recorded with every decision."}, 400)
+        if registry is not None:  # the name is the one signed in with, never typed again
+            return _json({"error": f"You are signed in as {sess.reviewer!r}: decisions carry that name and "
+                                   "signature. To review as someone else, sign out and sign in."}, 403)
+        try:
+            name = normalise_name(str((await body_of(request)).get("name", "")))
+        except ReviewError as e:
+            return _json({"error": f"{e} It is recorded with every decision."}, 400)
+        if sess.reviewer and sess.reviewer != name:
+            return _json({"error": f"This session's reviewer is {sess.reviewer!r}; the name cannot change in a "
+                                   "session. Restart the station for another reviewer."}, 409)
         sess.reviewer = name
         return _json({"reviewer": name})
+
+    async def logout(request: Request, sess: Session) -> Response:
+        sess.authed, sess.signer, sess.reviewer = not signs_in, None, sess.reviewer if not signs_in else ""
+        return _json({"signed_out": signs_in})
 
     async def sample(request: Request, sess: Session) -> Response:
         return _json(await run_in_threadpool(station.open, int(request.path_params["i"])))
@@ -280,7 +347,8 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         out = await run_in_threadpool(
             lambda: station.decide(int(request.path_params["i"]), str(body.get("version", "")),
                                    str(body.get("action", "")), reviewer=sess.reviewer,
-                                   reason=str(body.get("reason", "") or ""), gates=body.get("gates") or {}))
+                                   reason=str(body.get("reason", "") or ""), gates=body.get("gates") or {},
+                                   signer=sess.signer))
         return _json(out)
 
     async def batch(request: Request, sess: Session) -> Response:
@@ -301,6 +369,7 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         Route("/static/{name}", guard(static)),
         Route("/api/state", guard(state)),
         Route("/api/reviewer", guard(reviewer, changes_state=True), methods=["POST"]),
+        Route("/api/logout", guard(logout, changes_state=True), methods=["POST"]),
         Route("/api/sample/{i:int}", guard(sample)),
         Route("/api/sample/{i:int}/population", guard(population)),
         Route("/api/sample/{i:int}/recount", guard(recount, changes_state=True), methods=["POST"]),

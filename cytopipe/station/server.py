@@ -28,6 +28,14 @@ DEFAULT_PORT = 8765
 def check_host(host: str, password: str | None) -> None:
     """Refuse a non-loopback address without a password.
 
+    Parameters
+    ----------
+    host
+        The address to listen on.
+    password
+        The station's password, or anything true when every session signs
+        in as an enrolled reviewer (a reviewer registry).
+
     Raises
     ------
     ReviewError
@@ -49,7 +57,8 @@ def check_host(host: str, password: str | None) -> None:
         loopback = False
     if not loopback and not password:
         msg = (f"Refusing to serve on {host!r} without a password: other machines could reach the review "
-               "station. Give --password (or set CYTOPIPE_REVIEW_PASSWORD), or keep the default --host 127.0.0.1.")
+               "station. Give a reviewer registry (--registry or CYTOPIPE_REVIEWERS) or --password (or set "
+               "CYTOPIPE_REVIEW_PASSWORD), or keep the default --host 127.0.0.1.")
         raise ReviewError(msg)
 
 
@@ -80,17 +89,29 @@ class StationServer:
     password
         Needed for a ``host`` other machines can reach.
     token
-        The URL's secret (default: a fresh random one).
+        The URL's secret (default: a fresh random one), good for one use.
+    registry
+        The lab's reviewer registry (a path): each session signs in as an
+        enrolled reviewer and every decision is signed.
+    idle_timeout
+        Seconds without a request after which a sign-in expires (default 15 minutes).
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 password: str | None = None, token: str | None = None):
+                 password: str | None = None, token: str | None = None,
+                 registry: str | os.PathLike | None = None, idle_timeout: float | None = None):
         import uvicorn
 
-        from .app import create_app
+        from ..review.reviewers import ReviewerRegistry
+        from .app import IDLE_TIMEOUT, create_app
         from .state import Station
 
-        check_host(host, password)
+        reviewers = ReviewerRegistry(registry) if registry else None
+        if reviewers is not None and not reviewers.reviewers():
+            msg = (f"No reviewer is enrolled in {reviewers.path}: nobody could sign in. Enrol one first: "
+                   "'cytopipe reviewer add NAME'.")
+            raise ReviewError(msg)
+        check_host(host, password or ("registry" if reviewers is not None else None))
         self.station = Station(Path(run_dir))
         self.token = token or secrets.token_urlsafe(24)
         hosts = ["127.0.0.1", "localhost"] + ([host] if host not in ("127.0.0.1", "localhost") else [])
@@ -98,7 +119,8 @@ class StationServer:
             hosts.append(f"[{host}]")
         if host in ("0.0.0.0", "::"):
             hosts = ["*"]  # any name this machine answers to; the password guards the door
-        self.app = create_app(self.station, token=self.token, password=password, allowed_hosts=hosts)
+        self.app = create_app(self.station, token=self.token, password=password, allowed_hosts=hosts,
+                              registry=reviewers, idle_timeout=idle_timeout or IDLE_TIMEOUT)
         self.sock = _bind(host, port)
         self.port = self.sock.getsockname()[1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
@@ -145,7 +167,7 @@ class StationServer:
 
 def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           open_browser: bool = True, password: str | None = None,
-          echo: Callable[[str], None] = print) -> None:
+          echo: Callable[[str], None] = print, registry: str | os.PathLike | None = None) -> None:
     """Serve the review station for one run folder until Ctrl-C.
 
     Parameters
@@ -162,13 +184,16 @@ def serve(run_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = DE
         Asked once per browser session.
     echo
         Where the one line with the URL goes.
+    registry
+        The lab's reviewer registry: sessions sign in as enrolled reviewers
+        and decisions are signed.
 
     Raises
     ------
     ReviewError
         Not a run folder; a non-loopback host without a password; the port is taken.
     """
-    srv = StationServer(run_dir, host=host, port=port, password=password)
+    srv = StationServer(run_dir, host=host, port=port, password=password, registry=registry)
     echo(f"review station for {Path(run_dir)}: {srv.url}  (Ctrl-C stops it)")
     if open_browser:
         threading.Timer(0.3, webbrowser.open, args=(srv.url,)).start()

@@ -300,7 +300,7 @@ class Station:
     # -- decisions ----------------------------------------------------------------------------------
 
     def decide(self, i: int, version: str, action: str, *, reviewer: str, reason: str = "",
-               gates: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               gates: dict[str, dict[str, Any]] | None = None, signer: Any = None) -> dict[str, Any]:
         """Record a decision on sample ``i`` with :func:`cytopipe.review.decide`, as ``cytopipe review`` does.
 
         ``adjust`` (and ``approve`` with moved ``gates``) records one
@@ -315,6 +315,9 @@ class Station:
         gates
             Moved gates: path to geometry as drawn (gate units, see
             :meth:`OpenSample.candidate_spec`).
+        signer
+            The signed-in reviewer's key (:class:`cytopipe.review.Signer`), to sign
+            every line; None: unsigned (no reviewer registry).
 
         Raises
         ------
@@ -345,7 +348,7 @@ class Station:
             file = str(self._row(self.table(), i)["file"])
             strategy = self.strategy
             decided = decide(self.run_dir, file, action, reviewer=reviewer, reason=reason, gates=linear,
-                             version=version, holder="cytopipe review station",
+                             version=version, holder="cytopipe review station", signer=signer,
                              recompute=lambda f: recompute_sample(self.run_dir, f, strategy, lock=False))
             self.report.request(file)
             table, decisions, run = self.table(), self._decisions(), self.run()

@@ -50,7 +50,57 @@ def test_a_clean_reviewed_run_verifies(run):
     assert len((run / "review.jsonl").read_text().splitlines()) == 3
     assert len(list((run / "cache").glob("*.json"))) == 6
     assert verify_run(run) == []
-    assert _verify(run) == (0, ["OK"])
+    # no reviewer registry: the decisions are unsigned, allowed, and said so
+    assert _verify(run) == (0, ["OK", "note: 3 review decision(s) are unsigned: no reviewer registry was given "
+                                      "(--registry or CYTOPIPE_REVIEWERS)"])
+
+
+def test_signed_decisions_verify_against_the_registry_and_refusals_write_nothing(run, tmp_path, monkeypatch):
+    from cytopipe.outputs import RunFolder
+    from cytopipe.review import ReviewerRegistry
+
+    pw = "correct horse battery"
+    (run / "review.jsonl").unlink()  # the run applied none of them (review_decisions 0): start the log again
+    registry = tmp_path / "reviewers.json"
+    ReviewerRegistry(registry).add("Dr A", pw)
+
+    def review(*args, password=pw):
+        return CliRunner().invoke(cli, ["review", str(run), *args, "--no-report", "--registry", str(registry),
+                                        "--password-stdin"], input=f"{password}\n")
+
+    res = review("P01:D1", "--approve", "--reviewer", "dr  a")
+    assert res.exit_code == 0 and "signed" in res.output, res.output
+    (line,) = RunFolder(run).decisions()
+    assert (line.reviewer, line.meaning, line.signer_key) == ("Dr A", "reviewed and approved",
+                                                              ReviewerRegistry(registry).get("Dr A").public_key)
+    for args, password, said in [(["--reviewer", "Dr A"], "wrong password", "Wrong password for 'Dr A'"),
+                                 (["--reviewer", "Dr Z"], pw, "'Dr Z' is not an enrolled reviewer"),
+                                 (["--reviewer", "Dr\u200bA"], pw, "U+200B ZERO WIDTH SPACE")]:
+        res = review("P01:D8", "--approve", *args, password=password)
+        assert res.exit_code == 2 and said in res.output, res.output
+    assert len(RunFolder(run).decisions()) == 1  # nothing written by a refusal
+    monkeypatch.setenv("CYTOPIPE_REVIEWERS", str(registry))  # configured: an unsigned decision is refused too
+    from cytopipe.review import decide
+    from cytopipe.exceptions import ReviewError
+    with pytest.raises(ReviewError, match="every decision must be signed"):
+        decide(run, "P01:D8", "approve", reviewer="Dr A")
+    monkeypatch.delenv("CYTOPIPE_REVIEWERS")
+
+    res = CliRunner().invoke(cli, ["verify", str(run), "--registry", str(registry)])
+    assert (res.exit_code, res.output.splitlines()) == (0, ["OK", "1 review decision(s) signed by enrolled reviewers"])
+    code, lines = _verify(run)  # without the registry a signature cannot be checked: not OK
+    assert code == 1 and lines[-1].endswith("1 signed decision(s) cannot be checked: no reviewer registry was given "
+                                            "(--registry PATH or CYTOPIPE_REVIEWERS)")
+
+    stranger = ReviewerRegistry(tmp_path / "elsewhere.json")
+    stranger.add("Dr A", pw)  # the same name, enrolled somewhere else: a key the lab does not know
+    res = CliRunner().invoke(cli, ["review", str(run), "P01:D8", "--approve", "--reviewer", "Dr A", "--no-report",
+                                   "--registry", str(stranger.path), "--password-stdin"], input=f"{pw}\n")
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["verify", str(run), "--registry", str(registry)])
+    assert res.exit_code == 1 and res.output.splitlines() == [
+        f"{run / 'review.jsonl'}: line 2 (approve P01_D8.fcs by 'Dr A') is signed by a key no enrolled reviewer "
+        f"of {registry} holds ({stranger.get('Dr A').public_key[:12]}...)"]
 
 
 def test_a_value_edited_in_both_copies_is_caught_by_the_manifest_and_the_stored_result(run):

@@ -336,6 +336,78 @@ def test_no_decision_lands_while_another_process_holds_the_run_folder(station, r
     assert [json.loads(x)["action"] for x in (run_copy / "review.jsonl").read_text().splitlines()] == ["approve"]
 
 
+PW = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from cytopipe.review import ReviewerRegistry
+
+    reg = ReviewerRegistry(tmp_path_factory.mktemp("lab") / "reviewers.json")
+    reg.add("Dr A", PW)
+    return reg
+
+
+def _sign_in(client, name, password):
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+    return client.post("/login", data={"name": name, "password": password, "csrf": csrf}, follow_redirects=False)
+
+
+def test_with_a_registry_a_session_signs_in_signs_its_decisions_and_expires_when_idle(station, run_copy, registry):
+    import time
+
+    from cytopipe.review import signature_report
+
+    client = _client(station, registry=registry, idle_timeout=0.6)
+    r = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    again = TestClient(client.app, base_url="http://127.0.0.1").get(f"/?token={TOKEN}")
+    assert again.status_code == 403 and "used already" in again.text  # the token opens one session, once
+    assert client.get("/api/state").json()["login"] is True
+    assert _sign_in(client, "Dr A", "wrong password").status_code == 403
+    assert _sign_in(client, "Dr Z", PW).status_code == 403
+    assert client.get("/api/state").status_code == 401
+    r = _sign_in(client, "dr a", PW)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    page = client.get("/")
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+    state = client.get("/api/state").json()
+    assert (state["reviewer"], state["signed"]) == ("Dr A", True)
+    r = client.post("/api/reviewer", json={"name": "Mallory"}, headers={CSRF_HEADER: csrf})
+    assert r.status_code == 403 and "signed in as 'Dr A'" in r.json()["error"]  # no renaming once signed in
+    i = _index(run_copy, "P01", "D8")
+    version = client.get(f"/api/sample/{i}").json()["sample"]["version"]
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.text
+    line = json.loads((run_copy / "review.jsonl").read_text().splitlines()[-1])
+    assert (line["reviewer"], line["signer_key"]) == ("Dr A", registry.get("Dr A").public_key)
+    assert signature_report(run_copy, registry).problems == ()
+    # idle past the timeout: the sign-in has expired, the key is dropped, nothing more is recorded
+    time.sleep(0.8)
+    i = _index(run_copy, "P01", "D1")
+    r = client.post(f"/api/sample/{i}/decision", json={"version": version, "action": "approve"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 401 and r.json()["login"] is True and "expired" in r.json()["error"]
+    assert len((run_copy / "review.jsonl").read_text().splitlines()) == 1
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert _sign_in(client, "Dr A", PW).status_code == 303  # signing in again opens the same session
+    assert client.get("/api/state").json()["reviewer"] == "Dr A"
+
+
+def test_without_a_registry_the_session_name_is_set_once_and_must_be_visible(station):
+    client = _client(station)
+    csrf = _login(client)
+    r = client.post("/api/reviewer", json={"name": "Dr\u200bA"}, headers={CSRF_HEADER: csrf})
+    assert r.status_code == 400 and "U+200B ZERO WIDTH SPACE" in r.json()["error"]
+    assert client.post("/api/reviewer", json={"name": " Dr  A "}, headers={CSRF_HEADER: csrf}).json() == {
+        "reviewer": "Dr A"}
+    r = client.post("/api/reviewer", json={"name": "Mallory"}, headers={CSRF_HEADER: csrf})
+    assert r.status_code == 409 and "cannot change" in r.json()["error"]
+    assert client.get("/api/state").json()["reviewer"] == "Dr A"
+
+
 @pytest.mark.parametrize("url", ["/api/sample/0/population?gate=root/Nope", "/api/sample/0/population",
                                  "/api/thumb/0?gate=root/Nope", "/api/thumb/0?tint=abc", "/api/thumb/0?tint=9999",
                                  "/api/batch?gate=root/Nope", "/api/batch", "/api/sample/999",

@@ -128,6 +128,55 @@ def test_review_station_in_headless_chromium(run_copy, tmp_path):
 
 
 @pytest.mark.slow
+def test_sign_in_signed_approval_expiry_and_sign_in_again_in_headless_chromium(run_copy, tmp_path):
+    from cytopipe.review import ReviewerRegistry, signature_report
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")  # skips first when Chromium is missing
+    registry = ReviewerRegistry(tmp_path / "reviewers.json")
+    registry.add("Dr Signer", "correct horse battery")
+    srv = StationServer(run_copy, port=0, registry=registry.path, idle_timeout=4.0).start()
+
+    def sign_in(name, password):
+        _wait(drv, "document.getElementById('login-name')")
+        drv.find_element("id", "login-name").send_keys(name)
+        drv.find_element("id", "login-password").send_keys(password)
+        drv.find_element("id", "login-ok").click()
+
+    try:
+        drv.get(srv.url)
+        assert drv.current_url.endswith("/login") and "token=" not in drv.current_url
+        sign_in("Dr Signer", "not the password")
+        _wait(drv, "document.getElementById('login-note').textContent.indexOf('not recognised') >= 0")
+        sign_in("dr signer", "correct horse battery")
+        _wait(drv, "document.getElementById('who').textContent === 'reviewer: Dr Signer (signing)'")
+        assert drv.execute_script("return document.getElementById('modal').hidden")  # no name to type
+        row = next(r for r in drv.find_elements("css selector", "#queue tbody tr") if r.text.startswith("P01 D8"))
+        row.click()
+        _wait(drv, "document.getElementById('sample-head').textContent.indexOf('D8') >= 0")
+        drv.find_element("tag name", "body").send_keys("a")
+        _wait(drv, "document.getElementById('message').textContent.indexOf('recorded') >= 0")
+        (line,) = [json.loads(x) for x in (run_copy / "review.jsonl").read_text().splitlines()]
+        assert (line["action"], line["reviewer"], line["visit"]) == ("approve", "Dr Signer", "D8")
+        assert signature_report(run_copy, registry).problems == () and line["signature"]
+        # idle past the timeout: the next request is refused and the page goes back to the sign-in
+        time.sleep(4.5)
+        row = next(r for r in drv.find_elements("css selector", "#queue tbody tr") if r.text.startswith("P01 D1"))
+        row.click()
+        _wait(drv, "window.location.pathname === '/login'")
+        sign_in("Dr Signer", "correct horse battery")
+        _wait(drv, "document.getElementById('who').textContent === 'reviewer: Dr Signer (signing)'")
+        # the printed link was used: opening it again gives nothing
+        drv.get(srv.url)
+        assert "used already" in drv.find_element("tag name", "body").text
+    finally:
+        drv.quit()
+        srv.stop()
+
+
+@pytest.mark.slow
 def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
     """Space after Approve decides nothing; the next sample in queue order opens; a flagged sample's approval
     asks why (issue 27: two samples were approved 2-3 s apart by a focused button)."""

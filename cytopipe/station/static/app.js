@@ -62,6 +62,8 @@
     return fetch(url, opts).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (j) {
         if (!r.ok) {
+          // the sign-in expired (15 minutes idle): sign in again; the key is no longer unlocked
+          if (r.status === 401 && j.login) { window.location.assign('/login'); }
           var e = new Error(j.error || (r.status + ' ' + r.statusText));
           e.status = r.status; e.stale = !!j.stale;
           throw e;
@@ -111,7 +113,7 @@
       $('run').textContent = st.run.dir + ' (' + st.run.strategy + ')';
       $('left').textContent = st.left + ' of ' + st.total + ' left to decide';
       $('left').setAttribute('data-left', st.left);
-      $('who').textContent = S.reviewer ? 'reviewer: ' + S.reviewer : '';
+      $('who').textContent = S.reviewer ? 'reviewer: ' + S.reviewer + (st.signed ? ' (signing)' : '') : '';
       if (st.report && st.report.error) { message(st.report.error, 'error'); }
       renderQueue();
       fillBatchControls();
