@@ -188,3 +188,48 @@ def test_flowkit_alone_reproduces_both_treg_gates_from_the_written_gatingml(tmp_
         assert flowkit.get_gate_count(parts[-1], gate_path=parts[:-1]) == count, gate_path
         seen.add(parts[-1])
     assert {"Treg", "CD127lo"} <= seen
+
+
+class _Mixture:
+    """A fitted mixture's three arrays, written out: CD25, FOXP3, CD127 means of four components."""
+
+    def __init__(self, means, sd=0.3):
+        self.means_ = np.array(means, dtype=float)
+        self.n_components = len(self.means_)
+        self.covariances_ = np.array([np.eye(3) * sd ** 2] * self.n_components)
+        self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
+
+
+def test_one_foxp3_level_is_one_treg_population_whatever_its_cd25_and_cd127():
+    """1.4.0's same_position_axes: the Tregs cut along CD25 (a continuum on real cells) and CD127 (spread by
+    compensation) into components that a valley separates in 3-D still join on FOXP3; FOXP3-dim cells do not."""
+    from cytopipe.gating.placement.treg_cluster import _treg_group
+
+    # Tregs at FOXP3 3.0: one CD25-high CD127-low piece, one 2 units lower on CD25 and CD127 (7 SDs: a valley);
+    # activated cells FOXP3-dim at 1.5; conventional cells FOXP3-negative-ish at 0.5
+    gm = _Mixture([[4.5, 3.0, 1.0], [2.5, 3.05, -1.0], [3.5, 1.5, 2.0], [2.0, 0.5, 2.5]])
+    assert _treg_group(gm, 1, 0.75, 1.0, [0, 1]) == [1]  # 1.3.0: on CD25 x FOXP3 the pieces are far apart
+    assert _treg_group(gm, 1, 0.75, 1.0, [1]) == [0, 1]  # on FOXP3 they are one level; the dim cells stay out
+
+
+def test_same_position_axes_are_checked_against_the_fit(tmp_path):
+    import json
+    import shutil
+
+    from cytopipe.exceptions import StrategyError
+    from cytopipe.gating.placement import placement_problems
+
+    draft = load_strategy("treg_adaptive@1.4.0", allow_draft=True)
+    entry = next(e for e in draft.manifest["placement"] if e["gate_path"][-1] == "Treg")
+    assert entry["same_position_axes"] == ["APC-A"]  # FOXP3's detector in the strategy's terms
+    bad = {"placement": [{**entry, "same_position_axes": "APC-A"}]}
+    assert any("'same_position_axes' must be a list of strings" in p for p in placement_problems(bad, "m.json"))
+    folder = tmp_path / "s"
+    shutil.copytree(draft.directory, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    next(e for e in manifest["placement"] if e["gate_path"][-1] == "Treg")["same_position_axes"] = ["FITC-A"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=20_000, seed=3))
+    with pytest.raises(StrategyError, match=r"same_position_axes names \['FITC-A'\]"):
+        place_gates(read_fcs(path), load_strategy(folder, allow_draft=True))

@@ -27,7 +27,14 @@ The cluster
     not a valley. The cluster's density, not the pair's: a small component
     between two clusters is unimodal with each, and pairwise tests would
     chain them. A component at the top component's place on CD25 x FOXP3
-    (``same_position_sd``) joins whatever its CD127.
+    (``same_position_sd``) joins whatever its CD127; since 1.4.0, at its
+    place on FOXP3 alone (``same_position_axes``), whatever its CD25 and
+    CD127: on real cells CD25 is a continuum along which the Tregs' own
+    cloud is skewed, and a bright neighbour's compensation spreads the
+    CD127-low Tregs over two decades of CD127, so the mixture cuts one
+    FOXP3+ population into components at different CD25 and CD127 whose
+    ridgeline can dip. Only FOXP3's order says which cells are Tregs
+    (FOXP3+ above FOXP3-dim above negative).
 The count
     The mixture's expected number of Tregs: the sum of the Treg cluster's
     posterior over the fitted events.
@@ -81,7 +88,9 @@ class TregClusterParams(PlacementParams):
         A component joins the cluster when the cluster's density along its
         ridgeline with the top component has no dip below this share of the lower maximum.
     same_position_sd
-        A component less than this many pooled SDs from the top one on CD25 x FOXP3 joins whatever its CD127.
+        A component less than this many pooled SDs from the top one on ``same_position_axes`` joins.
+    same_position_axes
+        The detectors that position is judged on (1.4.0: FOXP3's); absent: the gate's two (CD25 x FOXP3).
     keep_mass
         The Treg gate keeps this share of the cluster's expected cells.
     min_separation, max_truncated_pct, max_bic_gap, max_disagreement_pp
@@ -104,6 +113,7 @@ class TregClusterParams(PlacementParams):
     tol: float = param(1e-3, as_float, lo=0, lo_open=True)
     ridge_ratio: float = param(kind=as_float, lo=0, hi=1)
     same_position_sd: float = param(kind=as_float, lo=0)
+    same_position_axes: tuple[str, ...] | None = param(None, as_strs)
     keep_mass: float = param(kind=as_float, lo=0, hi=1, lo_open=True)
     min_separation: float = param(kind=as_float, lo=0)
     max_truncated_pct: float = param(kind=as_float, lo=0, hi=100)
@@ -217,8 +227,17 @@ def place(p: TregClusterParams, ctx, gs, template, parent, path, state: dict[str
     if fit.shape[0] > p.fit_events:
         fit = fit[np.random.default_rng(p.seed).choice(fit.shape[0], int(p.fit_events), replace=False)]
 
+    stray = [a for a in p.same_position_axes or () if a not in ids]
+    if stray:
+        from ...exceptions import StrategyError
+
+        msg = (f"{'/'.join(path)}: same_position_axes names {stray}, which the fit does not have; its detectors "
+               f"are {ids} (the gate's two and support_axes). Fix the manifest's placement entry.")
+        raise StrategyError(msg)
+    defining = [0, 1] if p.same_position_axes is None else [ids.index(a) for a in p.same_position_axes]
+
     def group_of(g):
-        return _treg_group(g, k_axis, float(p.ridge_ratio), float(p.same_position_sd), [0, 1])
+        return _treg_group(g, k_axis, float(p.ridge_ratio), float(p.same_position_sd), defining)
 
     fits, bics = _fit(p, fit)
     gm = fits[0]
