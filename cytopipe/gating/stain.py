@@ -10,12 +10,16 @@ its detector's noise: roughly symmetric about its centre (autofluorescence),
 however much spillover spreads it. The main population's mode and the
 spread of the values below it (a robust SD from their median distance to
 the mode: the negative side, which no positive cells widen) give a band of
-``band_sd`` SDs above the mode. A stained marker has more than
-``min_share`` of the CD4 cells above the band (Tregs are 2-10 % of CD4
-cells in blood; CD25-intermediate memory cells add more on CD25); an
-unstained one has the noise's tail only (a Gaussian puts 3e-7 beyond five
-SDs, Student's t with 3 degrees of freedom about 1 %). Neither number is
-taken from a generated world. CD127, on which Tregs are the *low* side, is
+``band_sd`` SDs either side of the mode. A stained marker has more than
+``min_share`` of the CD4 cells above the band *beyond the share below it*
+(Tregs are 2-10 % of CD4 cells in blood; CD25-intermediate memory cells add
+more on CD25); an unstained one has the noise's tails only, the same on
+both sides. The mirror, not a Gaussian's tail, is what the upper tail is
+compared with: compensation spreads each cell by its own light (photon
+statistics), so an unstained detector's noise is a mixture of spreads whose
+tails beyond five robust SDs held 3 % of a real-cell tube's CD4 cells on
+one side (a Gaussian puts 3e-7 there). Neither number is taken from a
+generated world. CD127, on which Tregs are the *low* side, is
 not tested: its conventional cells are its positive population, and a
 failed CD127 stain is not caught here.
 """
@@ -51,12 +55,15 @@ def stained(values: np.ndarray, *, band_sd: float = 5.0, min_share: float = 0.02
     Returns
     -------
     (bool, float)
-        Whether stained, and the share above the band.
+        Whether stained, and the share above the band less the share below it.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> stained(rng.normal(50, 200, 20_000))[0]
+    False
+    >>> spread = np.where(rng.random(20_000) < 0.15, 6.0, 1.0)  # some cells spread six times wider
+    >>> stained(50 + 200 * rng.standard_normal(20_000) * spread)[0]  # wide tails both sides: noise
     False
     >>> stained(np.r_[rng.normal(0, 200, 19_000), rng.lognormal(np.log(4000), 0.3, 1_000)])[0]
     True
@@ -77,8 +84,9 @@ def stained(values: np.ndarray, *, band_sd: float = 5.0, min_share: float = 0.02
     if below.size < 50:
         return False, 0.0
     sd = max(float(np.median(below)) / 0.6745, 1e-12)
-    above = float(np.mean(v > mode + band_sd * sd))
-    return above > min_share, above
+    # positive cells show as an upper tail the lower one does not mirror; noise, however heavy-tailed, is mirrored
+    excess = float(np.mean(v > mode + band_sd * sd) - np.mean(v < mode - band_sd * sd))
+    return excess > min_share, excess
 
 
 def stain_flags(sample, gs, strategy, *, rows=None) -> list[str]:
