@@ -180,8 +180,8 @@ def _batch_wall(sheet: Path, out: Path, workers: int, *, rss: dict | None = None
                 parts: dict | None = None) -> float:
     from distributed import Client
 
-    from cytopipe.batch.driver import run_batch
     from cytopipe.batch.cluster import make_local_cluster
+    from cytopipe.batch.driver import run_batch
 
     log = out.with_suffix(".jsonl")
     with make_local_cluster(workers) as cluster, Client(cluster) as client:
@@ -271,12 +271,11 @@ def _write_sheet(folder: Path, n_files: int, n_events: int, seed: int) -> Path:
 
 def _auto_gate_section(tmp: Path, n_events: int, n_hard: int) -> dict[str, float]:
     """Overhead of the treg_auto fit on one file, and fixed vs auto accuracy on hard files (issue 8)."""
-    from cytopipe.gating.placement import fit_auto_gates
+    from cytopipe.batch.task import process_sample
     from cytopipe.fcs.read import read_fcs
     from cytopipe.gating.api import gate_sample, treg_percent
+    from cytopipe.gating.placement import fit_auto_gates
     from cytopipe.strategy.registry import load_strategy
-
-    from cytopipe.batch.task import process_sample
 
     auto, fixed = load_strategy("treg_auto@1.0.0"), load_strategy("treg@1.0.0")
     f = tmp / "auto_speed.fcs"
@@ -336,8 +335,8 @@ def _sklearn_gmm_pct(sample, strategy) -> tuple[float, float]:
     """Treg % CD4 from scikit-learn's GaussianMixture on treg_auto's fit window (the rejected alternative)."""
     from sklearn.mixture import GaussianMixture
 
-    from cytopipe.gating.placement import auto_gate_specs
     from cytopipe.gating.api import gate_rows, gate_values
+    from cytopipe.gating.placement import auto_gate_specs
 
     spec = auto_gate_specs(strategy)[0]
     gs = strategy.gating_strategy()

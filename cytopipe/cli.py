@@ -241,9 +241,7 @@ def strategy() -> None:
 @strategy.command("list")
 def strategy_list() -> None:
     """List every strategy version with its status, release date and sha256."""
-    from .strategy import list_strategies
-
-    from .strategy import load_strategy
+    from .strategy import list_strategies, load_strategy
 
     for s in list_strategies():
         try:
@@ -262,8 +260,7 @@ def strategy_list() -> None:
 def strategy_show(ref: str, allow_draft: bool, image: Path | None, no_image: bool) -> None:
     """Show a strategy's gate tree (each gate's type, dimensions, transform and parent),
     panel and endpoint gate paths; also draw the tree as an image."""
-    from .strategy import load_strategy
-    from .strategy import describe_gates, format_gate, write_gate_tree_image
+    from .strategy import describe_gates, format_gate, load_strategy, write_gate_tree_image
 
     s = load_strategy(ref, allow_draft=allow_draft)
     click.echo(f"{s.ref} ({s.status}) sha256 {s.sha256}")
@@ -676,10 +673,9 @@ def main() -> None:
     # matplotlib and Dask: ~0.7 s, a tenth of a short run (docs/performance.md, "Start-up and exit").
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # the reader went away (`cytopipe ... | head`), or the stream is closed
+        with contextlib.suppress(BrokenPipeError, ValueError):
             stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away (`cytopipe ... | head`), or it is closed
-            pass
     os._exit(code or 0)
 
 

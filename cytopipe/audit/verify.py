@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 from ..exceptions import CytopipeError, OutputError
 from ..fcs.read import file_sha256
 from ..gating.qc import QCThresholds, sample_flags
@@ -48,7 +49,6 @@ from ..review.decisions import adjustments_digest, gate_adjustments, review_fiel
 from ..review.reviewers import ReviewerRegistry
 from ..review.signatures import signature_report
 from ..strategy.registry import load_strategy, strategy_dir
-from ..batch.task import SampleResult, cache_key, conform_digest, versions_sha
 
 __all__ = ["verify_run"]
 

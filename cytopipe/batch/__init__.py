@@ -10,7 +10,6 @@ cluster (:func:`~cytopipe.batch.cluster.start_worker_processes`,
 from __future__ import annotations
 
 from .._lazy import lazy_names
-from .dispatch import plan_groups, run_each, task_slots
 from .cluster import (
     QUIET_WORKERS,
     WORKER_MALLOC,
@@ -20,6 +19,7 @@ from .cluster import (
     make_local_cluster,
     start_worker_processes,
 )
+from .dispatch import plan_groups, run_each, task_slots
 
 __all__ = [
     "REQUIRED_COLUMNS",

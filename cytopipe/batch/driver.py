@@ -33,21 +33,21 @@ from typing import Any
 import pandas as pd
 
 from .._version import __version__
-from .cluster import _discard_client, _start_client
-from .dispatch import run_each
 from ..exceptions import CytopipeError, OutputError, PanelError, SampleSheetError, one_line
 from ..fcs.read import file_sha256, scan_header
-from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..gating.placement import auto_gate_specs, placement_specs
+from ..gating.pregated import pregated_paths
 from ..gating.qc import flag_visit_outliers, load_thresholds
+from ..outputs.miflowcyt import write_miflowcyt, write_sample_gates
 from ..outputs.runfolder import Decision, RunFolder, site_options
 from ..outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS, write_table
 from ..review.decisions import gate_adjustments, review_fields
-from .task import SampleResult, panel_digest, process_sample, versions_sha
-from ..gating.pregated import pregated_paths
 from ..strategy.panel import read_panel_file
-from .samplesheet import read_sample_sheet
 from ..strategy.registry import DEFAULT_STRATEGY, Strategy, load_strategy
+from .cluster import _discard_client, _start_client
+from .dispatch import run_each
+from .samplesheet import read_sample_sheet
+from .task import SampleResult, panel_digest, process_sample, versions_sha
 
 __all__ = ["BatchResult", "applied_gates", "run_batch"]
 
@@ -172,7 +172,7 @@ def run_batch(
         Before any gating starts.
     """
     t_called = time.time()
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     sheet_path = Path(sample_sheet)
     sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
     # the cluster comes up (in a thread; its workers were forked with their imports done) while
@@ -238,7 +238,7 @@ def run_batch(
             "review_decisions": len(decisions),  # the first N decisions of review.jsonl applied
             "scheduler": scheduler or ("given client" if own_client is None else "LocalCluster"),
             "started": started.isoformat(),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(),
             "n_samples": len(table),
             "n_ok": len(table) - n_failed,
             "n_failed": n_failed,
@@ -339,7 +339,7 @@ def _lock_folder(out: Path):
     fh.seek(0)
     fh.truncate()
     fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
-             f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
+             f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}")
     fh.flush()
     return fh
 

@@ -37,7 +37,9 @@ import os
 # Set (MARKER to "1") only in the environment the forkserver is launched with; STRATEGY: the run's
 # strategy (name@version or folder) when known, or DEFAULT for the default one, resolved here (the
 # command starts this process before it has loaded the strategy registry)
-from .cluster import _DEFAULT_STRATEGY as DEFAULT, _MARKER as MARKER, _STRATEGY as STRATEGY
+from .cluster import _DEFAULT_STRATEGY as DEFAULT
+from .cluster import _MARKER as MARKER
+from .cluster import _STRATEGY as STRATEGY
 
 _FORKSERVER = os.environ.pop(MARKER, None) == "1"  # its children must not see the markers
 if _FORKSERVER:
@@ -49,7 +51,6 @@ if _FORKSERVER:
 
 import distributed  # noqa: E402,F401  (the worker itself)
 import flowkit  # noqa: E402,F401  (the gates and the strategy's parse; the readers load it only when used)
-
 from PIL import ImageDraw  # noqa: E402,F401  (each plot's title and labels)
 
 from ..review import plots  # noqa: E402  (the report's gate plots, drawn in the worker)

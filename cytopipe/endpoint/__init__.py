@@ -7,17 +7,17 @@ The figures, the page and define.xml load on first use: they bring in matplotlib
 from __future__ import annotations
 
 from .._lazy import lazy_names
-from .stats import MannWhitneyResult, TrendResult, mann_whitney, jonckheere_terpstra
-from .sdtm import CP_VARIABLES, marker_string, build_sdtm_cp, sdtm_transport_frame, write_sdtm_xpt
 from .analysis import (
     EndpointResult,
+    arm_summary,
+    change_from_baseline,
     load_runs,
     read_randomisation,
-    change_from_baseline,
-    arm_summary,
-    trend_test,
     run_endpoint,
+    trend_test,
 )
+from .sdtm import CP_VARIABLES, build_sdtm_cp, marker_string, sdtm_transport_frame, write_sdtm_xpt
+from .stats import MannWhitneyResult, TrendResult, jonckheere_terpstra, mann_whitney
 
 __all__ = [
     "MannWhitneyResult",

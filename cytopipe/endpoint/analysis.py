@@ -33,20 +33,20 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._version import __version__
-from .stats import jonckheere_terpstra, mann_whitney
 from ..exceptions import EndpointError
 from ..fcs.read import file_sha256
-from ..outputs.tables import read_treg_table, write_json, write_table
 from ..outputs.schema import dtypes_for
+from ..outputs.tables import read_treg_table, write_json, write_table
+from .stats import jonckheere_terpstra, mann_whitney
 
 __all__ = ["EndpointResult", "load_runs", "read_randomisation", "change_from_baseline", "arm_summary",
            "trend_test", "run_endpoint"]
@@ -431,7 +431,7 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
     from .plots import plot_change_at_endpoint, plot_treg_by_visit
     from .sdtm import build_sdtm_cp
 
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     sid = _study_id(study_id)
     rand = read_randomisation(randomisation)
     order = _arm_order(rand, control)
@@ -497,7 +497,7 @@ def run_endpoint(run_dirs: list[str | os.PathLike], randomisation: str | os.Path
             "baseline": baseline,
             "visit": visit, "control": control, "strategy": strategies[0] if strategies else None,
             "cytopipe_version": __version__, "started": started.isoformat(),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_patients": len(by_patient),
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(), "n_patients": len(by_patient),
             "n_complete": int((by_patient["status"] == "complete").sum()), "n_excluded_samples": len(excl),
             "include_unreviewed": include_unreviewed, "preliminary": preliminary,
             "unreviewed_samples": [{k: (None if pd.isna(v) else str(v)) for k, v in r.items()}

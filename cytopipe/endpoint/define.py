@@ -116,7 +116,7 @@ def define_xml(cp: pd.DataFrame, *, study_id: str, dataset_file: str = "sdtm_cp.
     codelists = dict(_CODELISTS)
     if "CPSPEC" in frame.columns:  # the specimen is an option (--specimen): list the values used
         codelists["CPSPEC"] = ("Specimen Type", {v: None for v in sorted(set(frame["CPSPEC"]) - {""})})
-    created = created or _dt.datetime.now(_dt.timezone.utc)
+    created = created or _dt.datetime.now(_dt.UTC)
     odm = etree.Element(f"{{{ODM_NS}}}ODM", nsmap=_NSMAP)
     for k, v in (("FileType", "Snapshot"), ("FileOID", f"DEF.{study_id}.SDTM.CP"), ("ODMVersion", "1.3.2"),
                  ("CreationDateTime", created.replace(microsecond=0).isoformat()), ("Originator", "cytopipe"),

@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..outputs.tables import atomic_write
 from ..outputs.html import escape as _e
 from ..outputs.html import html_page, img_tag
+from ..outputs.tables import atomic_write
 
 __all__ = ["write_endpoint_report"]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .header import ChannelInfo, channels, file_sha256, scan_header, scan_headers
-from .read import default_sample_id, read_fcs, spillover_channels, spillover_names
 from .lean import LeanSample, gates_exactly, read_fcs_lean, read_for_gating
+from .read import default_sample_id, read_fcs, spillover_channels, spillover_names
 
 __all__ = [
     "ChannelInfo",

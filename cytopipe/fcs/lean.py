@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from .read import _fix_spillover, _read_flowdata, default_sample_id, read_fcs
+from .header import PathLike
+from .header import scan_text as _scan
 from .layout import check_layout as _precheck
-from .header import PathLike, scan_text as _scan
+from .read import _fix_spillover, _read_flowdata, default_sample_id, read_fcs
 
 __all__ = ["LeanSample", "gates_exactly", "read_fcs_lean", "read_for_gating"]
 

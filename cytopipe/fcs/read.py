@@ -29,18 +29,21 @@ from flowio.exceptions import (
 )
 
 from cytopipe.exceptions import FCSReadError, one_line
-from cytopipe.fcs.layout import check_layout as _precheck
-from cytopipe.fcs.decode import decode_data as _read_data, flowio_cannot_read as _flowio_cannot_read
+from cytopipe.fcs.decode import decode_data as _read_data
+from cytopipe.fcs.decode import flowio_cannot_read as _flowio_cannot_read
 from cytopipe.fcs.header import (
     _HEADER_OFFSET_MAX,
     ChannelInfo,
     PathLike,
-    scan_text as _scan,
     channels,
     file_sha256,
     scan_header,
     scan_headers,
 )
+from cytopipe.fcs.header import (
+    scan_text as _scan,
+)
+from cytopipe.fcs.layout import check_layout as _precheck
 
 if TYPE_CHECKING:
     import flowkit as fk

@@ -6,7 +6,9 @@ per-sample QC flags.
 from __future__ import annotations
 
 from .api import ENGINES, GateCount, gate_cascade, gate_rows, gate_sample, gate_values, treg_percent
+from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
 from .engine import Context, Unsupported, cascade_rows
+from .gated import GatedSample, adjusted_gating_strategy, gate_file, gate_from_spec
 from .placement import (
     FALLBACK_FLAG,
     METHODS,
@@ -22,12 +24,16 @@ from .placement import (
     ridge_unimodal,
     sample_gatingml,
 )
-from .gated import GatedSample, adjusted_gating_strategy, gate_file, gate_from_spec
-from .conform import ChannelMap, ConformedSample, channel_map, conform_sample, file_units_gatingml
-from .pregated import (PREGATED_STATUS, mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy,
-                       pregated_paths)
-from .stain import STAIN_REASON, TREG_HIGH, stain_flags, stained
+from .pregated import (
+    PREGATED_STATUS,
+    mark_pregated,
+    needed_markers,
+    pregated_flags,
+    pregated_gating_strategy,
+    pregated_paths,
+)
 from .qc import QCThresholds, binomial_ci, flag_visit_outliers, load_thresholds, sample_flags, sample_time_qc, time_qc
+from .stain import STAIN_REASON, TREG_HIGH, stain_flags, stained
 
 __all__ = [
     "REVIEW_FLAG",

@@ -35,9 +35,9 @@ from typing import cast
 
 import numpy as np
 
-from .engine import Context, cascade_rows
 from ..exceptions import GatingError
 from ..strategy.registry import Strategy
+from .engine import Context, cascade_rows
 
 __all__ = ["ENGINES", "GateCount", "gate_cascade", "gate_rows", "gate_sample", "gate_values", "treg_percent"]
 

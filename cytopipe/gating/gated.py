@@ -37,8 +37,15 @@ from ..strategy.panel import resolve_panel
 from .api import GateCount, gate_rows, gate_sample, gate_values
 from .conform import ConformedSample, conform_sample, file_units_gatingml
 from .engine import cascade_rows
-from .placement import (FALLBACK_FLAG, REVIEW_FLAG, AutoGateResult, auto_gate_specs, data_driven_gates,
-                        placement_specs, sample_gatingml)
+from .placement import (
+    FALLBACK_FLAG,
+    REVIEW_FLAG,
+    AutoGateResult,
+    auto_gate_specs,
+    data_driven_gates,
+    placement_specs,
+    sample_gatingml,
+)
 from .pregated import mark_pregated, needed_markers, pregated_flags, pregated_gating_strategy, pregated_paths
 
 __all__ = ["GatedSample", "adjusted_gating_strategy", "gate_file", "gate_from_spec"]

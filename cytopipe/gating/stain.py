@@ -108,8 +108,8 @@ def stain_flags(sample, gs, strategy, *, rows=None) -> list[str]:
     list of str
         Empty when every marker of the gates below the denominator is stained.
     """
-    from .placement import REVIEW_FLAG
     from .engine import cascade_rows
+    from .placement import REVIEW_FLAG
 
     den = tuple(strategy.denominator)
     below = [p for p in strategy.gate_paths() if len(p) > len(den) and p[: len(den)] == den]

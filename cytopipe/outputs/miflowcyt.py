@@ -29,8 +29,8 @@ from lxml import etree
 
 from .._version import __version__
 from ..fcs.read import scan_headers
-from .tables import atomic_write, write_json
 from ..strategy.registry import Strategy
+from .tables import atomic_write, write_json
 
 __all__ = ["SAMPLE_GATES_DIR", "gatingml_definitions", "build_miflowcyt", "instrument_fields",
            "replace_sample_gates", "sample_gates_name", "write_miflowcyt", "write_sample_gates"]

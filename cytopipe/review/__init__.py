@@ -11,25 +11,25 @@ from .decisions import (
     Decided,
     GateChange,
     StaleError,
-    decide,
-    sample_version,
     adjusted_gating_strategy,
     adjustments_digest,
     build_gate_spec,
+    decide,
     find_sample,
     gate_adjustments,
     read_decisions,
     record_decision,
     review_fields,
+    sample_version,
     update_review_columns,
     verify_review_chain,
 )
+from .outliers import OUTLIER_Z, robust_outliers
+from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
+from .plotstore import load_plots, plot_key, replace_file, save_plots, store_sample_plots
+from .png import png_bytes, viridis
 from .reviewers import REGISTRY_ENV, Reviewer, ReviewerRegistry, Signer, name_key, normalise_name, registry_path
 from .signatures import SignatureReport, signature_report
-from .plotdata import GatePlot, GateView, PlotDim, SamplePlots, gate_plots, gate_views, plot_dims, plot_of
-from .outliers import OUTLIER_Z, robust_outliers
-from .png import png_bytes, viridis
-from .plotstore import load_plots, plot_key, replace_file, save_plots, store_sample_plots
 
 __all__ = [
     "REVIEW_FILE",

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import ReviewError
+
 # kept importable from here (and cytopipe.review) for callers written before it moved to gating
 from ..gating.gated import adjusted_gating_strategy, gate_from_spec
 from ..outputs.runfolder import REVIEW_FILE, Decision, RunFolder, RunRecord
@@ -276,7 +277,7 @@ def sample_version(row: pd.Series, decisions: Sequence[Decision], record: RunRec
 def _decision(row: pd.Series, action: str, reviewer: str, reason: str, now: _dt.datetime | None,
               **gate: Any) -> Decision:
     """A decision on the sample of ``row``, timed now, not chained or signed yet."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     meaning = _MEANINGS[action] if action != "adjust" else _MEANINGS[action].format(gate=gate["gate_path"])
     return Decision(
         time=now.isoformat(timespec="milliseconds"), action=action, reviewer=reviewer, reason=reason or "",

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon, Rectangle
 
-from .plotdata import GatePlot, GateView, PlotDim, plot_dims, plot_of
 from .outliers import robust_outliers
+from .plotdata import GatePlot, GateView, PlotDim, plot_dims, plot_of
 from .png import png_bytes, viridis
 
 __all__ = ["gate_png", "patient_png", "batch_png", "draw_frames"]

@@ -295,11 +295,15 @@ class ReviewerRegistry:
         ReviewError
             An invalid name, a name already enrolled (in any case), or a password too short.
         """
+        import fcntl
+
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         from cryptography.hazmat.primitives.serialization import (
-            BestAvailableEncryption, Encoding, PrivateFormat, PublicFormat)
-
-        import fcntl
+            BestAvailableEncryption,
+            Encoding,
+            PrivateFormat,
+            PublicFormat,
+        )
 
         printed = normalise_name(name)
         if len(password) < min_length or name_key(password) == name_key(printed):
@@ -325,7 +329,7 @@ class ReviewerRegistry:
                 private_key=key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
                                               BestAvailableEncryption(passphrase)).decode("ascii"),
                 kdf={"name": "scrypt", "salt": _b64(salt), **_SCRYPT},
-                enrolled=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                enrolled=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             )
             reviewers = [dataclasses.asdict(r) for r in existing] + [dataclasses.asdict(entry)]
             write_json({"format": _FORMAT, "reviewers": reviewers}, self.path)

@@ -19,8 +19,8 @@ from .sample import (
     spillover_matrix,
     write_fcs,
 )
-from .trial import TRIAL_ARMS, generate_trial, simulate_trial
 from .shapes import RealShape, skew_t
+from .trial import TRIAL_ARMS, generate_trial, simulate_trial
 from .world import LABEL_STYLES, PANELS, SHAPES, World
 
 __all__ = [

@@ -642,7 +642,7 @@ def _fcs_date(days_after: int) -> str:
     # dd-mmm-yyyy from a fixed origin, never the clock or the locale (%b is locale-dependent),
     # so identical specs give identical bytes.
     day = datetime.date(2026, 1, 5) + datetime.timedelta(days=int(days_after))
-    months = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+    months = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
     return f"{day.day:02d}-{months[day.month - 1]}-{day.year}"
 
 

@@ -11,6 +11,7 @@ uvicorn and FlowKit.
 from __future__ import annotations
 
 from .._lazy import lazy_names
+
 __all__ = [
     "COOKIE",
     "CSP",

@@ -63,8 +63,8 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
     """
     from ..batch.driver import applied_gates
     from ..batch.task import process_sample, versions_sha
-    from ..outputs import replace_sample_gates
     from ..gating.qc import QCThresholds, flag_visit_outliers, load_thresholds
+    from ..outputs import replace_sample_gates
     from ..review.decisions import review_fields
 
     folder = RunFolder(run_dir)
@@ -114,7 +114,7 @@ def recompute_sample(run_dir: str | os.PathLike, file: str, strategy, *, lock: b
         if not res.error:  # the record names the gates that gave the new numbers, as a re-run's does
             text, info = applied_gates(res, strategy, mine)
             replace_sample_gates(folder.path, pos, text, info=info, table=table, populations=pops)
-        folder.mark_recomputed(str(file), _dt.datetime.now(_dt.timezone.utc))
+        folder.mark_recomputed(str(file), _dt.datetime.now(_dt.UTC))
     return table.loc[idx].to_dict()
 
 
@@ -122,7 +122,7 @@ def _without_outlier_flags(table: pd.DataFrame) -> pd.DataFrame:
     """The table as the driver has it before visits are compared: no ``treg_outlier``, status to match."""
     out = table.copy()
     flags, status = [], []
-    for f, s, err in zip(out["qc_flags"], out["qc_status"], out["error"]):
+    for f, s in zip(out["qc_flags"], out["qc_status"]):
         kept = [x for x in str("" if pd.isna(f) else f).split(";") if x and x != _OUTLIER_FLAG]
         flags.append(";".join(kept))
         status.append("error" if s == "error" else ("flag" if kept else "ok"))

@@ -4,22 +4,22 @@ FlowJo interchange, and panel resolution ($PnN/$PnS to the strategy's markers).
 
 from __future__ import annotations
 
-from .registry import (
-    Marker,
-    Strategy,
-    load_strategy,
-    list_strategies,
-    load_gatingml,
-    strategies_root,
-    strategy_dir,
-    parse_ref,
-    DEFAULT_STRATEGY,
-)
-from .panel import Panel, normalise_label, read_panel_file, resolve_panel
-from .release import ValidationReport, changelog_entry, new_version, release_version, validate_strategy
 from .describe import DimensionInfo, GateInfo, describe_gates, format_gate, write_gate_tree_image
 from .diff import Change, diff_strategies, gatingml_of
 from .flowjo import ImportResult, export_wsp, import_wsp
+from .panel import Panel, normalise_label, read_panel_file, resolve_panel
+from .registry import (
+    DEFAULT_STRATEGY,
+    Marker,
+    Strategy,
+    list_strategies,
+    load_gatingml,
+    load_strategy,
+    parse_ref,
+    strategies_root,
+    strategy_dir,
+)
+from .release import ValidationReport, changelog_entry, new_version, release_version, validate_strategy
 
 __all__ = [
     "Marker",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import MANIFEST_FILE, load_gatingml, strategy_dir
 from .describe import GateInfo, describe_gates
+from .registry import MANIFEST_FILE, load_gatingml, strategy_dir
 
 __all__ = ["Change", "diff_strategies", "gatingml_of"]
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from lxml import etree
 
 from ..exceptions import InterchangeError, StrategyError
-from .registry import MANIFEST_FILE, check_xml_is_safe, sha256_of, load_gatingml, load_strategy, parse_ref, strategy_dir
+from .registry import MANIFEST_FILE, check_xml_is_safe, load_gatingml, load_strategy, parse_ref, sha256_of, strategy_dir
 from .release import add_changelog_stub
 
 __all__ = ["ImportResult", "export_wsp", "import_wsp"]

@@ -26,10 +26,9 @@ names no marker at all is gated by its ``$PnN`` and flagged for review.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 import csv
-from collections.abc import Collection, Mapping
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 

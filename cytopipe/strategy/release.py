@@ -24,8 +24,8 @@ from typing import Any
 from lxml import etree
 
 from ..exceptions import StrategyError
-from .registry import MANIFEST_FILE, check_xml_is_safe, sha256_of, load_gatingml, parse_ref, strategy_dir
 from .describe import describe_gates
+from .registry import MANIFEST_FILE, check_xml_is_safe, load_gatingml, parse_ref, sha256_of, strategy_dir
 
 __all__ = [
     "ValidationReport",

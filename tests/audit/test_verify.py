@@ -80,8 +80,8 @@ def test_signed_decisions_verify_against_the_registry_and_refusals_write_nothing
         assert res.exit_code == 2 and said in res.output, res.output
     assert len(RunFolder(run).decisions()) == 1  # nothing written by a refusal
     monkeypatch.setenv("CYTOPIPE_REVIEWERS", str(registry))  # configured: an unsigned decision is refused too
-    from cytopipe.review import decide
     from cytopipe.exceptions import ReviewError
+    from cytopipe.review import decide
     with pytest.raises(ReviewError, match="every decision must be signed"):
         decide(run, "P01:D8", "approve", reviewer="Dr A")
     monkeypatch.delenv("CYTOPIPE_REVIEWERS")

@@ -138,8 +138,8 @@ def test_a_run_takes_the_cluster_started_ahead_of_it(tmp_path):
 
 def test_a_cluster_started_ahead_of_a_run_that_never_asks_is_closed(tmp_path):
     import cytopipe.batch.cluster as cluster_mod
-    from cytopipe.exceptions import SampleSheetError
     from cytopipe.batch.driver import run_batch
+    from cytopipe.exceptions import SampleSheetError
 
     (tmp_path / "s.csv").write_text("file,patient_id,visit\nnope.fcs,P1,D1\n")
     with pytest.raises(SampleSheetError), cluster_mod.cluster_ahead(1, 1):

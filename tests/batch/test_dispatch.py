@@ -94,9 +94,8 @@ def test_a_worker_killing_file_fails_alone(tmp_path):
     # no Dask retries, and one task at a time per worker: a dying worker then takes only its
     # running task with it (a task queued behind it would count as failed too), so the test is exact
     config = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
-    with dask.config.set(config):
-        with make_local_cluster(1) as cluster, Client(cluster) as client:
-            results = dict(run_each(client, _square_or_die, calls, paths=paths))
+    with dask.config.set(config), make_local_cluster(1) as cluster, Client(cluster) as client:
+        results = dict(run_each(client, _square_or_die, calls, paths=paths))
     assert sorted(results) == list(range(8))
     assert isinstance(results[5], Exception)
     assert {i: r for i, r in results.items() if i != 5} == {i: i * i for i in range(8) if i != 5}

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cytopipe.exceptions import SampleSheetError
 from cytopipe.batch.samplesheet import read_sample_sheet
+from cytopipe.exceptions import SampleSheetError
 
 
 def _files(tmp_path, *names):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from cytopipe.fcs.read import file_sha256
 from cytopipe.batch.task import process_sample
-from cytopipe.strategy.registry import load_strategy
+from cytopipe.fcs.read import file_sha256
 from cytopipe.sim.sample import SampleSpec, write_fcs
+from cytopipe.strategy.registry import load_strategy
 
 
 def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monkeypatch):
@@ -17,8 +17,8 @@ def test_process_sample_gives_the_same_result_with_either_reader(tmp_path, monke
     for ref in ("treg@1.0.0", "treg_auto@1.0.0"):
         d = str(load_strategy(ref).directory)
         lean = process_sample(str(path), d)
-        calls = []
-        monkeypatch.setattr("cytopipe.batch.task.read_fcs_lean", lambda p, **k: calls.append(p))
+        calls: list[str] = []
+        monkeypatch.setattr("cytopipe.batch.task.read_fcs_lean", lambda p, calls=calls, **k: calls.append(p))
         full = process_sample(str(path), d)
         monkeypatch.undo()
         assert calls == [str(path)]  # the lean reader was asked, and declined

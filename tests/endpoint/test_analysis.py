@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from cytopipe.cli import cli
 from cytopipe.endpoint.analysis import load_runs, read_randomisation, run_endpoint
 from cytopipe.exceptions import EndpointError
-from cytopipe.outputs.tables import TREG_COLUMNS, write_table
 from cytopipe.outputs.schema import read_output, validate_table
+from cytopipe.outputs.tables import TREG_COLUMNS, write_table
 from cytopipe.strategy.registry import load_strategy
 
 STRAT = load_strategy()

@@ -43,7 +43,7 @@ def test_exact_p_with_ties_enumerates_permutations():
     for idx in itertools.combinations(range(8), 4):
         a = pooled[list(idx)]
         b = np.delete(pooled, list(idx))
-        us.append(((a[:, None] > b).sum() + 0.5 * (a[:, None] == b).sum()))
+        us.append((a[:, None] > b).sum() + 0.5 * (a[:, None] == b).sum())
     us = np.array(us)
     u_obs = (np.array(x)[:, None] > np.array(y)).sum() + 0.5 * (np.array(x)[:, None] == np.array(y)).sum()
     # 1>0; each 2 > 0,1,1 (6); 3 > all 4; ties 2=2 (x2) and 1=1 (x2) count 1/2 each -> 13

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cytopipe.exceptions import CytopipeError
-from cytopipe.fcs.read import read_fcs
 from cytopipe.fcs.lean import read_fcs_lean
+from cytopipe.fcs.read import read_fcs
 from cytopipe.sim.sample import SampleSpec, write_fcs
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cytopipe.fcs.read import read_fcs
-from cytopipe.gating.placement import needs_review_flags, place_gates
 from cytopipe.gating.api import gate_sample, treg_percent
+from cytopipe.gating.placement import needs_review_flags, place_gates
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.sim.world import World
 

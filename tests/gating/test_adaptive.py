@@ -25,7 +25,7 @@ def adaptive():
 
 
 def test_the_first_data_driven_version_stays_released_and_places_every_gate(adaptive):
-    assert adaptive.status == "released" and DEFAULT_STRATEGY != adaptive.ref
+    assert adaptive.status == "released" and adaptive.ref != DEFAULT_STRATEGY
     placed = [tuple(p["gate_path"]) for p in adaptive.manifest["placement"]]
     assert placed == adaptive.gate_paths()
 

@@ -7,8 +7,8 @@ import pytest
 
 from cytopipe.fcs.read import read_fcs
 from cytopipe.gating.api import gate_cascade, gate_sample, treg_percent
-from cytopipe.strategy.registry import load_strategy
 from cytopipe.sim.sample import SampleSpec, write_fcs
+from cytopipe.strategy.registry import load_strategy
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +135,9 @@ def test_cascade_on_the_gatingml_reference_cases():
 
 def test_cascade_in_event_blocks_equals_flowkit_memberships(tmp_path, strategy, monkeypatch):
     """A file of several event blocks: every gate's events are FlowKit's, in order, across block edges."""
+    from cytopipe.fcs.lean import read_fcs_lean
     from cytopipe.gating import api as gating
     from cytopipe.gating import engine as cascade
-    from cytopipe.fcs.lean import read_fcs_lean
 
     monkeypatch.setattr(cascade, "_EVENT_BLOCK", 7_919)  # a prime: blocks end mid-population
     write_fcs(tmp_path / "b.fcs", SampleSpec(n_events=50_000, seed=12, hard=True))

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from cytopipe.fcs.read import file_sha256, read_fcs
-from cytopipe.gating.placement import place_gates, placement_specs
 from cytopipe.gating.api import gate_sample
+from cytopipe.gating.placement import place_gates, placement_specs
 from cytopipe.strategy.registry import list_strategies, load_strategy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,12 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from cytopipe.gating.placement import FALLBACK_FLAG, fit_auto_gates
 from cytopipe.batch.task import process_sample
 from cytopipe.fcs.read import read_fcs
 from cytopipe.gating.api import gate_sample, treg_percent
-from cytopipe.strategy.registry import load_gatingml, load_strategy
+from cytopipe.gating.placement import FALLBACK_FLAG, fit_auto_gates
 from cytopipe.sim.sample import SampleSpec, write_fcs
+from cytopipe.strategy.registry import load_gatingml, load_strategy
 
 TREG = "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos/Treg"
 

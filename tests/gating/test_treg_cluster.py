@@ -16,8 +16,8 @@ from scipy.stats import norm
 
 from cytopipe.batch.task import process_sample
 from cytopipe.fcs.read import read_fcs
-from cytopipe.gating.placement import needs_review_flags, place_gates, ridge_unimodal
 from cytopipe.gating.api import gate_sample, treg_percent
+from cytopipe.gating.placement import needs_review_flags, place_gates, ridge_unimodal
 from cytopipe.sim.sample import SampleSpec, write_fcs
 from cytopipe.sim.world import World
 from cytopipe.strategy.registry import DEFAULT_STRATEGY, load_strategy
@@ -33,7 +33,7 @@ def strategy():
 
 
 def test_the_default_places_every_gate_and_counts_cd127lo(strategy):
-    assert DEFAULT_STRATEGY == strategy.ref and strategy.status == "released"
+    assert strategy.ref == DEFAULT_STRATEGY and strategy.status == "released"
     assert [tuple(p["gate_path"]) for p in strategy.manifest["placement"]] == strategy.gate_paths()
     assert strategy.numerator == TREG + ("CD127lo",) and strategy.denominator == TREG[:-1]
 
@@ -121,8 +121,8 @@ def test_cofactors_are_the_detectors_negative_spread_so_cd127lo_tregs_are_not_sk
     import flowkit as fk
     from scipy.stats import skew
 
-    from cytopipe.gating.placement._maths import negative_spread as _negative_spread
     from cytopipe.gating.api import gate_rows, gate_values
+    from cytopipe.gating.placement._maths import negative_spread as _negative_spread
     from cytopipe.sim.sample import simulate_events
 
     spec = SampleSpec(n_events=30_000, seed=world % 1000, world=World.draw(world), hard=True, treg_pct_cd4=6.0,

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cytopipe.fcs.read import file_sha256, read_fcs  # noqa: E402
-from cytopipe.gating.placement import place_gates, placement_specs
 from cytopipe.gating.api import gate_sample  # noqa: E402
+from cytopipe.gating.placement import place_gates, placement_specs
 from cytopipe.strategy.registry import list_strategies, load_strategy  # noqa: E402
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from cytopipe.outputs.miflowcyt import gatingml_definitions, write_miflowcyt
-from cytopipe.strategy.registry import load_strategy
 from cytopipe.sim.sample import SampleSpec, write_fcs
+from cytopipe.strategy.registry import load_strategy
 
 
 def test_gatingml_definitions_of_the_default_strategy():
@@ -63,8 +63,8 @@ def _corpus_paths() -> list[str]:
 @pytest.mark.parametrize("source", ["generated", "corpus"])
 def test_instrument_fields_of_a_read_sample_equal_a_header_scan(tmp_path, source):
     """The batch's workers hand over the fields they read; the record must not change for it."""
-    from cytopipe.fcs.read import read_fcs
     from cytopipe.fcs.lean import read_fcs_lean
+    from cytopipe.fcs.read import read_fcs
     from cytopipe.outputs.miflowcyt import _scanned_fields, instrument_fields
 
     if source == "generated":

@@ -61,20 +61,20 @@ def test_a_damaged_run_json_is_named_with_its_path(run, tmp_path):
     raw = json.loads(path.read_text())
     path.write_text("{not json")
     with pytest.raises(OutputError, match="not readable JSON") as e:
-        run.record
+        _ = run.record
     assert str(path) in str(e.value)
     path.write_text(json.dumps({**raw, "strategy_verison": "1.0.0"}))  # a misspelt key
     with pytest.raises(OutputError, match=r"unknown key\(s\) \['strategy_verison'\]") as e:
-        run.record
+        _ = run.record
     assert str(e.value).startswith(f"{path}: ")
     path.write_text(json.dumps({k: v for k, v in raw.items() if k != "strategy_sha256"}))
     with pytest.raises(OutputError, match=r"lacks \['strategy_sha256'\]"):
-        run.record
+        _ = run.record
     path.write_text(json.dumps([raw]))
     with pytest.raises(OutputError, match="must be a JSON object"):
-        run.record
+        _ = run.record
     with pytest.raises(OutputError, match=f"{tmp_path / 'empty'} holds no run.json"):
-        RunFolder(tmp_path / "empty").record
+        _ = RunFolder(tmp_path / "empty").record
     with pytest.raises(OutputError, match="unknown key"):
         run.write_record({**raw, "extra": 1})
 
@@ -127,9 +127,8 @@ def test_decide_is_refused_while_the_folder_is_locked(run):
     from cytopipe.review import decide
 
     before = (run.path / "treg_by_visit.csv").read_bytes()
-    with run.lock("cytopipe run (a test)"):
-        with pytest.raises(OutputError, match=r"cytopipe run \(a test\)"):
-            decide(run.path, "P01:D8", "approve", reviewer="Dr A")
+    with run.lock("cytopipe run (a test)"), pytest.raises(OutputError, match=r"cytopipe run \(a test\)"):
+        decide(run.path, "P01:D8", "approve", reviewer="Dr A")
     assert not run.review_path.exists()
     assert (run.path / "treg_by_visit.csv").read_bytes() == before
     assert len(decide(run.path, "P01:D8", "approve", reviewer="Dr A").records) == 1  # free again
@@ -137,7 +136,7 @@ def test_decide_is_refused_while_the_folder_is_locked(run):
 
 def test_a_sample_gated_again_is_recorded_in_run_json(run):
     raw = (run.path / "run.json").read_text()
-    when = _dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
+    when = _dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=_dt.UTC)
     run.mark_recomputed("P01_D1.fcs", when)
     assert run.record.recomputed == {"P01_D1.fcs": when.isoformat()}
     assert run.record.last_gated("P01_D1.fcs") == when

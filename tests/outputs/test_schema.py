@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from cytopipe.exceptions import OutputSchemaError
-from cytopipe.outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS
 from cytopipe.outputs.schema import TABLES, read_output, render_json, render_markdown, validate_table
+from cytopipe.outputs.tables import POPULATION_COLUMNS, TREG_COLUMNS
 
 from ..conftest import REPO
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import fcsparser
 import flowio
 import flowkit

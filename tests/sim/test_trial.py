@@ -7,7 +7,6 @@ import json
 import re
 
 import flowio
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,9 +18,9 @@ from cytopipe.cli import cli
 from cytopipe.endpoint.analysis import run_endpoint
 from cytopipe.outputs.miflowcyt import write_miflowcyt
 from cytopipe.outputs.schema import read_output, validate_table
-from cytopipe.strategy.registry import load_strategy
 from cytopipe.sim.sample import FLUORESCENCE, PNS_SPELLINGS
 from cytopipe.sim.trial import TRIAL_ARMS, generate_trial, simulate_trial
+from cytopipe.strategy.registry import load_strategy
 
 
 def test_design_blinding_and_truth(tmp_path):
@@ -73,7 +72,7 @@ def test_run_then_endpoint_recovers_each_arm(trial_endpoint):
     # each patient's measured change is the realised truth up to gating error
     assert (bp["change_pp"] - bp["true"]).abs().max() < 0.8
     arm = res.arm_summary.set_index("arm")
-    for name, _, mean, sd in TRIAL_ARMS:
+    for name, _, mean, _sd in TRIAL_ARMS:
         sub = bp[bp["arm"] == name]
         assert arm.loc[name, "mean_change"] == pytest.approx(sub["change_pp"].mean())
         assert abs(arm.loc[name, "mean_change"] - sub["true"].mean()) < 0.35

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cytopipe.strategy.registry import load_strategy
 from cytopipe.strategy.describe import describe_gates, format_gate
+from cytopipe.strategy.registry import load_strategy
 
 
 def test_every_gate_is_described_as_flowkit_holds_it():

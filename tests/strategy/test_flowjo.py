@@ -12,10 +12,10 @@ from cytopipe.batch.driver import run_batch
 from cytopipe.cli import cli
 from cytopipe.exceptions import InterchangeError, StrategyError
 from cytopipe.fcs.read import read_fcs
-from cytopipe.strategy.flowjo import export_wsp, gate_counts_from_wsp, import_wsp, xs_id
 from cytopipe.gating.api import gate_sample
-from cytopipe.strategy.registry import load_gatingml, load_strategy
 from cytopipe.sim.trial import generate_trial
+from cytopipe.strategy.flowjo import export_wsp, gate_counts_from_wsp, import_wsp, xs_id
+from cytopipe.strategy.registry import load_gatingml, load_strategy
 
 from ..conftest import shared_dir
 

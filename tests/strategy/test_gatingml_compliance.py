@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from ..conftest import SHARED, shared_dir
 from cytopipe.exceptions import StrategyError
 from cytopipe.strategy.registry import load_gatingml
+
+from ..conftest import SHARED, shared_dir
 
 CASES = sorted(p.name for p in (SHARED / "gatingml_ref" / "gml").glob("*.xml")) or ["(gatingml_ref absent)"]
 # The one reference file that is deliberately not valid GatingML (an unknown <sample> element).

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from cytopipe.cli import cli
 from cytopipe.exceptions import StrategyError
-from cytopipe.strategy.registry import load_strategy
 from cytopipe.strategy.diff import diff_strategies
+from cytopipe.strategy.registry import load_strategy
 from cytopipe.strategy.release import changelog_entry, new_version, release_version, validate_strategy
 
 

@@ -50,6 +50,7 @@ approves or adjusts it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -153,10 +154,8 @@ def _place_all(sample, strategy, specs, *, gating_strategy, skip) -> AutoGateRes
             if spec is not None and "/".join(path) in skipped:
                 rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
                 if spec.feeds_child:  # its fit still places the child gate below
-                    try:
+                    with contextlib.suppress(Review):
                         _place(spec, ctx, gs, gs.get_gate(path[-1], gate_path=path[:-1]), parent, path, state)
-                    except Review:
-                        pass
             elif spec is not None:
                 template = gs.get_gate(path[-1], gate_path=path[:-1])
                 try:

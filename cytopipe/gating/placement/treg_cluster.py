@@ -62,8 +62,18 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._base import PlacementParams, Review, as_float, as_int, as_ints, as_str, as_strs, fit_rows, param
-from ._maths import (Axis, distance, log_normal_pdf, marginal_posterior, negative_spread, no_dip, polygon_gate,
-                     posterior_polygon, ridgeline, truncated)
+from ._maths import (
+    Axis,
+    distance,
+    log_normal_pdf,
+    marginal_posterior,
+    negative_spread,
+    no_dip,
+    polygon_gate,
+    posterior_polygon,
+    ridgeline,
+    truncated,
+)
 
 __all__ = ["TregClusterParams", "place"]
 
