@@ -126,14 +126,15 @@ across the batch</button></nav></header>
 <p id="message" role="status"></p>
 <main>
 <aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
-&middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd> undo moves. Drag a
-gate's edges, corners or vertices; the counts follow when you let go.</p>
+&middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
+step, <kbd>y</kbd> redo. Drag a gate's edges, corners or vertices, or the whole gate; double-click an edge to add a
+vertex, a vertex to delete it. The counts follow when you let go.</p>
 <table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
 <th>flags</th><th>status</th></tr></thead><tbody></tbody></table></aside>
 <section id="sample-view"><div id="sample-head"></div>
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
 id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button
-type="button" id="btn-undo">Undo moves (Esc)</button></div>
+type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-redo">Redo (y)</button></div>
 <div id="plots"></div><div id="history"></div></section>
 <section id="batch-view" hidden><div id="batch-controls"><label>Gate <select id="batch-gate"></select></label>
 <label>Overlay a patient's visits <select id="batch-patient"><option value="">(none)</option></select></label>

@@ -228,3 +228,112 @@ def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
     finally:
         drv.quit()
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def polygon_run(tmp_path_factory, dask_client):
+    """A run of the default strategy (placed polygon Treg gates) on two generated tubes."""
+    from cytopipe.batch.driver import run_batch
+    from cytopipe.sim.sample import SampleSpec, write_fcs
+
+    d = tmp_path_factory.mktemp("polygons")
+    for i in range(2):
+        write_fcs(d / f"t{i}.fcs", SampleSpec(n_events=20_000, seed=40 + i, hard=True))
+    pd.DataFrame({"file": ["t0.fcs", "t1.fcs"], "patient_id": ["P01", "P02"], "visit": ["D1", "D1"]}).to_csv(
+        d / "samples.csv", index=False)
+    run_batch(d / "samples.csv", d / "run", client=dask_client, report=False)
+    return d / "run"
+
+
+_POINTS = """return (function (card) {{
+  var poly = document.querySelector(card + ' polygon.shape');
+  return poly ? poly.getAttribute('points').trim().split(/\\s+/).map(function (p) {{
+    return p.split(',').map(Number); }}) : null; }})('{card}')"""
+
+
+def _same(a, b):
+    """Two polygons' points alike within half a pixel (the server rounds a moved gate's values)."""
+    return a is not None and b is not None and len(a) == len(b) and all(
+        abs(p[0] - q[0]) < 0.5 and abs(p[1] - q[1]) < 0.5 for p, q in zip(a, b))
+
+
+@pytest.mark.slow
+def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_chromium(polygon_run, tmp_path):
+    """Issue 27's editable gates: every handle on the plot, the whole polygon dragged at once, a vertex added
+    by a double click on an edge, and undo and redo one step at a time."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(polygon_run, port=0).start()
+    card = f'.card[data-gate="{TREG}"]'
+    try:
+        drv.get(srv.url)
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("Dr Editor")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, f"document.querySelector('{card} polygon.shape') && document.querySelectorAll('#plots .card')"
+                   ".length >= 6")
+        # every handle of every gate is drawn within its plot's frame
+        outside = drv.execute_script("""return Array.from(document.querySelectorAll('#plots svg')).map(function (s) {
+            var f = s.querySelector('rect.frame'), x0 = +f.getAttribute('x'), y0 = +f.getAttribute('y');
+            var x1 = x0 + +f.getAttribute('width'), y1 = y0 + +f.getAttribute('height');
+            return Array.from(s.querySelectorAll('circle')).filter(function (c) {
+              var cx = +c.getAttribute('cx'), cy = +c.getAttribute('cy');
+              return cx < x0 - 0.01 || cx > x1 + 0.01 || cy < y0 - 0.01 || cy > y1 + 0.01; }).length; })
+            .reduce(function (a, b) { return a + b; }, 0);""")
+        assert outside == 0
+        saved = drv.execute_script(_POINTS.format(card=card))
+        old = drv.find_element("css selector", f"{card} .count").get_attribute("data-count")
+        # drag the whole polygon 15 px right, grabbing it inside, away from its vertices
+        poly = drv.find_element("css selector", f"{card} polygon.shape")
+        grab = drv.execute_script("""var poly = arguments[0], svg = poly.ownerSVGElement, b = poly.getBBox();
+            var m = svg.getScreenCTM(), r = poly.getBoundingClientRect(), best = null, far = 0;
+            var vs = Array.from(poly.points);
+            for (var i = 1; i < 20; i++) { for (var j = 1; j < 20; j++) {
+              var p = svg.createSVGPoint(); p.x = b.x + b.width * i / 20; p.y = b.y + b.height * j / 20;
+              if (!poly.isPointInFill(p)) { continue; }
+              var d = Math.min.apply(null, vs.map(function (v) { return Math.hypot(v.x - p.x, v.y - p.y); }));
+              if (d > far) { far = d; best = [m.a * p.x + m.e, m.d * p.y + m.f]; }
+            } }
+            var e = best && document.elementFromPoint(best[0], best[1]);
+            return best && [best[0] - (r.x + r.width / 2), best[1] - (r.y + r.height / 2), far,
+                            e && (e.getAttribute('data-handle') || e.tagName)];""", poly)
+        assert grab is not None and grab[2] > 8 and grab[3] == "all", grab  # the gate itself is under the pointer
+        ActionChains(drv).move_to_element_with_offset(poly, round(grab[0]), round(grab[1])).click_and_hold() \
+            .move_by_offset(5, 0).move_by_offset(5, 0).move_by_offset(5, 0).release().perform()
+        _wait(drv, "document.getElementById('treg-candidate').textContent.indexOf('with the moved gate') >= 0")
+        moved = drv.execute_script(_POINTS.format(card=card))
+        shifts = [(m[0] - s[0], m[1] - s[1]) for m, s in zip(moved, saved)]
+        assert len(moved) == len(saved) and all(abs(dx - shifts[0][0]) < 0.6 and abs(dy) < 0.6 for dx, dy in shifts)
+        assert shifts[0][0] > 10  # every vertex moved together, right
+        # a double click on an edge adds a vertex there (dispatched where the edge is: its midpoint)
+        n = len(moved)
+        drv.execute_script("""var poly = arguments[0], a = arguments[1], b = arguments[2];
+            var m = poly.ownerSVGElement.getScreenCTM();
+            var x = (a[0] + b[0]) / 2, y = (a[1] + b[1]) / 2;
+            var at = {bubbles: true, clientX: m.a * x + m.e, clientY: m.d * y + m.f};
+            poly.dispatchEvent(new MouseEvent('dblclick', at));
+            """, drv.find_element("css selector", f"{card} polygon.shape"), moved[0], moved[1])
+        _wait(drv, f"document.querySelectorAll('{card} circle.vertex').length === {n + 1}")
+        # undo one step: the vertex goes, the move stays; again: the saved gate; redo: the move is back
+        body = drv.find_element("tag name", "body")
+        body.send_keys(Keys.ESCAPE)
+        _wait(drv, f"document.querySelectorAll('{card} circle.vertex').length === {n}")
+        time.sleep(1.0)  # the recount of the restored step has answered (and no earlier one overwrote it)
+        assert _same(drv.execute_script(_POINTS.format(card=card)), moved)
+        body.send_keys(Keys.ESCAPE)
+        _wait(drv, f"document.querySelector('{card} .count').getAttribute('data-count') === '{old}' && "
+                   "document.getElementById('treg-candidate').textContent === ''")
+        assert _same(drv.execute_script(_POINTS.format(card=card)), saved)
+        body.send_keys("y")
+        _wait(drv, "document.getElementById('treg-candidate').textContent.indexOf('with the moved gate') >= 0")
+        time.sleep(1.0)
+        assert _same(drv.execute_script(_POINTS.format(card=card)), moved)
+    finally:
+        drv.quit()
+        srv.stop()

@@ -13,7 +13,9 @@
   var SVGNS = 'http://www.w3.org/2000/svg';
   var S = {
     queue: [], gates: [], numerator: '', denominator: '', reviewer: '', current: null, sample: null,
-    cands: {}, cand: null, plots: {}, view: 'sample', batch: null, batchToken: 0
+    cands: {}, cand: null, plots: {}, view: 'sample', batch: null, batchToken: 0,
+    history: [], future: [],  // the moved gates before each step, for undo and redo one step at a time
+    recountToken: 0
   };
 
   function $(id) { return document.getElementById(id); }
@@ -163,7 +165,7 @@
   // -- one sample ------------------------------------------------------------------------------
 
   function openSample(i, keepMessage) {
-    S.current = i; S.cands = {}; S.cand = null;
+    S.current = i; S.cands = {}; S.cand = null; S.history = []; S.future = []; S.recountToken++;
     renderQueue();
     if (!keepMessage) { message('Opening…'); }
     return api('GET', '/api/sample/' + i).then(function (d) {
@@ -342,13 +344,25 @@
     var xs = plot.xs, ys = plot.ys, top = plot.MT, bottom = plot.MT + plot.H;
     var style = { 'class': colour ? 'shape tinted' : 'shape' };
     var tint = function (node) { if (colour) { node.style.stroke = colour; } return node; };  // CSSOM: CSP allows it
+    var left = xs.px(xs.lo), right = xs.px(xs.hi);
+    // a handle beyond the plot is drawn on its edge (hollow), so every handle can be reached
+    var inX = function (x) { return Math.max(left, Math.min(right, x)); };
+    var inY = function (y) { return Math.max(top, Math.min(bottom, y)); };
     if (geom.type === 'polygon') {
       var pts = geom.vertices.map(function (v) { return xs.px(v[0]) + ',' + ys.px(v[1]); }).join(' ');
-      layer.appendChild(tint(sv('polygon', Object.assign({ points: pts }, style))));
+      var shape = tint(sv('polygon', Object.assign({ points: pts }, style)));
+      layer.appendChild(shape);
       if (handles) {
+        shape.classList.add('movable');
+        shape.setAttribute('data-handle', 'all');
+        shape.addEventListener('pointerdown', function (e) { startDrag(e, plot, 'all'); });
+        shape.addEventListener('dblclick', function (e) { addVertex(e, plot); });
         geom.vertices.forEach(function (v, k) {
-          var c = sv('circle', { cx: xs.px(v[0]), cy: ys.px(v[1]), r: 6, 'class': 'vertex', 'data-handle': 'v' + k });
+          var px = xs.px(v[0]), py = ys.px(v[1]), cx = inX(px), cy = inY(py);
+          var c = sv('circle', { cx: cx, cy: cy, r: 6, 'class': 'vertex' + (cx !== px || cy !== py ? ' clamped' : ''),
+            'data-handle': 'v' + k });
           c.addEventListener('pointerdown', function (e) { startDrag(e, plot, 'v' + k); });
+          c.addEventListener('dblclick', function (e) { deleteVertex(e, plot, k); });
           handles.appendChild(c);
         });
       }
@@ -357,11 +371,14 @@
     var b = geom.bounds;
     var x0 = xs.px(xs.edge(b[0][0], false)), x1 = xs.px(xs.edge(b[0][1], true));
     var y0 = ys ? ys.px(ys.edge(b[1][0], false)) : bottom + 50, y1 = ys ? ys.px(ys.edge(b[1][1], true)) : top - 50;
-    layer.appendChild(tint(sv('rect', Object.assign({ x: Math.min(x0, x1), y: Math.min(y0, y1), width: Math.abs(x1 - x0),
-      height: Math.abs(y1 - y0) }, style))));
+    var box = tint(sv('rect', Object.assign({ x: Math.min(x0, x1), y: Math.min(y0, y1), width: Math.abs(x1 - x0),
+      height: Math.abs(y1 - y0) }, style)));
+    layer.appendChild(box);
     if (!handles) { return; }
-    var clampY = function (y) { return Math.max(top, Math.min(bottom, y)); };
-    var clampX = function (x) { return Math.max(xs.px(xs.lo), Math.min(xs.px(xs.hi), x)); };
+    box.classList.add('movable');
+    box.setAttribute('data-handle', 'all');
+    box.addEventListener('pointerdown', function (e) { startDrag(e, plot, 'all'); });
+    var clampY = inY, clampX = inX;
     var edges = [];
     if (b[0][0] !== null) { edges.push(['x-min', x0, clampY(y1), x0, clampY(y0)]); }
     if (b[0][1] !== null) { edges.push(['x-max', x1, clampY(y1), x1, clampY(y0)]); }
@@ -378,7 +395,8 @@
           var xi = c[0] === 'x-min' ? 0 : 1, yi = c[1] === 'y-min' ? 0 : 1;
           if (b[0][xi] === null || b[1][yi] === null) { return; }
           var name = c[0] + ',' + c[1];
-          var dot = sv('circle', { cx: c[2], cy: c[3], r: 6, 'class': 'corner', 'data-handle': name });
+          var dot = sv('circle', { cx: inX(c[2]), cy: inY(c[3]), r: 6, 'data-handle': name,
+            'class': 'corner' + (inX(c[2]) !== c[2] || inY(c[3]) !== c[3] ? ' clamped' : '') });
           dot.addEventListener('pointerdown', function (ev) { startDrag(ev, plot, name); });
           handles.appendChild(dot);
         });
@@ -389,17 +407,37 @@
     return JSON.parse(JSON.stringify(S.cands[g.path] || g.geometry));
   }
 
+  function svgPoint(plot, e) {
+    var pt = plot.svg.createSVGPoint();
+    pt.x = e.clientX; pt.y = e.clientY;
+    return pt.matrixTransform(plot.svg.getScreenCTM().inverse());
+  }
+
+  function remember() {
+    // the moved gates as they are before a step: undo restores them
+    S.history.push(JSON.stringify(S.cands));
+    S.future = [];
+  }
+
   function startDrag(ev, plot, handle) {
-    if (ev.button !== 0) { return; }
+    if (ev.button !== 0 || ev.detail > 1) { return; }  // a double click adds or deletes a vertex instead
     ev.preventDefault();
-    var geom = geometryOf(plot.g), moved = false;
-    var svg = plot.svg;
+    var start = geometryOf(plot.g), geom = geometryOf(plot.g), moved = false, before = JSON.stringify(S.cands);
+    var p0 = svgPoint(plot, ev), x0 = plot.xs.val(p0.x), y0 = plot.ys ? plot.ys.val(p0.y) : null;
     var move = function (e) {
-      var pt = svg.createSVGPoint();
-      pt.x = e.clientX; pt.y = e.clientY;
-      var p = pt.matrixTransform(svg.getScreenCTM().inverse());
+      var p = svgPoint(plot, e);
       var x = plot.xs.val(p.x), y = plot.ys ? plot.ys.val(p.y) : null;
-      if (geom.type === 'polygon') {
+      if (handle === 'all') {  // the whole gate: every vertex or bound by the pointer's move
+        var dx = x - x0, dy = y === null ? 0 : y - y0;
+        if (geom.type === 'polygon') {
+          geom.vertices = start.vertices.map(function (v) { return [v[0] + dx, v[1] + dy]; });
+        } else {
+          geom.bounds = start.bounds.map(function (b, dim) {
+            var d = dim === 0 ? dx : dy;
+            return b.map(function (v) { return v === null ? null : v + d; });
+          });
+        }
+      } else if (geom.type === 'polygon') {
         geom.vertices[Number(handle.slice(1))] = [x, y];
       } else {
         handle.split(',').forEach(function (h) {
@@ -416,18 +454,23 @@
     var up = function () {
       window.removeEventListener('pointermove', move);
       window.removeEventListener('pointerup', up);
-      if (moved) { recount(plot.g.path); }
+      if (moved) {
+        S.history.push(before);
+        S.future = [];
+        recount(plot.g.path);
+      }
     };
     window.addEventListener('pointermove', move);
     window.addEventListener('pointerup', up);
   }
 
   function recount(movedPath) {
-    var i = S.current, t0 = performance.now();
+    var i = S.current, t0 = performance.now(), token = ++S.recountToken;
     message('Recounting…');
     return api('POST', '/api/sample/' + i + '/recount', { version: S.sample.sample.version, gates: S.cands })
       .then(function (r) {
-        if (S.current !== i) { return; }
+        // only the latest step's counts: an earlier recount answering late (after an undo) is dropped
+        if (S.current !== i || token !== S.recountToken) { return; }
         S.cand = r.cand;
         Object.keys(r.geometry).forEach(function (p) { S.cands[p] = r.geometry[p]; });
         var saved = {};
@@ -447,9 +490,64 @@
       }).catch(showError);
   }
 
+  function addVertex(ev, plot) {
+    // a new vertex where the double click was, on the nearest edge
+    ev.preventDefault();
+    var geom = geometryOf(plot.g), p = svgPoint(plot, ev), best = 0, bestD = Infinity;
+    var px = geom.vertices.map(function (v) { return [plot.xs.px(v[0]), plot.ys.px(v[1])]; });
+    px.forEach(function (a, k) {
+      var b = px[(k + 1) % px.length], dx = b[0] - a[0], dy = b[1] - a[1];
+      var t = Math.max(0, Math.min(1, ((p.x - a[0]) * dx + (p.y - a[1]) * dy) / (dx * dx + dy * dy || 1)));
+      var d = Math.hypot(a[0] + t * dx - p.x, a[1] + t * dy - p.y);
+      if (d < bestD) { bestD = d; best = k; }
+    });
+    remember();
+    geom.vertices.splice(best + 1, 0, [plot.xs.val(p.x), plot.ys.val(p.y)]);
+    S.cands[plot.g.path] = geom;
+    plot.drawGate(geom);
+    recount(plot.g.path);
+  }
+
+  function deleteVertex(ev, plot, k) {
+    ev.preventDefault();
+    ev.stopPropagation();
+    var geom = geometryOf(plot.g);
+    if (geom.vertices.length <= 3) { message('A polygon keeps at least 3 vertices.', 'error'); return; }
+    remember();
+    geom.vertices.splice(k, 1);
+    S.cands[plot.g.path] = geom;
+    plot.drawGate(geom);
+    recount(plot.g.path);
+  }
+
+  function restore(cands) {
+    // the moved gates of one step before or after: drawn, then counted (the saved gates when none is moved)
+    S.cands = JSON.parse(cands);
+    var paths = Object.keys(S.cands);
+    if (!paths.length) {
+      var keep = { history: S.history, future: S.future };
+      return openSample(S.current, true).then(function () { S.history = keep.history; S.future = keep.future;
+        message('Back to the saved gates.'); });
+    }
+    S.sample.gates.forEach(function (g) {
+      var plot = S.plots[g.path];
+      if (plot) { plot.drawGate(S.cands[g.path] || g.geometry); }
+    });
+    return recount(paths[paths.length - 1]);
+  }
+
   function undo() {
     if (S.current === null) { return; }
-    openSample(S.current);
+    if (!S.history.length) { message('Nothing to undo.'); return; }
+    S.future.push(JSON.stringify(S.cands));
+    restore(S.history.pop());
+  }
+
+  function redo() {
+    if (S.current === null) { return; }
+    if (!S.future.length) { message('Nothing to redo.'); return; }
+    S.history.push(JSON.stringify(S.cands));
+    restore(S.future.pop());
   }
 
   function sampleName() {
@@ -597,7 +695,7 @@
     var tag = (e.target && e.target.tagName) || '';
     if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
     var acts = { j: function () { step(1); }, k: function () { step(-1); }, a: function () { decide('approve'); },
-      r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo };
+      r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo, z: undo, y: redo };
     if (acts[e.key] && S.view === 'sample') { e.preventDefault(); acts[e.key](); }
   }
 
@@ -609,6 +707,7 @@
     $('btn-reject').addEventListener('click', function () { decide('reject'); });
     $('btn-edit').addEventListener('click', function () { decide('adjust'); });
     $('btn-undo').addEventListener('click', function () { unfocusButtons(); undo(); });
+    $('btn-redo').addEventListener('click', function () { unfocusButtons(); redo(); });
     $('tab-sample').addEventListener('click', function () { showView('sample'); });
     $('tab-batch').addEventListener('click', function () { showView('batch'); });
     $('batch-gate').addEventListener('change', loadBatch);
