@@ -237,8 +237,8 @@ def polygon_run(tmp_path_factory, dask_client):
     from cytopipe.sim.sample import SampleSpec, write_fcs
 
     d = tmp_path_factory.mktemp("polygons")
-    for i in range(2):
-        write_fcs(d / f"t{i}.fcs", SampleSpec(n_events=20_000, seed=40 + i, hard=True))
+    for i in range(2):  # usual staining (CD127lo holds every Treg), then staining variation (it cuts)
+        write_fcs(d / f"t{i}.fcs", SampleSpec(n_events=20_000, seed=40 + i, hard=i == 1))
     pd.DataFrame({"file": ["t0.fcs", "t1.fcs"], "patient_id": ["P01", "P02"], "visit": ["D1", "D1"]}).to_csv(
         d / "samples.csv", index=False)
     run_batch(d / "samples.csv", d / "run", client=dask_client, report=False)
@@ -287,6 +287,20 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
               return cx < x0 - 0.01 || cx > x1 + 0.01 || cy < y0 - 0.01 || cy > y1 + 0.01; }).length; })
             .reduce(function (a, b) { return a + b; }, 0);""")
         assert outside == 0
+        # P01's CD127lo holds all of Treg's events (the run's populations say so): no plot to review, a line
+        # under Treg's card instead, and the header's count is Treg's; P02's cuts, and is drawn
+        pops = pd.read_parquet(polygon_run / "populations.parquet").set_index(["file", "gate_path"])
+        child = f'.card[data-gate="{TREG}/CD127lo"]'
+        for file, patient in (("t1.fcs", "P02"), ("t0.fcs", "P01")):
+            count, parent = pops.loc[(file, f"{TREG}/CD127lo"), ["count", "parent_count"]]
+            next(r for r in drv.find_elements("css selector", "#queue tbody tr") if r.text.startswith(patient)).click()
+            _wait(drv, f"document.getElementById('sample-head').textContent.indexOf('{patient}') >= 0 && "
+                       f"document.querySelector('{card} polygon.shape')")
+            assert drv.execute_script(f"return document.querySelector('{child}').hidden") == bool(count == parent)
+        assert count == parent  # P01, open now
+        note = drv.find_element("css selector", f"{card} .whole-child").text
+        assert note == f"CD127lo holds all {int(count):,} of them (not drawn)"
+        assert f"({int(count):,} of" in drv.find_element("id", "sample-head").text  # the header's count
         saved = drv.execute_script(_POINTS.format(card=card))
         old = drv.find_element("css selector", f"{card} .count").get_attribute("data-count")
         # drag the whole polygon 15 px right, grabbing it inside, away from its vertices

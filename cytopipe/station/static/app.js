@@ -200,7 +200,28 @@
       S.plots[g.path] = p;
       plots.appendChild(p.card);
     });
+    d.gates.forEach(function (g) { foldWhole(g.path, g.count, g.parent_count); });
     renderHistory(d.history || []);
+  }
+
+  function isLeaf(path) {
+    return !S.sample.gates.some(function (g) { return g.path.indexOf(path + '/') === 0; });
+  }
+
+  function foldWhole(path, count, parent) {
+    // a leaf gate holding every event of its parent shows nothing to review: a line under its parent's card
+    // instead of a plot (the parent's count is then the count the header shows); drawn again once it cuts
+    var plot = S.plots[path], parentPlot = S.plots[path.slice(0, path.lastIndexOf('/'))];
+    if (!plot || !parentPlot || !isLeaf(path)) { return; }
+    var whole = count === parent && !S.cands[path];
+    plot.card.hidden = whole;
+    var note = parentPlot.card.querySelector('.whole-child');
+    if (whole) {
+      if (!note) { note = el('p', { 'class': 'whole-child' }); parentPlot.card.appendChild(note); }
+      note.textContent = path.split('/').pop() + ' holds all ' + fmtInt(count) + ' of them (not drawn)';
+    } else if (note) {
+      note.parentNode.removeChild(note);
+    }
   }
 
   function renderHistory(rows) {
@@ -479,6 +500,7 @@
           var plot = S.plots[c.path];
           if (!plot) { return; }
           plot.setCount(c.count, c.parent_count, saved[c.path]);
+          foldWhole(c.path, c.count, c.parent_count);
           if (S.cands[c.path]) { plot.drawGate(S.cands[c.path]); }
           var below = Object.keys(S.cands).some(function (m) { return c.path.indexOf(m + '/') === 0; });
           if (below && r.cand) { plot.population(r.cand); }
