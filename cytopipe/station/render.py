@@ -23,6 +23,8 @@ __all__ = ["BINS", "OUTLIER_RULE", "axis_spec", "axis_label", "batch_outliers", 
 
 #: Bins per axis of a density image (the image is scaled to the plot in the browser).
 BINS = 160
+#: Bins of a batch-view thumbnail: the report's stored plot data (128 a side) summed two by two.
+THUMB_BINS = 64
 _SCATTER_RANGE = (0.0, 262144.0)
 _LOGICLE_RANGE = (-0.25, 1.0)
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")

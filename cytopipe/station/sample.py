@@ -27,7 +27,7 @@ import numpy as np
 
 from ..exceptions import ReviewError
 from ..gating.gated import GatedSample
-from .render import BINS, axis_spec, density_png, histogram
+from .render import BINS, THUMB_BINS, axis_spec, density_png, histogram
 
 __all__ = ["OpenSample", "display_to_linear"]
 
@@ -180,7 +180,7 @@ class OpenSample:
                 idx = np.sort(np.random.default_rng(0).choice(idx, size=20_000, replace=False))
             ranges = [a["range"] for a in self.axes(p)]
             values = self.gated.values(p, idx) if idx.size else np.empty((0, len(ranges)))
-            out["/".join(p)] = histogram(values, ranges, BINS // 2)
+            out["/".join(p)] = histogram(values, ranges, THUMB_BINS)
         return out
 
     # -- candidates -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..exceptions import CytopipeError, ReviewError
@@ -92,6 +93,8 @@ class Station:
         self._open_lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._thumbs: dict[tuple, dict[str, Any]] = {}
+        self._table_cache: tuple[tuple | None, pd.DataFrame] | None = None
+        self._table_lock = threading.Lock()
         self._load_slots = threading.Semaphore(2)  # files read at once (memory: each holds its events)
         self.report = ReportWriter(self.run_dir)
 
@@ -114,8 +117,20 @@ class Station:
         return self._strategy_obj
 
     def table(self) -> pd.DataFrame:
-        """``treg_by_visit`` as it is now."""
-        return self.folder.treg_by_visit().reset_index(drop=True)
+        """``treg_by_visit`` as it is now (read again only when the file changed: tables are replaced whole).
+
+        Callers read it and never change it: it is the one copy every request of that file state shares.
+        """
+        path = self.run_dir / "treg_by_visit.parquet"
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        with self._table_lock:
+            if stamp is None or self._table_cache is None or self._table_cache[0] != stamp:
+                self._table_cache = (stamp, self.folder.treg_by_visit().reset_index(drop=True))
+            return self._table_cache[1]
 
     def _decisions(self) -> list[Decision]:
         return self.folder.decisions()
@@ -388,12 +403,15 @@ class Station:
         row = self._row(table, i)
         if row["qc_status"] == "error":
             return {"i": i, "error": _text(row["error"])}
-        key, _ = self._key(row, decisions)
+        key, adjustments = self._key(row, decisions)
         if key not in self._thumbs:
-            opened = self._load(row, decisions, keep=False)
-            self._thumbs[key] = {"hists": opened.histograms(),
-                                 "geometry": {"/".join(p): opened.geometry(p) for p in opened.paths},
-                                 "counts": {c["path"]: c for c in opened.counts()}}
+            stored = self._stored_thumbs(row, adjustments)
+            if stored is None:  # no plot data the workers stored for this state: read and gate the file
+                opened = self._load(row, decisions, keep=False)
+                stored = {"hists": opened.histograms(),
+                          "geometry": {"/".join(p): opened.geometry(p) for p in opened.paths},
+                          "counts": {c["path"]: c for c in opened.counts()}}
+            self._thumbs[key] = stored
         got = self._thumbs[key]
         hist = got["hists"][name]
         out = {"i": i, "geometry": got["geometry"][name], "count": got["counts"][name]["count"],
@@ -404,6 +422,32 @@ class Station:
             colour = _TINTS[tint % len(_TINTS)] if tint is not None else None
             out["image"] = "data:image/png;base64," + base64.b64encode(density_png(hist, tint=colour)).decode()
         return out
+
+    def _stored_thumbs(self, row: pd.Series, adjustments) -> dict[str, Any] | None:
+        """A sample's thumbnails from the plot data its worker stored (``cache/plots/``), or None without it.
+
+        The stored histograms are the report's (:data:`~cytopipe.review.plotdata.PLOT_BINS` bins on the same
+        axes as the station's); a thumbnail sums them two by two, the bins a re-gated sample's thumbnail has.
+        """
+        from ..review.plotstore import load_plots, plot_key
+
+        if pd.isna(row["file_sha256"]):
+            return None
+        key = plot_key(str(row["file_sha256"]), str(row["strategy_sha256"]), adjustments)
+        stored = load_plots(self.run_dir / "cache" / "plots" / f"{key}.npz")
+        if stored is None:
+            return None
+        hists, geometry, counts = {}, {}, {}
+        for plot in stored.plots:
+            name = "/".join(plot.path)
+            h = np.asarray(plot.hist, dtype=np.int64)
+            hists[name] = (h.reshape(-1, 2).sum(axis=1) if h.ndim == 1
+                           else h.reshape(h.shape[0] // 2, 2, h.shape[1] // 2, 2).sum(axis=(1, 3)))
+            geometry[name] = ({"type": "polygon", "vertices": [[float(x), float(y)] for x, y in plot.vertices]}
+                              if plot.vertices is not None else
+                              {"type": "rect", "bounds": [[d.min, d.max] for d in plot.dims]})
+            counts[name] = {"path": name, "count": plot.count, "parent_count": plot.parent_count}
+        return {"hists": hists, "geometry": geometry, "counts": counts}
 
     def close(self) -> None:
         """Finish the report pages still being written."""

@@ -418,3 +418,40 @@ def test_a_bad_gate_tint_or_sample_is_a_4xx_with_a_message(station, url):
     res = client.get(url)
     assert 400 <= res.status_code < 500, (url, res.status_code, res.text[:200])
     assert res.json()["error"]
+
+
+def test_thumbnails_come_from_the_plot_data_the_workers_stored(tmp_path, dask_client, monkeypatch):
+    """Issue 27/28: the batch view draws from ``cache/plots/`` (no file is read again), and what it draws is
+    what a re-gated sample gives: the same gates, the same counts, the same events in the same bins."""
+    from cytopipe.batch.driver import run_batch
+    from cytopipe.sim.sample import SampleSpec, write_fcs
+    from cytopipe.station.sample import OpenSample
+
+    for k in range(2):  # under 20,000 events: every parent event is plotted, by both paths
+        write_fcs(tmp_path / f"t{k}.fcs", SampleSpec(n_events=12_000, seed=60 + k))
+    pd.DataFrame({"file": ["t0.fcs", "t1.fcs"], "patient_id": ["P1", "P2"], "visit": ["D1", "D1"]}).to_csv(
+        tmp_path / "samples.csv", index=False)
+    run_batch(tmp_path / "samples.csv", tmp_path / "run", client=dask_client)  # the report stores plot data
+    st = Station(tmp_path / "run")
+    try:
+        row = st.table().iloc[0]
+        _, adjustments = st._key(row, st._decisions())
+        stored = st._stored_thumbs(row, adjustments)
+        opened = OpenSample(str(st.run().sample_path(str(row["file"]))), st.strategy, adjustments)
+        assert set(stored["hists"]) == {"/".join(p) for p in opened.paths}
+        fresh = opened.histograms()
+        for p in opened.paths:
+            name = "/".join(p)
+            assert stored["geometry"][name] == opened.geometry(p), name
+            assert stored["counts"][name] == next(c for c in opened.counts() if c["path"] == name), name
+            np.testing.assert_array_equal(stored["hists"][name], fresh[name], err_msg=name)
+
+        def no_read(*a, **k):
+            raise AssertionError("a thumbnail read the file again")
+
+        monkeypatch.setattr(OpenSample, "__init__", no_read)
+        thumbs = [st.thumb(0, "/".join(p)) for p in opened.paths]
+        assert all(t["count"] == stored["counts"][t_name]["count"]
+                   for t, t_name in zip(thumbs, ["/".join(p) for p in opened.paths]))
+    finally:
+        st.close()
