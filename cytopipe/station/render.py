@@ -29,7 +29,9 @@ _SCATTER_RANGE = (0.0, 262144.0)
 _LOGICLE_RANGE = (-0.25, 1.0)
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 #: What the batch view's red frame means, as the page says it.
-OUTLIER_RULE = f"% of parent more than {OUTLIER_Z:g} robust SDs from the batch median"
+OUTLIER_RULE = (f"more than {OUTLIER_Z:g} robust SDs from the median of the batch's samples of the same visit "
+                f"(Treg % of CD4 on the strategy's Treg gate, % of parent on the others), or out of line with "
+                f"the patient's own visits (treg_outlier)")
 
 
 def axis_label(detector: str, markers: dict[str, str]) -> str:
@@ -124,17 +126,25 @@ def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -
 
 
 def batch_outliers(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mark each sample of the batch view whose % of parent is an outlier (``"outlier": True``), in place.
+    """Mark each sample of the batch view that is out of line (``"outlier": True``), in place.
 
     The report's rule (:func:`cytopipe.review.outliers.robust_outliers`) on
-    ``100 * count / parent_count``; a sample without a count (not gated) or
-    with an empty parent has no % and is never an outlier. The browser draws
-    a red frame where it is told to: the rule lives here only.
+    each sample's ``value`` when it has one (the batch view gives the Treg
+    gate's samples their Treg % of CD4), else ``100 * count / parent_count``,
+    judged among the samples of the same ``visit``: under treatment every
+    patient's Tregs move together at a visit, so a responder is no outlier
+    at day 8, and a day-60 sample is judged against the other day-60
+    samples. A visit with fewer than four values is judged against the whole
+    batch. A sample that carries ``treg_outlier`` (out of line with the
+    patient's own visits) is framed too. A sample without a value (not
+    gated) is never an outlier. The browser draws a red frame where it is
+    told to: the rule lives here only.
 
     Parameters
     ----------
     samples
-        The batch view's samples, each with ``count`` and ``parent_count`` (None when not gated).
+        The batch view's samples, each with ``count`` and ``parent_count`` (None when not gated), and
+        optionally ``value``, ``visit`` and ``flags``.
 
     Returns
     -------
@@ -148,8 +158,18 @@ def batch_outliers(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     >>> [s["outlier"] for s in marked]
     [False, False, False, False, True, False]
     """
-    pct = [100 * s["count"] / s["parent_count"] if s["count"] is not None and s["parent_count"] else np.nan
-           for s in samples]
-    for s, out in zip(samples, robust_outliers(pct)):
-        s["outlier"] = bool(out)
+    def value(s):
+        if s.get("value") is not None:
+            return float(s["value"])
+        return 100 * s["count"] / s["parent_count"] if s["count"] is not None and s["parent_count"] else np.nan
+
+    values = np.array([value(s) for s in samples], dtype=float)
+    visits = [s.get("visit") for s in samples]
+    out = robust_outliers(values)
+    for visit in set(visits):
+        members = np.array([v == visit for v in visits])
+        if visit is not None and np.isfinite(values[members]).sum() >= 4:
+            out[members] = robust_outliers(values[members])
+    for s, o in zip(samples, out):
+        s["outlier"] = bool(o) or "treg_outlier" in (s.get("flags") or [])
     return samples

@@ -392,6 +392,8 @@ class Station:
             q = self.queue_row(i, row, decisions, run=run)
             c = counts.get(q["file"])
             q.update(count=c[0] if c else None, parent_count=c[1] if c else None)
+            if path == strategy.numerator:  # the Treg gate: judged on what the trial measures, Treg % of CD4
+                q["value"] = q["treg_pct"]
             samples.append(q)
         return {"gate": "/".join(path), "axes": axes, "samples": batch_outliers(samples),
                 "outlier_rule": OUTLIER_RULE, "patients": sorted({s["patient"] for s in samples}), "tints": _TINTS}

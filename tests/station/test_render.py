@@ -49,6 +49,27 @@ def test_the_batch_view_is_told_which_samples_are_outliers():
     assert [s["outlier"] for s in marked] == [False, False, False, False, False, True, False, False]
     assert all(type(s["outlier"]) is bool for s in marked)  # JSON true/false
     assert [s["i"] for s in marked] == list(range(len(counts)))  # order and other keys kept
-    assert OUTLIER_RULE == "% of parent more than 3.5 robust SDs from the batch median"
+    assert OUTLIER_RULE.startswith("more than 3.5 robust SDs from the median of the batch's samples of the same visit")
     # fewer than 4 samples with a %: no median to judge by, nothing framed
     assert not any(s["outlier"] for s in batch_outliers(samples[4:]))
+
+
+def test_outliers_are_judged_per_visit_on_treg_pct_and_with_the_patients_own_visits():
+    """Issue 27: on the Treg gate the frame went to the day-8 responders (CD127lo's % of parent is 100 % and
+    the Treg gate's is everyone's jump at day 8), not to P001 D60 at 1 %."""
+    from cytopipe.station.render import batch_outliers
+
+    d1 = [5.0, 5.5, 4.8, 5.2, 5.1, 4.9]
+    d8 = [12.0, 14.0, 11.5, 13.0, 12.5, 13.5]  # every patient responds at day 8
+    d60 = [1.0, 5.3, 5.0, 4.7, 5.6, 5.1]  # P001 D60 at 1 %
+    samples = [{"visit": v, "value": x, "count": 100, "parent_count": 100, "flags": []}
+               for v, xs in (("D1", d1), ("D8", d8), ("D60", d60)) for x in xs]
+    framed = [(s["visit"], s["value"]) for s in batch_outliers(samples) if s["outlier"]]
+    assert framed == [("D60", 1.0)]
+    # across the whole batch, ignoring visits, the responders would have looked out of line instead
+    from cytopipe.review.outliers import robust_outliers
+
+    assert robust_outliers(d1 + d8 + d60)[6:12].all()  # pooled, every day-8 responder is framed
+    # the patient's own visits speak too: a sample the run flagged treg_outlier is framed
+    samples[2]["flags"] = ["treg_outlier"]
+    assert [s["outlier"] for s in batch_outliers(samples)][2] is True
