@@ -132,6 +132,7 @@ vertex, a vertex to delete it. The counts follow when you let go.</p>
 <table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
 <th>flags</th><th>status</th></tr></thead><tbody></tbody></table></aside>
 <section id="sample-view"><div id="sample-head"></div>
+<p><button type="button" id="btn-approve-unflagged">Approve all unflagged&hellip;</button></p>
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
 id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button
 type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-redo">Redo (y)</button></div>
@@ -352,6 +353,16 @@ def create_app(station: Station, *, token: str, password: str | None = None,
                                    signer=sess.signer))
         return _json(out)
 
+    async def approve_unflagged(request: Request, sess: Session) -> Response:
+        body = await body_of(request)
+        versions = body.get("versions")
+        if not isinstance(versions, dict) or not all(str(k).isdigit() for k in versions):
+            return _json({"error": "Send the samples to approve as {\"versions\": {index: version}}."}, 400)
+        out = await run_in_threadpool(
+            lambda: station.approve_unflagged({int(k): str(v) for k, v in versions.items()}, reviewer=sess.reviewer,
+                                              reason=str(body.get("reason", "") or ""), signer=sess.signer))
+        return _json(out)
+
     async def batch(request: Request, sess: Session) -> Response:
         return _json(await run_in_threadpool(station.batch, request.query_params.get("gate", "")))
 
@@ -375,6 +386,7 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         Route("/api/sample/{i:int}/population", guard(population)),
         Route("/api/sample/{i:int}/recount", guard(recount, changes_state=True), methods=["POST"]),
         Route("/api/sample/{i:int}/decision", guard(decision, changes_state=True), methods=["POST"]),
+        Route("/api/approve-unflagged", guard(approve_unflagged, changes_state=True), methods=["POST"]),
         Route("/api/batch", guard(batch)),
         Route("/api/thumb/{i:int}", guard(thumb)),
     ]

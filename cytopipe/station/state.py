@@ -425,6 +425,42 @@ class Station:
             out["image"] = "data:image/png;base64," + base64.b64encode(density_png(hist, tint=colour)).decode()
         return out
 
+    def approve_unflagged(self, versions: dict[int, str], *, reviewer: str, reason: str,
+                          signer: Any = None) -> dict[str, Any]:
+        """Approve each sample of ``versions`` that is still pending and unflagged at that version.
+
+        The batch approval the reviewer confirmed once, on a summary of the
+        samples (their versions as shown): one decision line a sample, each
+        through :meth:`decide` (so each is signed when ``signer`` is given).
+        A sample that changed since the summary, or carries a flag or a
+        decision now, is left out and listed with why.
+
+        Returns
+        -------
+        dict
+            ``approved`` (queue rows after their approval) and ``skipped`` (``{"i", "sample", "why"}``).
+        """
+        if not (reason or "").strip():
+            msg = "A batch approval needs its reason (what was checked); nothing was recorded."
+            raise ReviewError(msg)
+        rows = {r["i"]: r for r in self.queue()["rows"]}
+        approved, skipped = [], []
+        for i, version in versions.items():
+            r = rows.get(int(i))
+            name = f"{r['patient']} {r['visit']}" if r else f"sample {i}"
+            why = ("not in the run" if r is None else "flagged" if r["flags"] or r["error"]
+                   else f"already {r['review_status']}" if r["review_status"] != "pending" else None)
+            if why is None:
+                try:
+                    self.decide(int(i), str(version), "approve", reviewer=reviewer, reason=reason, signer=signer)
+                except StaleError:
+                    why = "changed since the summary"
+            if why is None:
+                approved.append(name)
+            else:
+                skipped.append({"i": int(i), "sample": name, "why": why})
+        return {"approved": approved, "skipped": skipped}
+
     def _stored_thumbs(self, row: pd.Series, adjustments) -> dict[str, Any] | None:
         """A sample's thumbnails from the plot data its worker stored (``cache/plots/``), or None without it.
 

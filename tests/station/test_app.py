@@ -455,3 +455,34 @@ def test_thumbnails_come_from_the_plot_data_the_workers_stored(tmp_path, dask_cl
                    for t, t_name in zip(thumbs, ["/".join(p) for p in opened.paths]))
     finally:
         st.close()
+
+
+def test_approve_all_unflagged_records_one_decision_a_sample_and_leaves_the_rest(station, run_copy):
+    client = _client(station)
+    csrf = _login(client)
+    client.post("/api/reviewer", json={"name": "Dr Batch"}, headers={CSRF_HEADER: csrf})
+    rows = client.get("/api/state").json()["rows"]
+    table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
+    # what the run says is unflagged and pending: written out from the table, not from the station
+    clean = {f"{p} {v}" for p, v, f, s in zip(table["patient_id"], table["visit"], table["qc_flags"],
+                                                 table["review_status"])
+             if not (isinstance(f, str) and f) and s == "pending"}
+    assert clean and len(clean) < len(rows)  # some flagged samples to leave out
+    versions = {r["i"]: r["version"] for r in rows}
+    stale = next(r for r in rows if f"{r['patient']} {r['visit']}" in clean)
+    versions[stale["i"]] = "an-old-version"
+    r = client.post("/api/approve-unflagged", json={"versions": versions, "reason": "checked in the batch view"},
+                    headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    name = f"{stale['patient']} {stale['visit']}"
+    assert set(out["approved"]) == clean - {name}
+    assert {s["sample"]: s["why"] for s in out["skipped"]}[name] == "changed since the summary"
+    assert all(s["why"] == "flagged" for s in out["skipped"] if s["sample"] != name)
+    lines = [json.loads(x) for x in (run_copy / "review.jsonl").read_text().splitlines()]
+    assert [(d["action"], d["reviewer"], d["reason"]) for d in lines] == [
+        ("approve", "Dr Batch", "checked in the batch view")] * len(clean - {name})
+    assert len({d["file"] for d in lines}) == len(lines)  # one line a sample
+    # no reason: nothing recorded
+    r = client.post("/api/approve-unflagged", json={"versions": versions, "reason": " "}, headers={CSRF_HEADER: csrf})
+    assert r.status_code == 400 and len((run_copy / "review.jsonl").read_text().splitlines()) == len(lines)

@@ -351,3 +351,35 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
     finally:
         drv.quit()
         srv.stop()
+
+
+@pytest.mark.slow
+def test_approve_all_unflagged_from_a_summary_in_headless_chromium(run_copy, tmp_path):
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(run_copy, port=0).start()
+    table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
+    clean = [f for f, flags in zip(table["file"], table["qc_flags"]) if not (isinstance(flags, str) and flags)]
+    try:
+        drv.get(srv.url)
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("Dr Batch")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, "document.getElementById('who').textContent.indexOf('Dr Batch') >= 0 && "
+                   "document.querySelectorAll('#queue tbody tr').length > 0")
+        drv.find_element("id", "btn-approve-unflagged").click()
+        _wait(drv, "!document.getElementById('modal').hidden")
+        label = drv.find_element("id", "modal-label").text
+        assert label.startswith(f"Approve these {len(clean)} unflagged samples, one decision each:")
+        drv.find_element("id", "modal-ok").click()  # the suggested reason
+        _wait(drv, f"document.getElementById('message').textContent.indexOf('{len(clean)} approved') === 0")
+        lines = [json.loads(x) for x in (run_copy / "review.jsonl").read_text().splitlines()]
+        assert sorted(d["file"] for d in lines) == sorted(clean) and {d["action"] for d in lines} == {"approve"}
+        left = len(table) - len(clean)
+        _wait(drv, f"document.getElementById('left').getAttribute('data-left') === '{left}'")
+    finally:
+        drv.quit()
+        srv.stop()

@@ -613,6 +613,30 @@
     }).catch(showError);
   }
 
+  function approveUnflagged() {
+    // one confirmation for every pending sample without a flag: a summary, a reason, one line a sample
+    unfocusButtons();
+    if (!S.reviewer) { askName(); return; }
+    var rows = S.queue.filter(function (r) { return r.group === 2 && !r.flags.length && !r.error; });
+    if (!rows.length) { message('No pending sample without a flag.', 'error'); return; }
+    var names = rows.map(function (r) { return r.patient + ' ' + r.visit + ' (' + fmtPct(r.treg_pct) + ' %)'; });
+    var label = 'Approve these ' + rows.length + ' unflagged samples, one decision each: ' + names.join(', ') +
+      '. What did you check?';
+    ask(label, 'checked in the batch view: no flag, gates as placed').then(function (reason) {
+      if (reason === null) { return; }
+      if (!reason.trim()) { message('A reason is needed; nothing was recorded.', 'error'); return; }
+      var versions = {};
+      rows.forEach(function (r) { versions[r.i] = r.version; });
+      message('Recording ' + rows.length + ' approvals…');
+      return api('POST', '/api/approve-unflagged', { versions: versions, reason: reason }).then(function (r) {
+        var text = r.approved.length + ' approved' + (r.skipped.length ? '; left out: ' + r.skipped.map(function (s) {
+          return s.sample + ' (' + s.why + ')'; }).join(', ') : '');
+        message(text, r.skipped.length ? 'error' : 'ok');
+        return refresh().then(function () { if (S.current !== null) { openSample(S.current, true); } });
+      });
+    }).catch(showError);
+  }
+
   function showError(e) {
     message(e.message || String(e), 'error');
     if (e.stale && S.current !== null) { refresh().then(function () { openSample(S.current, true); }); }
@@ -730,6 +754,7 @@
     $('btn-edit').addEventListener('click', function () { decide('adjust'); });
     $('btn-undo').addEventListener('click', function () { unfocusButtons(); undo(); });
     $('btn-redo').addEventListener('click', function () { unfocusButtons(); redo(); });
+    $('btn-approve-unflagged').addEventListener('click', approveUnflagged);
     $('tab-sample').addEventListener('click', function () { showView('sample'); });
     $('tab-batch').addEventListener('click', function () { showView('batch'); });
     $('batch-gate').addEventListener('change', loadBatch);
