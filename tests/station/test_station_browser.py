@@ -205,6 +205,14 @@ def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
         _wait(drv, f"document.querySelector('#queue tr.current') && "
                    f"document.querySelector('#queue tr.current').getAttribute('data-i') === '{first}' && "
                    "document.querySelectorAll('#plots .card').length > 0")
+        # the patient's other visits beside it, from the run's table
+        table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
+        me = table.iloc[int(first)]
+        others = table[(table["patient_id"] == me["patient_id"]) & (table.index != int(first))]
+        shown = drv.find_element("id", "other-visits").text
+        assert len(others) >= 1
+        for _, o in others.iterrows():
+            assert f"{o['visit']} {o['treg_pct_cd4']:.2f} %" in shown, shown
         drv.find_element("id", "btn-approve").click()
         _wait(drv, "document.getElementById('message').textContent.indexOf('approve recorded') >= 0")
         assert lines() == 1

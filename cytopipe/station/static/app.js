@@ -193,6 +193,7 @@
       s.reviewer ? ' by ' + s.reviewer : '', el('span', { id: 'latency', 'class': 'latency' })
     ]));
     if (s.error) { head.appendChild(el('p', { 'class': 'error', text: 'Not gated: ' + s.error })); }
+    head.appendChild(otherVisits(s));
     var plots = clear($('plots'));
     S.plots = {};
     d.gates.forEach(function (g, k) {
@@ -222,6 +223,22 @@
     } else if (note) {
       note.parentNode.removeChild(note);
     }
+  }
+
+  function otherVisits(s) {
+    // the patient's other visits beside this one: a change between visits is what the trial measures
+    var p = el('p', { id: 'other-visits' }, ['Patient ' + s.patient + ', other visits: ']);
+    var others = S.queue.filter(function (r) { return r.patient === s.patient && r.i !== s.i; })
+      .sort(function (a, b) { return a.i - b.i; });
+    if (!others.length) { p.appendChild(document.createTextNode('none')); }
+    others.forEach(function (r, k) {
+      var a = el('a', { href: '#', 'data-i': r.i, text: r.visit + ' ' + (r.treg_pct === null ? 'not gated'
+        : fmtPct(r.treg_pct) + ' %') + (r.flags.length ? ' (flagged)' : '') });
+      a.addEventListener('click', function (e) { e.preventDefault(); openSample(r.i); });
+      if (k) { p.appendChild(document.createTextNode(' · ')); }
+      p.appendChild(a);
+    });
+    return p;
   }
 
   function renderHistory(rows) {
