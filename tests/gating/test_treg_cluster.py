@@ -233,3 +233,32 @@ def test_same_position_axes_are_checked_against_the_fit(tmp_path):
     write_fcs(path, SampleSpec(n_events=20_000, seed=3))
     with pytest.raises(StrategyError, match=r"same_position_axes names \['FITC-A'\]"):
         place_gates(read_fcs(path), load_strategy(folder, allow_draft=True))
+
+
+def test_a_count_that_moves_when_the_mixture_restarts_goes_to_review(tmp_path, monkeypatch):
+    """1.4.0's restart_seeds: the same mixture from two other starts. On a clean tube they agree and the
+    count is 1.3.0's; a restart that lands elsewhere (here made to: one component for the whole window) sends
+    the sample to review with both shares, the gate kept as the reviewer's candidate."""
+    import sklearn.mixture
+
+    path = tmp_path / "a.fcs"
+    truth = write_fcs(path, SampleSpec(n_events=30_000, seed=12))
+    draft = load_strategy("treg_adaptive@1.4.0", allow_draft=True)
+    old = process_sample(str(path), str(load_strategy("treg_adaptive@1.3.0").directory))
+    new = process_sample(str(path), str(draft.directory), allow_draft=True)
+    assert not needs_review_flags(new.qc_flags) and new.treg_count == old.treg_count
+    assert abs(new.treg_pct_cd4 - truth["treg_pct_cd4"]) < 0.3
+    rec = next(g for g in new.auto_gates["gates"] if g["gate_path"].endswith("/Treg"))
+    first = rec["treg_pct_by_model"][0]
+    assert len(rec["treg_pct_by_restart"]) == 2 and all(abs(v - first) <= 0.5 for v in rec["treg_pct_by_restart"])
+
+    real = sklearn.mixture.GaussianMixture
+
+    def elsewhere(n_components=1, **kw):
+        return real(1 if kw.get("random_state") == 1 else n_components, **kw)
+
+    monkeypatch.setattr(sklearn.mixture, "GaussianMixture", elsewhere)
+    moved = process_sample(str(path), str(draft.directory), allow_draft=True)
+    assert "needs_review:Treg:models_disagree" in moved.qc_flags
+    rec = next(g for g in moved.auto_gates["gates"] if g["gate_path"].endswith("/Treg"))
+    assert "refitted from another start" in rec["reason"] and abs(rec["treg_pct_by_restart"][0] - first) > 0.5
