@@ -336,7 +336,8 @@ class GatedSample:
             warnings.simplefilter("ignore")
             if len(kept) < len(placed):  # placed below a moved gate: placed again on the events it now keeps
                 skip = list(adjustments) + ["/".join(p) for p in self.pregated] + ["/".join(p) for p in kept]
-                res = data_driven_gates(self.sample, self.strategy, gating_strategy=gs, skip=skip)
+                res = data_driven_gates(self.sample, self.strategy, gating_strategy=gs, skip=skip,
+                                        fits=self.placement.fits if self.placement is not None else None)
                 if res is not None:
                     gs = res.gating_strategy
                     mark_pregated(res, self.pregated)
@@ -385,7 +386,7 @@ def _merged_placement(old: AutoGateResult | None, new: AutoGateResult, kept: lis
         [f for f in new.qc_flags if _review_gate(f) not in kept_ids]
     flags.sort(key=lambda f: order.get(_review_gate(f) or "", len(order)))  # gate-tree order, as placed
     return AutoGateResult(gating_strategy=new.gating_strategy, gates=gates, qc_flags=_with_fallback(flags, gates),
-                          gatingml=new.gatingml)
+                          gatingml=new.gatingml, fits={**old.fits, **new.fits})
 
 
 def _reviewed_placement(old: AutoGateResult, gs, moved: list[Path]) -> AutoGateResult:
@@ -396,7 +397,8 @@ def _reviewed_placement(old: AutoGateResult, gs, moved: list[Path]) -> AutoGateR
     ids = {p[-1] for p in moved}
     flags = [f for f in old.qc_flags if _review_gate(f) not in ids]
     # the GatingML is exported again from the new gates when asked for (GatedSample.gatingml)
-    return AutoGateResult(gating_strategy=gs, gates=gates, qc_flags=_with_fallback(flags, gates), gatingml="")
+    return AutoGateResult(gating_strategy=gs, gates=gates, qc_flags=_with_fallback(flags, gates), gatingml="",
+                          fits=old.fits)
 
 
 def gate_file(

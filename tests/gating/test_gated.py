@@ -153,10 +153,16 @@ def test_a_moved_placed_leaf_regates_as_a_fresh_gate_file_without_placing(bd_fil
     assert moved.gatingml() == fresh.gatingml()
 
 
-def test_a_moved_treg_gate_regates_as_a_fresh_gate_file(bd_file, adaptive):
+def test_a_moved_treg_gate_regates_as_a_fresh_gate_file(bd_file, adaptive, monkeypatch):
+    """The Treg cluster's fit, which CD127lo below is drawn from, is taken from the opening placement (its
+    parent, CD4pos, did not move): no mixture is fitted again, and the counts are a fresh gate_file's."""
+    from cytopipe.gating.placement import treg_cluster
+
     strategy, gated = adaptive
     spec = _shrunk_polygon(gated, TREG, 0.7)
-    moved = gated.regate({"/".join(TREG): spec})
+    with monkeypatch.context() as m:
+        m.setattr(treg_cluster, "_fit", lambda *a: pytest.fail("the Treg mixture was fitted again"))
+        moved = gated.regate({"/".join(TREG): spec})
     fresh = gate_file(str(bd_file), strategy, adjustments={"/".join(TREG): spec})
     assert _counts(moved) == _counts(fresh)
     assert _counts(moved)["/".join(TREG)][0] < _counts(gated)["/".join(TREG)][0]

@@ -51,6 +51,7 @@ approves or adjusts it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -72,12 +73,14 @@ def needs_review_flags(flags) -> list[str]:
     return [f for f in items if f == REVIEW_FLAG or f.startswith(REVIEW_FLAG + ":")]
 
 
-def data_driven_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult | None:
+def data_driven_gates(sample, strategy, *, gating_strategy=None, skip=(), fits=None) -> AutoGateResult | None:
     """The sample's gates placed from its data, by whichever way its strategy declares; None if it places none.
 
     ``placement`` (every gate of the chain, :func:`place_gates`) or the
     ``auto_gates`` of ``treg_auto@1.0.0`` (:func:`~.treg_auto.fit_auto_gates`).
     Deterministic: placing again on the same file gives the same gates.
+    ``fits``: an earlier placement's :attr:`AutoGateResult.fits` on the same sample, to take a fit
+    instead of fitting again where the gate's parent events are the same (see :func:`place_gates`).
 
     Raises
     ------
@@ -87,13 +90,13 @@ def data_driven_gates(sample, strategy, *, gating_strategy=None, skip=()) -> Aut
     """
     specs = placement_specs(strategy)
     if specs:
-        return _place_all(sample, strategy, specs, gating_strategy=gating_strategy, skip=skip)
+        return _place_all(sample, strategy, specs, gating_strategy=gating_strategy, skip=skip, fits=fits)
     if auto_gate_specs(strategy):
         return fit_auto_gates(sample, strategy, gating_strategy=gating_strategy, skip=skip)
     return None
 
 
-def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateResult:
+def place_gates(sample, strategy, *, gating_strategy=None, skip=(), fits=None) -> AutoGateResult:
     """Place every gate the strategy's manifest lists under ``placement`` on ``sample``.
 
     Parameters
@@ -108,6 +111,11 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     skip
         Gate paths (``"root/..."``) a reviewer adjusted: their adjustment is
         used, and gates below are placed on the events it keeps.
+    fits
+        An earlier placement's :attr:`AutoGateResult.fits` on the same sample:
+        a skipped gate whose fit places its child (the Treg cluster's, for
+        CD127lo) takes that fit when its parent's events are the same, instead
+        of fitting again (placing is deterministic: the same fit either way).
 
     Returns
     -------
@@ -121,10 +129,18 @@ def place_gates(sample, strategy, *, gating_strategy=None, skip=()) -> AutoGateR
     cytopipe.exceptions.StrategyError
         The manifest's ``placement`` entries are not sound.
     """
-    return _place_all(sample, strategy, placement_specs(strategy), gating_strategy=gating_strategy, skip=skip)
+    return _place_all(sample, strategy, placement_specs(strategy), gating_strategy=gating_strategy, skip=skip,
+                      fits=fits)
 
 
-def _place_all(sample, strategy, specs, *, gating_strategy, skip) -> AutoGateResult:
+def _digest(rows: np.ndarray | None) -> str:
+    """A digest of a gate's parent events (None: every event)."""
+    if rows is None:
+        return "all"
+    return hashlib.blake2b(np.ascontiguousarray(rows).tobytes(), digest_size=16).hexdigest()
+
+
+def _place_all(sample, strategy, specs, *, gating_strategy, skip, fits=None) -> AutoGateResult:
     from ..engine import Context
 
     gs = gating_strategy if gating_strategy is not None else strategy.gating_strategy()
@@ -154,8 +170,12 @@ def _place_all(sample, strategy, specs, *, gating_strategy, skip) -> AutoGateRes
             if spec is not None and "/".join(path) in skipped:
                 rec.update(status="reviewer", reason="a reviewer's adjustment of this gate is used")
                 if spec.feeds_child:  # its fit still places the child gate below
-                    with contextlib.suppress(Review):
-                        _place(spec, ctx, gs, gs.get_gate(path[-1], gate_path=path[:-1]), parent, path, state)
+                    earlier = (fits or {}).get("/".join(path))
+                    if earlier is not None and earlier[0] == _digest(parent):  # fitted on these events already
+                        state.update(earlier[1])
+                    else:
+                        with contextlib.suppress(Review):
+                            _place(spec, ctx, gs, gs.get_gate(path[-1], gate_path=path[:-1]), parent, path, state)
             elif spec is not None:
                 template = gs.get_gate(path[-1], gate_path=path[:-1])
                 try:
@@ -169,6 +189,8 @@ def _place_all(sample, strategy, specs, *, gating_strategy, skip) -> AutoGateRes
                     gs.add_gate(gate, path[:-1], sample_id=sample.id)
             if spec is not None:
                 result.gates.append(rec)
+                if spec.feeds_child:
+                    result.fits["/".join(path)] = (_digest(parent), dict(state))
             if path not in parents:  # a leaf: no gate is placed on its events
                 continue
             gate = gs.get_gate(path[-1], gate_path=path[:-1], sample_id=sample.id)

@@ -30,12 +30,17 @@ class AutoGateResult:
         when a ``treg_auto`` gate fell back to the template.
     gatingml
         GatingML 2.0 text of the strategy with this sample's custom gates.
+    fits
+        Gate path to ``(digest of its parent's events, the fit it left for the gate below)``, for the
+        placements whose fit places their child (``feeds_child``): placing again on the same parent
+        events takes the fit instead of fitting again (a reviewer moving that gate). Not stored.
     """
 
     gating_strategy: Any
     gates: list[dict[str, Any]] = field(default_factory=list)
     qc_flags: list[str] = field(default_factory=list)
     gatingml: str = ""
+    fits: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def record(self) -> dict[str, Any]:
         """JSON-able summary stored with the sample's result."""
