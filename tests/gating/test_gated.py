@@ -8,20 +8,18 @@ fresh :func:`gate_file` with the moved gate recorded as an adjustment.
 
 from __future__ import annotations
 
-import io
-import warnings
-
-import flowkit as fk
 import numpy as np
 import pytest
 
 from cytopipe.batch.task import process_sample
-from cytopipe.fcs import read_fcs, spillover_channels
+from cytopipe.fcs import read_fcs
 from cytopipe.gating import GatedSample, gate_file, gate_sample
 from cytopipe.gating.placement import driver
 from cytopipe.review.decisions import build_gate_spec
 from cytopipe.sim import SampleSpec, write_fcs
 from cytopipe.strategy import load_strategy
+
+from .flowkit_alone import flowkit_counts
 
 DEFAULT = "treg_adaptive@1.3.0"
 CD4 = ("root", "Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos")
@@ -37,21 +35,6 @@ def _write(tmp_path, name, **kw):
 
 def _counts(gated: GatedSample) -> dict[str, tuple[int, int]]:
     return {"/".join(p): (c.count, c.parent_count) for p, c in gated.counts().items()}
-
-
-def _flowkit_counts(path, text: str) -> dict[str, int]:
-    """FlowKit alone: the GatingML ``text`` on the file as written (as tests/gating/test_conform.py reads it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gs = fk.parse_gating_xml(io.BytesIO(text.encode()))
-        sample = read_fcs(path)
-        spill = spillover_channels(sample)
-        null = [sample.pnn_labels[i] for i in sample.fluoro_indices if spill and sample.pnn_labels[i] not in spill]
-        if null:  # an instrument that compensates one of -A/-H: the others are FlowKit's null channels
-            sample = fk.Sample(str(path), null_channel_list=null)
-            sample.metadata.update(read_fcs(path).metadata)
-        report = gs.gate_sample(sample).report
-    return {"/".join([*p, g]): int(c) for p, g, c in zip(report["gate_path"], report["gate_name"], report["count"])}
 
 
 def _to_linear(gated: GatedSample, path, dim_index: int, value: float) -> float:
@@ -111,7 +94,7 @@ def test_a_fixed_template_counts_as_flowkits_own_engine(bd_file):
 def test_placed_gates_reproduce_with_flowkit_alone_from_the_applied_gatingml(bd_file, adaptive):
     _, gated = adaptive
     assert gated.placement is not None and gated.is_custom(TREG)
-    assert _flowkit_counts(bd_file, gated.gatingml()) == {k: c for k, (c, _) in _counts(gated).items()}
+    assert flowkit_counts(bd_file, gated.gatingml()) == {k: c for k, (c, _) in _counts(gated).items()}
 
 
 def test_a_moved_cd4_gate_regates_as_a_fresh_gate_file_and_places_only_the_gates_below(bd_file, adaptive,
@@ -183,7 +166,7 @@ def test_another_instruments_file_counts_as_the_batch_and_as_flowkit_on_the_file
     res = process_sample(str(path), str(strategy.directory))
     assert res.error == ""
     assert {p: c for p, c, _ in res.gates} == {k: c for k, (c, _) in _counts(gated).items()}
-    assert _flowkit_counts(path, gated.gatingml()) == {k: c for k, (c, _) in _counts(gated).items()}
+    assert flowkit_counts(path, gated.gatingml()) == {k: c for k, (c, _) in _counts(gated).items()}
     assert abs(res.treg_pct_cd4 - truth["treg_pct_cd4"]) < 1.0
 
 
