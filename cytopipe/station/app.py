@@ -129,8 +129,12 @@ across the batch</button></nav></header>
 &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
 step, <kbd>y</kbd> redo. Drag a gate's edges, corners or vertices, or the whole gate; double-click an edge to add a
 vertex, a vertex to delete it. The counts follow when you let go.</p>
-<table id="queue"><thead><tr><th>patient</th><th>visit</th><th>Treg % CD4 [95 % CI]</th>
-<th>flags</th><th>status</th></tr></thead><tbody></tbody></table></aside>
+<p id="queue-tools"><input id="queue-filter" type="search" placeholder="filter: patient, visit, flag, status"
+autocomplete="off"> <select id="queue-show"><option value="all">all</option><option value="open">to decide</option>
+<option value="flagged">flagged</option><option value="decided">decided</option></select></p>
+<table id="queue"><thead><tr><th data-sort="patient">patient</th><th data-sort="visit">visit</th>
+<th data-sort="treg_pct">Treg % CD4 [95 % CI]</th><th data-sort="flags">flags</th><th data-sort="status">status</th>
+</tr></thead><tbody></tbody></table></aside>
 <section id="sample-view"><div id="sample-head"></div>
 <p><button type="button" id="btn-approve-unflagged">Approve all unflagged&hellip;</button></p>
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"

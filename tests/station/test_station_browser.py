@@ -391,3 +391,54 @@ def test_approve_all_unflagged_from_a_summary_in_headless_chromium(run_copy, tmp
     finally:
         drv.quit()
         srv.stop()
+
+
+@pytest.mark.slow
+def test_the_queue_filters_and_sorts_and_thumbnails_show_status_in_headless_chromium(run_copy, tmp_path):
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(run_copy, port=0).start()
+    table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
+    rows_js = ("return Array.from(document.querySelectorAll('#queue tbody tr'))"
+               ".map(function (r) { return r.textContent; })")
+    try:
+        drv.get(srv.url)
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-input").send_keys("Dr Sort")
+        drv.find_element("id", "modal-ok").click()
+        _wait(drv, f"document.querySelectorAll('#queue tbody tr').length === {len(table)}")
+        drv.find_element("id", "queue-filter").send_keys("P01")
+        shown = drv.execute_script(rows_js)
+        assert len(shown) == int((table["patient_id"] == "P01").sum()) and all(t.startswith("P01") for t in shown)
+        drv.find_element("id", "queue-filter").clear()
+        drv.execute_script("var f = document.getElementById('queue-filter'); f.value = '';"
+                           "f.dispatchEvent(new Event('input'))")
+        # sorted by Treg % CD4 on a click, the other way on a second; gated samples in the table's order of values
+        header = drv.find_element("css selector", '#queue th[data-sort="treg_pct"]')
+        header.click()
+        gated = table.dropna(subset=["treg_pct_cd4"]).sort_values("treg_pct_cd4", kind="stable")
+        want = [f"{p}{v}" for p, v in zip(gated["patient_id"], gated["visit"])]
+        got = [t for t in drv.execute_script(rows_js) if any(t.startswith(w) for w in want)]
+        assert [next(w for w in want if t.startswith(w)) for t in got] == want
+        header.click()
+        got = [t for t in drv.execute_script(rows_js) if any(t.startswith(w) for w in want)]
+        assert [next(w for w in want if t.startswith(w)) for t in got] == want[::-1]
+        # only the flagged ones
+        from selenium.webdriver.support.ui import Select
+
+        Select(drv.find_element("id", "queue-show")).select_by_value("flagged")
+        flagged = int(sum(bool(f) for f in table["qc_flags"].fillna("")) + (table["qc_status"] == "error").sum())
+        assert len(drv.execute_script(rows_js)) == flagged > 0
+        # each thumbnail of the batch view says its review status and flags
+        drv.find_element("id", "tab-batch").click()
+        _wait(drv, f"document.querySelectorAll('#batch-grid .thumb-status').length === {len(table)}")
+        texts = drv.execute_script("return Array.from(document.querySelectorAll('#batch-grid .thumb-status'))"
+                                   ".map(function (p) { return p.textContent; })")
+        assert all(t.split(" · ")[0] == "pending" for t in texts)
+        assert sum(" · " in t for t in texts) == int(sum(bool(f) for f in table["qc_flags"].fillna("")))
+    finally:
+        drv.quit()
+        srv.stop()

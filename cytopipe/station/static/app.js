@@ -14,6 +14,7 @@
   var S = {
     queue: [], gates: [], numerator: '', denominator: '', reviewer: '', current: null, sample: null,
     cands: {}, cand: null, plots: {}, view: 'sample', batch: null, batchToken: 0,
+    sort: null, sortDir: 1,  // the queue's column order a click on a header chose (null: review order)
     history: [], future: [],  // the moved gates before each step, for undo and redo one step at a time
     recountToken: 0
   };
@@ -128,9 +129,32 @@
     return fmtPct(r.treg_pct) + (r.ci ? ' [' + fmtPct(r.ci[0]) + ', ' + fmtPct(r.ci[1]) + ']' : '');
   }
 
+  function shownQueue() {
+    // the queue as the reviewer filtered and sorted it; review order unless a header was clicked
+    var text = ($('queue-filter').value || '').trim().toLowerCase(), show = $('queue-show').value;
+    var rows = S.queue.filter(function (r) {
+      var hay = [r.patient, r.visit, r.flags.join(' '), r.review_status, r.reviewer || '', r.error ? 'error' : '']
+        .join(' ').toLowerCase();
+      var kind = show === 'all' || (show === 'open' && r.group < 3) || (show === 'decided' && r.group === 3) ||
+        (show === 'flagged' && (r.flags.length > 0 || !!r.error));
+      return kind && (!text || hay.indexOf(text) >= 0);
+    });
+    if (S.sort) {
+      var key = function (r) {
+        return S.sort === 'treg_pct' ? (r.treg_pct === null ? -Infinity : r.treg_pct)
+          : S.sort === 'flags' ? r.flags.join(',') : S.sort === 'status' ? r.review_status : String(r[S.sort]);
+      };
+      rows = rows.slice().sort(function (a, b) {
+        var x = key(a), y = key(b);
+        return (x < y ? -1 : x > y ? 1 : a.i - b.i) * S.sortDir;
+      });
+    }
+    return rows;
+  }
+
   function renderQueue() {
     var body = clear($('queue').tBodies[0]);
-    S.queue.forEach(function (r) {
+    shownQueue().forEach(function (r) {
       var status = r.review_status + (r.reviewer ? ' (' + r.reviewer + ')' : '');
       var tr = el('tr', { 'data-i': r.i, 'class': 'g' + r.group + (r.i === S.current ? ' current' : '') }, [
         el('td', { text: r.patient }), el('td', { text: r.visit }), el('td', { text: ciText(r) }),
@@ -147,10 +171,12 @@
   }
 
   function step(d) {
-    if (!S.queue.length) { return; }
-    var k = queuePos(S.current);
-    k = k < 0 ? 0 : Math.max(0, Math.min(S.queue.length - 1, k + d));
-    openSample(S.queue[k].i);
+    var rows = shownQueue();  // j and k walk the queue as it is shown
+    if (!rows.length) { return; }
+    var k = -1;
+    rows.forEach(function (r, n) { if (r.i === S.current) { k = n; } });
+    k = k < 0 ? 0 : Math.max(0, Math.min(rows.length - 1, k + d));
+    openSample(rows[k].i);
   }
 
   function nextUndecided(i) {
@@ -701,6 +727,8 @@
         p.card.classList.add('thumb');
         if (s.outlier) { p.card.classList.add('outlier'); }
         if (s.count !== null) { p.setCount(s.count, s.parent_count); } else { p.card.appendChild(el('p', { text: 'not gated' })); }
+        p.card.appendChild(el('p', { 'class': 'thumb-status ' + s.review_status,
+          text: s.review_status + (s.flags.length ? ' · ' + s.flags.join(', ') : '') }));
         p.card.setAttribute('data-i', s.i);
         p.card.addEventListener('click', function () { showView('sample'); openSample(s.i); });
         grid.appendChild(p.card);
@@ -775,6 +803,15 @@
     $('tab-sample').addEventListener('click', function () { showView('sample'); });
     $('tab-batch').addEventListener('click', function () { showView('batch'); });
     $('batch-gate').addEventListener('change', loadBatch);
+    $('queue-filter').addEventListener('input', renderQueue);
+    $('queue-show').addEventListener('change', renderQueue);
+    Array.prototype.forEach.call(document.querySelectorAll('#queue th[data-sort]'), function (th) {
+      th.addEventListener('click', function () {
+        var key = th.getAttribute('data-sort');
+        if (S.sort === key) { S.sortDir = -S.sortDir; } else { S.sort = key; S.sortDir = 1; }
+        renderQueue();
+      });
+    });
     $('batch-patient').addEventListener('change', loadBatch);
     document.addEventListener('keydown', onKey);
     refresh().then(function () {
