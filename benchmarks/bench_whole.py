@@ -14,7 +14,12 @@ events and for 200 files of 50k events:
 * the ratios to the reference, against the targets on 8 x 1M
   (<= 1.5x with 1 worker, <= 0.8x with 2 workers);
 * that the command's counts equal the reference's on every file;
-* the latency of a one-file run (one 1M-event file, default workers).
+* the latency of a one-file run (one 1M-event file, default workers);
+* on the 200 x 50k files, the command with the default strategy (every gate
+  placed from the data) against the same fixed-gate reference, with 1 and 2
+  workers, against issue 28's targets (3.0x and 1.7x), and where a tube's
+  time went (the median of each phase of a sample: read, conform, place,
+  gate, count, plots, time QC, store).
 
 Each timing runs twice, in rounds (the reference and the command with 1 and
 2 workers one after another, then again), each run after waiting (up to
@@ -46,6 +51,8 @@ TARGETS = {1: 1.5, 2: 0.8}  # the command's wall time over the reference's, at m
 VISITS = ("D1", "D8", "D29", "D60")
 _TIMINGS = re.compile(r"timings: start-up ([0-9.]+) s .* batch ([0-9.]+) s, outputs ([0-9.]+) s, "
                       r"report ([0-9.]+) s, teardown ([0-9.]+) s")
+_PHASES = re.compile(r"timings: a freshly gated sample, median: (.*)")
+WEEK_TARGETS = {1: 3.0, 2: 1.7}  # issue 28: a week of ordinary tubes, every gate placed, over the fixed-gate script
 
 
 def _files(root: Path, name: str, n_files: int, n_events: int) -> Path:
@@ -113,9 +120,9 @@ def _reference(sheet: Path, tmp: Path) -> tuple[float, dict]:
     return wall, json.loads(out.read_text())["counts"]
 
 
-def _command(sheet: Path, out: Path, workers: int | None) -> dict:
+def _command(sheet: Path, out: Path, workers: int | None, strategy: str = "treg@1.0.0") -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a fresh folder: nothing reused from an earlier run
-    args = [str(CYTOPIPE), "run", str(sheet), "--out", str(out), "--strategy", "treg@1.0.0", "--timings"]
+    args = [str(CYTOPIPE), "run", str(sheet), "--out", str(out), "--strategy", strategy, "--timings"]
     if workers:
         args += ["--workers", str(workers)]
     t = time.perf_counter()
@@ -127,8 +134,10 @@ def _command(sheet: Path, out: Path, workers: int | None) -> dict:
     if not m:
         raise SystemExit(f"no timings line in the command's output:\n{res.stderr}")
     start, batch, outputs, report, teardown = (float(g) for g in m.groups())
+    p = _PHASES.search(res.stderr)
+    phases = {k: float(v) for k, v in re.findall(r"(\w+) ([0-9.]+) ms", p.group(1))} if p else {}
     return {"wall_s": wall, "startup_s": start, "batch_s": batch, "outputs_s": outputs, "report_s": report,
-            "exit_s": wall - start - batch - outputs - report, "teardown_s": teardown}
+            "exit_s": wall - start - batch - outputs - report, "teardown_s": teardown, "phases_ms": phases}
 
 
 def _counts(out: Path) -> dict[str, dict[str, int]]:
@@ -190,6 +199,27 @@ def _dataset(label: str, sheet: Path, tmp: Path, repeat: int, report: dict, targ
     print("  counts: identical to the numpy reference on every file")
 
 
+def _week(label: str, sheet: Path, tmp: Path, repeat: int, report: dict, wait: float) -> None:
+    """The same files with the default strategy, every gate placed from the data, over the fixed-gate reference."""
+    from cytopipe.strategy import DEFAULT_STRATEGY
+
+    ref_wall = report[f"{label}_reference_s"]
+    print(f"== {label}, {DEFAULT_STRATEGY} (every gate placed from the data) over the same fixed-gate reference")
+    for workers, target in WEEK_TARGETS.items():
+        rs = []
+        for _ in range(repeat):
+            _quiet(wait, [])
+            rs.append(_command(sheet, tmp / f"out-week-{workers}", workers, DEFAULT_STRATEGY))
+        r = min(rs, key=lambda r: r["wall_s"])
+        ratio = r["wall_s"] / ref_wall
+        report[f"{label}_default_workers{workers}"] = {**r, "ratio": ratio}
+        print(f"  cytopipe run, {workers} worker{'s' if workers > 1 else ' '} {r['wall_s']:6.2f} s = {ratio:.2f}x "
+              f"(target <= {target}x: {'met' if ratio <= target else 'NOT MET'}): {_breakdown(r)}")
+        if workers == 1 and r["phases_ms"]:
+            print("  a tube's time, median per phase: " + ", ".join(f"{k} {v:.0f} ms" for k, v in
+                                                                     r["phases_ms"].items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small files, a smoke run (used by the tests)")
@@ -211,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         sheets = {label_big: _files(args.data, label_big, *big), label_many: _files(args.data, label_many, *many)}
         _dataset(label_big, sheets[label_big], tmp, args.repeat, report, targets=True, wait=wait)
         _dataset(label_many, sheets[label_many], tmp, args.repeat, report, targets=False, wait=wait)
+        _week(label_many, sheets[label_many], tmp, args.repeat, report, wait=wait)
 
         one_sheet = tmp / "one" / "samples.csv"  # the first of the big files, alone
         one_sheet.parent.mkdir()

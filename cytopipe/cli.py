@@ -109,7 +109,8 @@ def _rows(sheet: Path) -> int:
                    "free-text keywords ($FIL, $SRC, $COM, operators) may hold patient names.")
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
-@click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report).")
+@click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report), "
+              "and a sample's phases (read, place, gate, plots, ...).")
 @click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Lab panel CSV (columns marker,detector): each marker's detector, for files whose $PnS are "
                    "empty; wins over $PnS. A 'panel' column of the sheet names one per row.")
@@ -161,6 +162,9 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
         click.echo(f"timings: start-up {t['started_at'] - _STARTED + t['startup_s']:.2f} s (until the first "
                    f"sample started), batch {t['batch_s']:.2f} s, outputs {t['outputs_s']:.2f} s, report "
                    f"{t['report_s']:.2f} s, teardown {t['teardown_s']:.2f} s", err=True)
+        if t.get("phases_ms"):
+            click.echo("timings: a freshly gated sample, median: " + ", ".join(
+                f"{k} {v:.0f} ms" for k, v in t["phases_ms"].items()), err=True)
     click.echo(f"{result.n_ok} of {len(result.table)} samples gated "
                f"({result.n_cached} reused from earlier runs), {result.n_failed} failed; outputs in {out_dir}")
     for _, row in result.table[result.table["qc_status"] == "error"].iterrows():

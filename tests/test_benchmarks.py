@@ -33,9 +33,14 @@ def test_quick_whole_command_benchmark_runs(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("counts: identical to the numpy reference on every file") == 2
     report = json.loads(out.read_text())
-    for key in ("4x100k_workers1", "4x100k_workers2", "20x20k_workers1", "20x20k_workers2", "one_file"):
+    for key in ("4x100k_workers1", "4x100k_workers2", "20x20k_workers1", "20x20k_workers2", "one_file",
+                "20x20k_default_workers1", "20x20k_default_workers2"):
         r = report[key]
         assert r["wall_s"] > r["startup_s"] > 0 and r["batch_s"] > 0 and r["report_s"] > 0, key
+    # the default places every gate: a tube's phases say where its time went, placing included
+    phases = report["20x20k_default_workers1"]["phases_ms"]
+    assert list(phases) == ["read", "conform", "place", "gate", "count", "plots", "time_qc", "store"]
+    assert phases["place"] > 0 and "a tube's time, median per phase: read" in res.stdout
 
 
 def _validate():

@@ -82,10 +82,14 @@ def test_run_prints_where_its_time_went(tmp_path, dask_client):
                                    "--scheduler", dask_client.scheduler.address, "--timings"])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("timings:")]
-    assert len(lines) == 1
+    assert len(lines) == 2
     found = re.fullmatch(r"timings: start-up ([0-9.]+) s \(until the first sample started\), batch ([0-9.]+) s, "
                          r"outputs ([0-9.]+) s, report ([0-9.]+) s, teardown ([0-9.]+) s", lines[0])
     assert found and float(found.group(4)) > 0  # a report was written
+    phases = dict(re.findall(r"(\w+) ([0-9]+) ms", lines[1]))
+    assert lines[1].startswith("timings: a freshly gated sample, median: ")
+    assert list(phases) == ["read", "conform", "place", "gate", "count", "plots", "time_qc", "store"]
+    assert int(phases["plots"]) > 0  # the report's plot data was made in the worker
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):

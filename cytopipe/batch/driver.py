@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .._version import __version__
@@ -78,8 +79,10 @@ class BatchResult:
         Where the run's wall time went, in seconds: ``startup_s`` (from the
         call until the first sample started), ``batch_s`` (until the last
         result arrived), ``outputs_s`` (tables, ``run.json``, MIFlowCyt),
-        ``report_s``, ``teardown_s`` (closing the local cluster); and
-        ``started_at``, the call's epoch time.
+        ``report_s``, ``teardown_s`` (closing the local cluster);
+        ``started_at``, the call's epoch time; and ``phases_ms``, per phase
+        of a freshly gated sample the median over the batch in ms
+        (:attr:`~cytopipe.batch.task.SampleResult.phases`).
     """
 
     out_dir: Path
@@ -89,7 +92,7 @@ class BatchResult:
     n_failed: int
     n_cached: int = 0
     files: list[Path] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -213,6 +216,7 @@ def run_batch(
                 task.update(site_options(lab_panels, rec))
         results = _gather(client, sheet, str(strat.directory.resolve()), tasks, progress, log_file)
         t_batch = time.time()
+        phases_ms = _median_phases(results)
         first = min((r.started for r in results.values() if r.started is not None), default=t_batch)
         table, pops = _tables(sheet, results, strat, decisions)
         table = flag_visit_outliers(table, thresholds=qc)
@@ -266,7 +270,7 @@ def run_batch(
         lock.close()
     timings = {"started_at": t_called, "startup_s": first - t_called, "batch_s": t_batch - first,
                "outputs_s": t_outputs - t_batch, "report_s": t_report - t_outputs,
-               "teardown_s": time.time() - t_report}
+               "teardown_s": time.time() - t_report, "phases_ms": phases_ms}
     return BatchResult(out, table, pops, len(table) - n_failed, n_failed, n_cached, files, timings)
 
 
@@ -359,6 +363,12 @@ def _with_keywords(table: pd.DataFrame, sheet: pd.DataFrame, keywords: Sequence[
             continue
         table[f"fcs_{k.lstrip('$')}"] = [h.get(k, "") for h in heads]
     return table
+
+
+def _median_phases(results: dict[int, SampleResult]) -> dict[str, float]:
+    """Per phase of a freshly gated sample (:attr:`SampleResult.phases`), the median over the batch, in ms."""
+    fresh = [r.phases for r in results.values() if r.phases]
+    return {k: round(1000 * float(np.median([p.get(k, 0.0) for p in fresh])), 1) for k in (fresh[0] if fresh else {})}
 
 
 def _gather(client, sheet: pd.DataFrame, strategy_dir: str, tasks: list[dict[str, Any]],

@@ -205,6 +205,11 @@ class SampleResult:
         cached result: of the one that stored it).
     started, duration_s
         When the task started (epoch seconds) and how long it took.
+    phases
+        Where a freshly gated sample's time went, in seconds: ``read`` (the file read and hashed),
+        ``conform``, ``place`` (the data-driven gates), ``gate`` (every gate's events), ``count``
+        (counts and the stain check), ``plots`` (the report's plot data, computed and stored),
+        ``time_qc`` and ``store`` (the result's cache file). Not stored; None for a cached result.
     """
 
     path: str
@@ -226,10 +231,11 @@ class SampleResult:
     versions: dict[str, str] | None = None
     started: float | None = None
     duration_s: float | None = None
+    phases: dict[str, float] | None = None
 
     def cache_record(self) -> dict[str, Any]:
         """The fields stored in ``cache/``: what the file and strategy determine, not where or when it ran."""
-        skip = {"path", "worker", "started", "duration_s"}
+        skip = {"path", "worker", "started", "duration_s", "phases"}
         return {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
 
     @classmethod
@@ -375,7 +381,9 @@ def process_sample(
     out = SampleResult(path=path, worker=socket.gethostname() + f":{os.getpid()}", versions=worker_versions())
     try:
         strategy = _strategy_in_worker(strategy_dir, allow_draft)
+        t0 = time.perf_counter()
         lean, sha = _read_hashed(path)  # one pass over the file: its hash and, when it can, its events
+        t_read = time.perf_counter() - t0
         out.file_sha256 = sha
         thresholds = QCThresholds(**(qc_thresholds or {}))
         adjustments = gate_adjustments(reviews or [], None, sha, strategy_sha=strategy.sha256)
@@ -411,15 +419,23 @@ def process_sample(
         gated = gate_file(path, strategy, adjustments=adjustments, lab_panel=lab_panel, starts_at=starts_at,
                           read=read)
         sample = gated.sample
+        phases = {"read": t_read + gated.timings["read"], "conform": gated.timings["conform"],
+                  "place": gated.timings["place"], "gate": gated.timings["rows"]}
+        t0 = time.perf_counter()
         out.panel_flags = list(gated.panel_flags)  # kept with the result
         counts = gated.counts()
         # a failed or missing stain (an unstained or isotype control) never yields a number
         out.panel_flags += gated.stain_flags()
+        phases["count"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         plot_data = _plot_data(gated, out) if gated.has_rows and plots and cache_dir else None
+        phases["plots"] = time.perf_counter() - t0
         gated.free_rows()  # before Time QC's own temporaries: the same peak memory as without plots
         cd4, treg, pct = treg_percent(counts, strategy)
         out.events_total, out.cd4_count, out.treg_count, out.treg_pct_cd4 = int(sample.event_count), cd4, treg, pct
+        t0 = time.perf_counter()
         out.time_qc = sample_time_qc(sample, thresholds=thresholds)
+        phases["time_qc"] = time.perf_counter() - t0
         out.qc_flags = sample_flags(int(sample.event_count), cd4, treg, thresholds=thresholds,
                                     time_metrics=out.time_qc, pregated=bool(starts_at)) + out.panel_flags
         out.gates = [["/".join(c.path), c.count, c.parent_count] for c in counts.values()]
@@ -430,6 +446,7 @@ def process_sample(
             # the record names the gates applied (a reviewer's, pre-gated ones), with the file's own detectors
             out.gatingml = gated.gatingml()
         stored = None
+        t0 = time.perf_counter()
         if cache_file is not None:
             text = json.dumps(out.cache_record())
             # synced to disk (~4 ms, up to 10x that on a busy disk) while the plots are drawn; stored before
@@ -437,9 +454,14 @@ def process_sample(
             stored = _io_thread().submit(atomic_write, cache_file,
                                          lambda p: Path(p).write_text(text, encoding="utf-8"))
         if plot_data is not None:
+            t1 = time.perf_counter()
             _store_plots(Path(cache_dir), plot_data, strategy, adjustments, out, thresholds)
+            phases["plots"] += time.perf_counter() - t1
+            t0 += time.perf_counter() - t1  # the cache file's write went on meanwhile: counted once, as plots
         if stored is not None:
             stored.result()  # its OutputError, if any, is this sample's error
+        phases["store"] = time.perf_counter() - t0
+        out.phases = phases
     except CytopipeError as e:
         out.error = one_line(e)
     except Exception as e:  # nothing lost: an unexpected failure is a row too

@@ -25,6 +25,7 @@ again only what they change (the review station's recount).
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -159,6 +160,10 @@ class GatedSample:
         The gates a pre-gated export's start makes pass every event ([] for a whole file).
     panel_flags
         The panel's flags (``unlabelled:<$PnN>``) and a pre-gated file's.
+    timings
+        Seconds :func:`gate_file` spent reading the file (``read``; 0 when it was given read),
+        conforming it (``conform``), placing the gates (``place``) and finding every gate's events
+        (``rows``).
     """
 
     def __init__(self, *, path: str, strategy, sample, gating_strategy, adjustments: dict[str, dict[str, Any]],
@@ -175,6 +180,7 @@ class GatedSample:
         self.panel_flags = panel_flags
         self._rows = rows
         self._counts = counts
+        self.timings: dict[str, float] = {}
 
     # -- what the sample is ---------------------------------------------------------------------------
 
@@ -465,8 +471,10 @@ def gate_file(
     # float32 events only where that is exactly what FlowKit would gate (e.g. no gate on Time)
     if isinstance(sample, LeanSample) and not gates_exactly(sample, gs):
         sample = None  # its float32 copy freed before the file is read again
+    t0 = time.perf_counter()
     if sample is None:
         sample = (read or read_for_gating)(path, gs)
+    t_read = time.perf_counter()
     panel = resolve_panel(sample.pnn_labels, sample.pns_labels, strategy, source=path,
                           lab_panel=dict(lab_panel) if lab_panel else None,
                           needed=needed_markers(strategy, gs, pregated), compensated=spillover_channels(sample))
@@ -481,10 +489,15 @@ def gate_file(
     # subsample of events, then one pass gates every event with the placed gates in place: cheaper than
     # handing upstream rows around (docs/performance.md)
     skip = list(adjusted) + ["/".join(p) for p in pregated]
+    t_conform = time.perf_counter()
     placement = data_driven_gates(sample, strategy, gating_strategy=gs, skip=skip)
     if placement is not None:
         gs = placement.gating_strategy
         mark_pregated(placement, pregated)
-    return GatedSample(path=path, strategy=strategy, sample=sample, gating_strategy=gs, adjustments=adjusted,
-                       placement=placement, pregated=pregated, panel_flags=panel_flags,
-                       rows=_rows_or_none(sample, gs, strategy))
+    t_place = time.perf_counter()
+    rows = _rows_or_none(sample, gs, strategy)
+    gated = GatedSample(path=path, strategy=strategy, sample=sample, gating_strategy=gs, adjustments=adjusted,
+                        placement=placement, pregated=pregated, panel_flags=panel_flags, rows=rows)
+    gated.timings = {"read": t_read - t0, "conform": t_conform - t_read, "place": t_place - t_conform,
+                     "rows": time.perf_counter() - t_place}
+    return gated

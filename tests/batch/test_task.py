@@ -39,8 +39,13 @@ def test_a_stored_result_is_reused_and_flagged_with_todays_thresholds(tmp_path):
     stored = list(cache.glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["file_sha256"] == file_sha256(path)
 
+    # where the fresh sample's time went: every phase, together no more than the task took
+    assert set(first.phases) == {"read", "conform", "place", "gate", "count", "plots", "time_qc", "store"}
+    assert all(v >= 0 for v in first.phases.values()) and sum(first.phases.values()) <= first.duration_s
+    assert "phases" not in json.loads(stored[0].read_text())  # timings are the run's, not the result's
+
     again = process_sample(str(path), d, cache_dir=str(cache), qc_thresholds={"min_events": 50_000})
-    assert again.cached and again.path == str(path)
+    assert again.cached and again.path == str(path) and again.phases is None
     for key in ("file_sha256", "events_total", "cd4_count", "treg_count", "treg_pct_cd4", "gates", "time_qc"):
         assert getattr(again, key) == getattr(first, key), key
     assert again.qc_flags == ["low_events", *first.qc_flags]  # 30,000 < 50,000 today
