@@ -29,6 +29,15 @@ def _wait(drv, script: str, timeout: float = 30.0):
     raise AssertionError(f"timed out waiting for: {script}; message: {shown}")
 
 
+def _open_as(drv, srv, name: str) -> None:
+    """Open the station's link and give the reviewer's name when it asks (no registry: a name per session)."""
+    drv.get(srv.url)
+    _wait(drv, "!document.getElementById('modal').hidden")
+    drv.find_element("id", "modal-input").send_keys(name)
+    drv.find_element("id", "modal-ok").click()
+    _wait(drv, f"document.getElementById('who').textContent.indexOf('{name}') >= 0")
+
+
 @pytest.mark.slow
 def test_review_station_in_headless_chromium(run_copy, tmp_path):
     from cytopipe.station import StationServer
@@ -192,11 +201,7 @@ def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
     log = run_copy / "review.jsonl"
     lines = lambda: len(log.read_text().splitlines()) if log.exists() else 0  # noqa: E731
     try:
-        drv.get(srv.url)
-        _wait(drv, "!document.getElementById('modal').hidden")
-        drv.find_element("id", "modal-input").send_keys("Dr Careful")
-        drv.find_element("id", "modal-ok").click()
-        _wait(drv, "document.getElementById('who').textContent.indexOf('Dr Careful') >= 0")
+        _open_as(drv, srv, "Dr Careful")
         rows = drv.find_elements("css selector", "#queue tbody tr")
         order = [(r.get_attribute("data-i"), r.find_elements("css selector", "td")[3].text) for r in rows]
         k = next(n for n, (_, flags) in enumerate(order) if not flags and n + 1 < len(order))
@@ -280,10 +285,7 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
     srv = StationServer(polygon_run, port=0).start()
     card = f'.card[data-gate="{TREG}"]'
     try:
-        drv.get(srv.url)
-        _wait(drv, "!document.getElementById('modal').hidden")
-        drv.find_element("id", "modal-input").send_keys("Dr Editor")
-        drv.find_element("id", "modal-ok").click()
+        _open_as(drv, srv, "Dr Editor")
         _wait(drv, f"document.querySelector('{card} polygon.shape') && document.querySelectorAll('#plots .card')"
                    ".length >= 6")
         # every handle of every gate is drawn within its plot's frame
@@ -372,12 +374,8 @@ def test_approve_all_unflagged_from_a_summary_in_headless_chromium(run_copy, tmp
     table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
     clean = [f for f, flags in zip(table["file"], table["qc_flags"]) if not (isinstance(flags, str) and flags)]
     try:
-        drv.get(srv.url)
-        _wait(drv, "!document.getElementById('modal').hidden")
-        drv.find_element("id", "modal-input").send_keys("Dr Batch")
-        drv.find_element("id", "modal-ok").click()
-        _wait(drv, "document.getElementById('who').textContent.indexOf('Dr Batch') >= 0 && "
-                   "document.querySelectorAll('#queue tbody tr').length > 0")
+        _open_as(drv, srv, "Dr Batch")
+        _wait(drv, "document.querySelectorAll('#queue tbody tr').length > 0")
         drv.find_element("id", "btn-approve-unflagged").click()
         _wait(drv, "!document.getElementById('modal').hidden")
         label = drv.find_element("id", "modal-label").text
@@ -405,10 +403,7 @@ def test_the_queue_filters_and_sorts_and_thumbnails_show_status_in_headless_chro
     rows_js = ("return Array.from(document.querySelectorAll('#queue tbody tr'))"
                ".map(function (r) { return r.textContent; })")
     try:
-        drv.get(srv.url)
-        _wait(drv, "!document.getElementById('modal').hidden")
-        drv.find_element("id", "modal-input").send_keys("Dr Sort")
-        drv.find_element("id", "modal-ok").click()
+        _open_as(drv, srv, "Dr Sort")
         _wait(drv, f"document.querySelectorAll('#queue tbody tr').length === {len(table)}")
         drv.find_element("id", "queue-filter").send_keys("P01")
         shown = drv.execute_script(rows_js)
