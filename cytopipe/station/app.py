@@ -127,7 +127,7 @@ across the batch</button></nav></header>
 <main>
 <aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
 &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
-step, <kbd>y</kbd> redo. Drag a gate's edges, corners or vertices, or the whole gate; double-click an edge to add a
+step, <kbd>y</kbd> redo, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices, or the whole gate; double-click an edge to add a
 vertex, a vertex to delete it. The counts follow when you let go.</p>
 <p id="queue-tools"><input id="queue-filter" type="search" placeholder="filter: patient, visit, flag, status"
 autocomplete="off"> <select id="queue-show"><option value="all">all</option><option value="open">to decide</option>
@@ -146,6 +146,12 @@ type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-red
 <p id="batch-axes"></p></div>
 <div id="overlay"></div><div id="batch-grid"></div></section>
 </main>
+<div id="help" hidden><div><h2>Keys</h2><p><kbd>j</kbd>/<kbd>k</kbd> next/previous sample (the queue as shown)
+&middot; <kbd>a</kbd> approve &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot;
+<kbd>Esc</kbd>/<kbd>z</kbd> undo a step &middot; <kbd>y</kbd> redo &middot; <kbd>?</kbd> this help.</p>
+<p>Drag a gate's edge, corner or vertex, or the whole gate; double-click an edge to add a vertex, a vertex to
+delete it. The counts follow when you let go; nothing is recorded until you approve, reject or save.</p>
+<p><kbd>?</kbd> or <kbd>Esc</kbd> closes this.</p></div></div>
 <div id="modal" hidden><form id="modal-form"><label for="modal-input" id="modal-label"></label>
 <input id="modal-input" autocomplete="off" maxlength="500"><div><button type="submit" id="modal-ok">OK</button>
 <button type="button" id="modal-cancel">Cancel</button></div></form></div>

@@ -437,3 +437,35 @@ def test_the_queue_filters_and_sorts_and_thumbnails_show_status_in_headless_chro
     finally:
         drv.quit()
         srv.stop()
+
+
+@pytest.mark.slow
+def test_the_name_prompt_can_be_dismissed_and_help_opens_with_a_key_in_headless_chromium(run_copy, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(run_copy, port=0).start()
+    try:
+        drv.get(srv.url)
+        _wait(drv, "!document.getElementById('modal').hidden")
+        drv.find_element("id", "modal-cancel").click()  # dismissed: the samples can be looked at
+        _wait(drv, "document.getElementById('modal').hidden && "
+                   "document.getElementById('message').textContent.indexOf('No name given') === 0")
+        _wait(drv, "document.querySelectorAll('#plots .card').length > 0")
+        body = drv.find_element("tag name", "body")
+        body.send_keys("?")
+        _wait(drv, "!document.getElementById('help').hidden")
+        assert "double-click an edge to add a vertex" in drv.find_element("id", "help").text
+        body.send_keys(Keys.ESCAPE)
+        _wait(drv, "document.getElementById('help').hidden")
+        drv.find_element("id", "btn-approve").click()  # a decision asks for the name first, and records nothing
+        _wait(drv, "!document.getElementById('modal').hidden")
+        assert drv.find_element("id", "modal-label").text.startswith("Your name")
+        assert not (run_copy / "review.jsonl").exists()
+    finally:
+        drv.quit()
+        srv.stop()

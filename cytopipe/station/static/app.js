@@ -99,12 +99,22 @@
 
   function askName() {
     return ask('Your name (recorded with every decision you make here):', '').then(function (name) {
-      if (!name || !name.trim()) { return askName(); }
+      if (name === null) {  // dismissed: look around; the first decision asks again
+        message('No name given: you can look at every sample; a decision asks for your name first.');
+        return;
+      }
+      if (!name.trim()) { return askName(); }
       return api('POST', '/api/reviewer', { name: name.trim() }).then(function (r) {
         S.reviewer = r.reviewer;
         $('who').textContent = 'reviewer: ' + S.reviewer;
-      });
+      }).catch(function (e) { showError(e); return askName(); });
     });
+  }
+
+  function toggleHelp() {
+    // the keys and what a drag does, over everything (the same text as above the queue)
+    var help = $('help');
+    help.hidden = !help.hidden;
   }
 
   // -- queue -----------------------------------------------------------------------------------
@@ -785,6 +795,7 @@
     if (!$('modal').hidden || e.ctrlKey || e.metaKey || e.altKey) { return; }
     var tag = (e.target && e.target.tagName) || '';
     if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
+    if (e.key === '?' || (e.key === 'Escape' && !$('help').hidden)) { e.preventDefault(); toggleHelp(); return; }
     var acts = { j: function () { step(1); }, k: function () { step(-1); }, a: function () { decide('approve'); },
       r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo, z: undo, y: redo };
     if (acts[e.key] && S.view === 'sample') { e.preventDefault(); acts[e.key](); }
