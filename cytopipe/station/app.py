@@ -127,8 +127,8 @@ across the batch</button></nav></header>
 <main>
 <aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
 &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
-step, <kbd>y</kbd> redo, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices, or the whole gate; double-click an edge to add a
-vertex, a vertex to delete it. The counts follow when you let go.</p>
+step, <kbd>y</kbd> redo, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices, or the whole gate;
+double-click an edge to add a vertex, a vertex to delete it. The counts follow when you let go.</p>
 <p id="queue-tools"><input id="queue-filter" type="search" placeholder="filter: patient, visit, flag, status"
 autocomplete="off"> <select id="queue-show"><option value="all">all</option><option value="open">to decide</option>
 <option value="flagged">flagged</option><option value="decided">decided</option></select></p>
