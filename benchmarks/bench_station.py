@@ -29,6 +29,28 @@ from pathlib import Path
 TARGET_MS = 300.0
 
 
+def _one_file_station(tmp: Path, n_events: int, strategy: str | None):
+    """One generated file gated by ``strategy`` (None: the default) and the station's app on it, signed in:
+    ``(station, client, csrf)``."""
+    import pandas as pd
+    from starlette.testclient import TestClient
+
+    from cytopipe.batch import run_batch
+    from cytopipe.sim.sample import SampleSpec, write_fcs
+    from cytopipe.station import Station, create_app
+
+    write_fcs(tmp / "P01_D1.fcs", SampleSpec(n_events=n_events, seed=7, hard=True))
+    pd.DataFrame({"file": ["P01_D1.fcs"], "patient_id": ["P01"], "visit": ["D1"]}).to_csv(
+        tmp / "samples.csv", index=False)
+    chosen = {"strategy": strategy} if strategy else {}  # none: run_batch's default, as `cytopipe run` without one
+    run_batch(tmp / "samples.csv", tmp / "out", n_workers=1, report=False, **chosen)
+    station = Station(tmp / "out")
+    client = TestClient(create_app(station, token="bench"), base_url="http://127.0.0.1")
+    page = client.get("/?token=bench")
+    csrf = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    return station, client, csrf
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 events: a smoke run")
@@ -38,24 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n_events = args.events or (200_000 if args.quick else 1_000_000)
 
-    import pandas as pd
-    from starlette.testclient import TestClient
-
-    from cytopipe.batch import run_batch
-    from cytopipe.sim.sample import SampleSpec, write_fcs
-    from cytopipe.station import Station, create_app
-
     with tempfile.TemporaryDirectory(prefix="bench_station_") as tmp:
-        tmp = Path(tmp)
-        write_fcs(tmp / "P01_D1.fcs", SampleSpec(n_events=n_events, seed=7, hard=True))
-        pd.DataFrame({"file": ["P01_D1.fcs"], "patient_id": ["P01"], "visit": ["D1"]}).to_csv(
-            tmp / "samples.csv", index=False)
-        run_batch(tmp / "samples.csv", tmp / "out", strategy="treg@1.0.0", n_workers=1, report=False)
-
-        station = Station(tmp / "out")
-        client = TestClient(create_app(station, token="bench"), base_url="http://127.0.0.1")
-        page = client.get("/?token=bench")
-        csrf = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        station, client, csrf = _one_file_station(Path(tmp), n_events, "treg@1.0.0")
         start = time.perf_counter()
         opened = client.get("/api/sample/0").json()
         open_s = time.perf_counter() - start
@@ -98,23 +104,8 @@ DEFAULT_TARGET_MS = 50.0
 
 def _default_drags(n_events: int, drags: int) -> None:
     """The default strategy's placed Treg polygon moved whole: only CD127lo below it is placed again."""
-    import pandas as pd
-    from starlette.testclient import TestClient
-
-    from cytopipe.batch import run_batch
-    from cytopipe.sim.sample import SampleSpec, write_fcs
-    from cytopipe.station import Station, create_app
-
     with tempfile.TemporaryDirectory(prefix="bench_station_default_") as tmp:
-        tmp = Path(tmp)
-        write_fcs(tmp / "P01_D1.fcs", SampleSpec(n_events=n_events, seed=7, hard=True))
-        pd.DataFrame({"file": ["P01_D1.fcs"], "patient_id": ["P01"], "visit": ["D1"]}).to_csv(
-            tmp / "samples.csv", index=False)
-        run_batch(tmp / "samples.csv", tmp / "out", n_workers=1, report=False)
-        station = Station(tmp / "out")
-        client = TestClient(create_app(station, token="bench"), base_url="http://127.0.0.1")
-        page = client.get("/?token=bench")
-        csrf = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        station, client, csrf = _one_file_station(Path(tmp), n_events, None)
         opened = client.get("/api/sample/0").json()
         ref = station.strategy.ref
         treg = next(g for g in opened["gates"] if g["path"].endswith("/Treg"))

@@ -446,21 +446,22 @@ def process_sample(
             # the record names the gates applied (a reviewer's, pre-gated ones), with the file's own detectors
             out.gatingml = gated.gatingml()
         stored = None
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the result's cache file: written while the plots are stored, waited for after
         if cache_file is not None:
             text = json.dumps(out.cache_record())
             # synced to disk (~4 ms, up to 10x that on a busy disk) while the plots are drawn; stored before
             # the result is returned, as without plots
             stored = _io_thread().submit(atomic_write, cache_file,
                                          lambda p: Path(p).write_text(text, encoding="utf-8"))
-        if plot_data is not None:
-            t1 = time.perf_counter()
-            _store_plots(Path(cache_dir), plot_data, strategy, adjustments, out, thresholds)
-            phases["plots"] += time.perf_counter() - t1
-            t0 += time.perf_counter() - t1  # the cache file's write went on meanwhile: counted once, as plots
-        if stored is not None:
-            stored.result()  # its OutputError, if any, is this sample's error
         phases["store"] = time.perf_counter() - t0
+        if plot_data is not None:
+            t0 = time.perf_counter()
+            _store_plots(Path(cache_dir), plot_data, strategy, adjustments, out, thresholds)
+            phases["plots"] += time.perf_counter() - t0
+        if stored is not None:
+            t0 = time.perf_counter()
+            stored.result()  # its OutputError, if any, is this sample's error
+            phases["store"] += time.perf_counter() - t0
         out.phases = phases
     except CytopipeError as e:
         out.error = one_line(e)

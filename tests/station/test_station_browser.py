@@ -3,6 +3,7 @@ lower CD25 edge, see the count change, approve, and find it all in review.jsonl 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -27,6 +28,22 @@ def _wait(drv, script: str, timeout: float = 30.0):
         time.sleep(0.1)
     shown = drv.execute_script("return document.getElementById('message').textContent")
     raise AssertionError(f"timed out waiting for: {script}; message: {shown}")
+
+
+@contextlib.contextmanager
+def _browsing(run_dir, tmp_path):
+    """Headless Chromium and the station serving ``run_dir`` (skips when Chromium is missing); both closed after."""
+    from cytopipe.station import StationServer
+
+    from ..conftest import headless_chromium
+
+    drv = headless_chromium(tmp_path / "profile")
+    srv = StationServer(run_dir, port=0).start()
+    try:
+        yield drv, srv
+    finally:
+        drv.quit()
+        srv.stop()
 
 
 def _open_as(drv, srv, name: str) -> None:
@@ -192,15 +209,9 @@ def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    from cytopipe.station import StationServer
-
-    from ..conftest import headless_chromium
-
-    drv = headless_chromium(tmp_path / "profile")
-    srv = StationServer(run_copy, port=0).start()
     log = run_copy / "review.jsonl"
     lines = lambda: len(log.read_text().splitlines()) if log.exists() else 0  # noqa: E731
-    try:
+    with _browsing(run_copy, tmp_path) as (drv, srv):
         _open_as(drv, srv, "Dr Careful")
         rows = drv.find_elements("css selector", "#queue tbody tr")
         order = [(r.get_attribute("data-i"), r.find_elements("css selector", "td")[3].text) for r in rows]
@@ -238,9 +249,6 @@ def test_no_decision_by_accident_in_headless_chromium(run_copy, tmp_path):
         drv.find_element("id", "modal-cancel").click()
         time.sleep(0.5)
         assert lines() == 1
-    finally:
-        drv.quit()
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -277,14 +285,8 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    from cytopipe.station import StationServer
-
-    from ..conftest import headless_chromium
-
-    drv = headless_chromium(tmp_path / "profile")
-    srv = StationServer(polygon_run, port=0).start()
     card = f'.card[data-gate="{TREG}"]'
-    try:
+    with _browsing(polygon_run, tmp_path) as (drv, srv):
         _open_as(drv, srv, "Dr Editor")
         _wait(drv, f"document.querySelector('{card} polygon.shape') && document.querySelectorAll('#plots .card')"
                    ".length >= 6")
@@ -358,22 +360,13 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
         _wait(drv, "document.getElementById('treg-candidate').textContent.indexOf('with the moved gate') >= 0")
         time.sleep(1.0)
         assert _same(drv.execute_script(_POINTS.format(card=card)), moved)
-    finally:
-        drv.quit()
-        srv.stop()
 
 
 @pytest.mark.slow
 def test_approve_all_unflagged_from_a_summary_in_headless_chromium(run_copy, tmp_path):
-    from cytopipe.station import StationServer
-
-    from ..conftest import headless_chromium
-
-    drv = headless_chromium(tmp_path / "profile")
-    srv = StationServer(run_copy, port=0).start()
     table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
     clean = [f for f, flags in zip(table["file"], table["qc_flags"]) if not (isinstance(flags, str) and flags)]
-    try:
+    with _browsing(run_copy, tmp_path) as (drv, srv):
         _open_as(drv, srv, "Dr Batch")
         _wait(drv, "document.querySelectorAll('#queue tbody tr').length > 0")
         drv.find_element("id", "btn-approve-unflagged").click()
@@ -386,23 +379,14 @@ def test_approve_all_unflagged_from_a_summary_in_headless_chromium(run_copy, tmp
         assert sorted(d["file"] for d in lines) == sorted(clean) and {d["action"] for d in lines} == {"approve"}
         left = len(table) - len(clean)
         _wait(drv, f"document.getElementById('left').getAttribute('data-left') === '{left}'")
-    finally:
-        drv.quit()
-        srv.stop()
 
 
 @pytest.mark.slow
 def test_the_queue_filters_and_sorts_and_thumbnails_show_status_in_headless_chromium(run_copy, tmp_path):
-    from cytopipe.station import StationServer
-
-    from ..conftest import headless_chromium
-
-    drv = headless_chromium(tmp_path / "profile")
-    srv = StationServer(run_copy, port=0).start()
     table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
     rows_js = ("return Array.from(document.querySelectorAll('#queue tbody tr'))"
                ".map(function (r) { return r.textContent; })")
-    try:
+    with _browsing(run_copy, tmp_path) as (drv, srv):
         _open_as(drv, srv, "Dr Sort")
         _wait(drv, f"document.querySelectorAll('#queue tbody tr').length === {len(table)}")
         drv.find_element("id", "queue-filter").send_keys("P01")
@@ -434,22 +418,13 @@ def test_the_queue_filters_and_sorts_and_thumbnails_show_status_in_headless_chro
                                    ".map(function (p) { return p.textContent; })")
         assert all(t.split(" · ")[0] == "pending" for t in texts)
         assert sum(" · " in t for t in texts) == int(sum(bool(f) for f in table["qc_flags"].fillna("")))
-    finally:
-        drv.quit()
-        srv.stop()
 
 
 @pytest.mark.slow
 def test_the_name_prompt_can_be_dismissed_and_help_opens_with_a_key_in_headless_chromium(run_copy, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
-    from cytopipe.station import StationServer
-
-    from ..conftest import headless_chromium
-
-    drv = headless_chromium(tmp_path / "profile")
-    srv = StationServer(run_copy, port=0).start()
-    try:
+    with _browsing(run_copy, tmp_path) as (drv, srv):
         drv.get(srv.url)
         _wait(drv, "!document.getElementById('modal').hidden")
         drv.find_element("id", "modal-cancel").click()  # dismissed: the samples can be looked at
@@ -466,6 +441,3 @@ def test_the_name_prompt_can_be_dismissed_and_help_opens_with_a_key_in_headless_
         _wait(drv, "!document.getElementById('modal').hidden")
         assert drv.find_element("id", "modal-label").text.startswith("Your name")
         assert not (run_copy / "review.jsonl").exists()
-    finally:
-        drv.quit()
-        srv.stop()

@@ -205,14 +205,18 @@ def _dimension(ref: str, like):
     return fk.Dimension(ref, compensation_ref=like.compensation_ref, transformation_ref=like.transformation_ref)
 
 
-def _fit(p: TregClusterParams, fit: np.ndarray):
+def _mixture(p: TregClusterParams, fit: np.ndarray, k: int, seed: int):
+    """A Gaussian mixture of ``k`` components fitted to ``fit``, k-means started from ``seed``."""
     from sklearn.mixture import GaussianMixture
 
     # k-means places the components; EM refines them until the mean log-likelihood per event moves less
     # than ``tol`` (0.01: a few iterations; the clusters and their posteriors no longer change)
-    fits = [GaussianMixture(k, covariance_type="full", random_state=int(p.seed), reg_covar=1e-5,
-                            max_iter=200, tol=float(p.tol)).fit(fit)
-            for k in p.components if k < len(fit)]
+    return GaussianMixture(k, covariance_type="full", random_state=int(seed), reg_covar=1e-5, max_iter=200,
+                           tol=float(p.tol)).fit(fit)
+
+
+def _fit(p: TregClusterParams, fit: np.ndarray):
+    fits = [_mixture(p, fit, k, p.seed) for k in p.components if k < len(fit)]
     if len(fits) == 1:  # nothing to choose between (the BIC scores every event once more)
         return fits, [0.0]
     bics = [g.bic(fit) for g in fits]
@@ -271,10 +275,7 @@ def place(p: TregClusterParams, ctx, gs, template, parent, path, state: dict[str
         shares.append(100 * float(g2.predict_proba(pts[keep])[:, group_of(g2)].sum()) / len(pts))
     restarted = []
     for s in p.restart_seeds:  # the same model from other starts: its share must not move
-        from sklearn.mixture import GaussianMixture
-
-        g = GaussianMixture(gm.n_components, covariance_type="full", random_state=int(s), reg_covar=1e-5,
-                            max_iter=200, tol=float(p.tol)).fit(fit)
+        g = _mixture(p, fit, gm.n_components, s)
         restarted.append(100 * float(g.predict_proba(pts[keep])[:, group_of(g)].sum()) / len(pts))
     sep = min((distance(gm, i, j) for i in group for j in rest), default=float("inf"))
     cut = 100 * truncated(gm, group, k_axis, floor)
