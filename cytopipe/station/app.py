@@ -115,6 +115,37 @@ def _json(obj: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(_clean(obj), status_code=status)
 
 
+def _index_param(q, name: str) -> int | None:
+    text = q.get(name)
+    if text in (None, ""):
+        return None
+    if not text.isdigit() or len(text) > 9:
+        msg = f"{name} must be a whole number (a sample's or a colour's index), got {text!r}."
+        raise ReviewError(msg)
+    return int(text)
+
+
+def _plot_params(q) -> dict[str, Any]:
+    """A population request's plot options from its query (``x``, ``y``, ``kind``, ``events``, ``window``,
+    ``overlay``, ``tint``); values are checked here or by the station, a bad one answers 400 naming it."""
+    channels = [c for c in (q.get("x"), q.get("y")) if c]
+    if q.get("y") and not q.get("x"):
+        msg = f"A plot with y={q.get('y')!r} needs its x too."
+        raise ReviewError(msg)
+    window = None
+    if q.get("window"):
+        try:
+            nums = [float(v) for v in q["window"].split(",")]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 4) or not all(math.isfinite(v) for v in nums):
+            msg = f"window is lo,hi (one axis) or xlo,xhi,ylo,yhi in plot units, got {q['window']!r}."
+            raise ReviewError(msg)
+        window = [nums[k:k + 2] for k in range(0, len(nums), 2)]
+    return {"channels": channels or None, "kind": q.get("kind") or None, "events": q.get("events") or "parent",
+            "window": window, "overlay": _index_param(q, "overlay"), "tint": _index_param(q, "tint")}
+
+
 def _page(csrf: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="csrf-token" content="{escape(csrf)}">
@@ -339,12 +370,13 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         return _json(await run_in_threadpool(station.open, int(request.path_params["i"])))
 
     async def population(request: Request, sess: Session) -> Response:
-        kind, data = await run_in_threadpool(station.population, int(request.path_params["i"]),
-                                             request.query_params.get("gate", ""),
-                                             request.query_params.get("cand") or None)
+        q = request.query_params
+        kw = _plot_params(q)
+        kind, data = await run_in_threadpool(lambda: station.population(
+            int(request.path_params["i"]), q.get("gate", ""), q.get("cand") or None, **kw))
         if kind == "png":
             return Response(data, media_type="image/png")
-        return _json({"hist": data})
+        return _json(data)
 
     async def recount(request: Request, sess: Session) -> Response:
         body = await body_of(request)
