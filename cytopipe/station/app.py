@@ -158,8 +158,9 @@ across the batch</button></nav></header>
 <main>
 <aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
 &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
-step, <kbd>y</kbd> redo, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices, or the whole gate;
-double-click an edge to add a vertex, a vertex to delete it. The counts follow when you let go.</p>
+step, <kbd>y</kbd> redo, <kbd>0</kbd> whole axes, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices,
+or the whole gate; double-click an edge to add a vertex, a vertex to delete it. The counts follow when you let go.
+Each plot: choose x, y and density, contour or histogram; wheel zooms, dragging the background pans.</p>
 <p id="queue-tools"><input id="queue-filter" type="search" placeholder="filter: patient, visit, flag, status"
 autocomplete="off"> <select id="queue-show"><option value="all">all</option><option value="open">to decide</option>
 <option value="flagged">flagged</option><option value="decided">decided</option></select></p>
@@ -171,7 +172,7 @@ autocomplete="off"> <select id="queue-show"><option value="all">all</option><opt
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
 id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button
 type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-redo">Redo (y)</button></div>
-<div id="plots"></div><div id="history"></div></section>
+<div id="plot-tools"></div><div id="plots"></div><div id="history"></div></section>
 <section id="batch-view" hidden><div id="batch-controls"><label>Gate <select id="batch-gate"></select></label>
 <label>Overlay a patient's visits <select id="batch-patient"><option value="">(none)</option></select></label>
 <p id="batch-axes"></p></div>
@@ -182,6 +183,15 @@ type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-red
 <kbd>Esc</kbd>/<kbd>z</kbd> undo a step &middot; <kbd>y</kbd> redo &middot; <kbd>?</kbd> this help.</p>
 <p>Drag a gate's edge, corner or vertex, or the whole gate; double-click an edge to add a vertex, a vertex to
 delete it. The counts follow when you let go; nothing is recorded until you approve, reject or save.</p>
+<h2>Plots</h2><p>Each plot's <b>x</b> and <b>y</b> can be any channel of the sample, Time included (Time &times; a
+marker shows where a flow-rate flag's clog or bubble fell). A gate is drawn, and can be moved, on its own axes
+only; on any other axes its parent is shown with the gate's events in red (backgating). <b>density</b>,
+<b>contour</b> (probability contours: 2, 10, 25, 50, 75 and 90 % of the events outside each) or <b>histogram</b>
+of x. <b>Overlay</b> (above the plots) draws another sample's population of the same gate in orange on every
+plot, on this sample's axes.</p>
+<p>Mouse wheel: zoom around the pointer &middot; drag the background, or <kbd>Shift</kbd>+drag anywhere: pan
+&middot; <kbd>0</kbd> or a plot's &#x2922; button: the whole axes again. Gates stay editable while zoomed;
+handles beyond the view wait on its edge.</p>
 <p><kbd>?</kbd> or <kbd>Esc</kbd> closes this.</p></div></div>
 <div id="modal" hidden><form id="modal-form"><label for="modal-input" id="modal-label"></label>
 <input id="modal-input" autocomplete="off" maxlength="500"><div><button type="submit" id="modal-ok">OK</button>

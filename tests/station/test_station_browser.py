@@ -317,6 +317,7 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
         old = drv.find_element("css selector", f"{card} .count").get_attribute("data-count")
         # drag the whole polygon 15 px right, grabbing it inside, away from its vertices
         poly = drv.find_element("css selector", f"{card} polygon.shape")
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", poly)  # whole, below the plot controls
         grab = drv.execute_script("""var poly = arguments[0], svg = poly.ownerSVGElement, b = poly.getBBox();
             var m = svg.getScreenCTM(), r = poly.getBoundingClientRect(), best = null, far = 0;
             var vs = Array.from(poly.points);
