@@ -594,7 +594,7 @@
 
   function placeLayer(plot, l) {
     // an image binned on window l.win, placed where that window lies on the plot's current scales
-    if (!l.node || l.kind === 'hist') { return; }
+    if (!l.node || l.kind === 'hist' || !plot.ys) { return; }  // a 2-D picture on its way out of a histogram
     var x0 = plot.xs.px(l.win[0][0]), x1 = plot.xs.px(l.win[0][1]);
     var y0 = plot.ys.px(l.win[1][1]), y1 = plot.ys.px(l.win[1][0]);
     setAttrs(l.node, { x: x0, y: y0, width: Math.max(0, x1 - x0), height: Math.max(0, y1 - y0) });
