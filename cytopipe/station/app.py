@@ -115,6 +115,37 @@ def _json(obj: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(_clean(obj), status_code=status)
 
 
+def _index_param(q, name: str) -> int | None:
+    text = q.get(name)
+    if text in (None, ""):
+        return None
+    if not text.isdigit() or len(text) > 9:
+        msg = f"{name} must be a whole number (a sample's or a colour's index), got {text!r}."
+        raise ReviewError(msg)
+    return int(text)
+
+
+def _plot_params(q) -> dict[str, Any]:
+    """A population request's plot options from its query (``x``, ``y``, ``kind``, ``events``, ``window``,
+    ``overlay``, ``tint``); values are checked here or by the station, a bad one answers 400 naming it."""
+    channels = [c for c in (q.get("x"), q.get("y")) if c]
+    if q.get("y") and not q.get("x"):
+        msg = f"A plot with y={q.get('y')!r} needs its x too."
+        raise ReviewError(msg)
+    window = None
+    if q.get("window"):
+        try:
+            nums = [float(v) for v in q["window"].split(",")]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 4) or not all(math.isfinite(v) for v in nums):
+            msg = f"window is lo,hi (one axis) or xlo,xhi,ylo,yhi in plot units, got {q['window']!r}."
+            raise ReviewError(msg)
+        window = [nums[k:k + 2] for k in range(0, len(nums), 2)]
+    return {"channels": channels or None, "kind": q.get("kind") or None, "events": q.get("events") or "parent",
+            "window": window, "overlay": _index_param(q, "overlay"), "tint": _index_param(q, "tint")}
+
+
 def _page(csrf: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="csrf-token" content="{escape(csrf)}">
@@ -127,8 +158,9 @@ across the batch</button></nav></header>
 <main>
 <aside id="queue-pane"><p class="keys"><kbd>j</kbd>/<kbd>k</kbd> next/previous &middot; <kbd>a</kbd> approve
 &middot; <kbd>r</kbd> reject &middot; <kbd>e</kbd> save the moved gate &middot; <kbd>Esc</kbd>/<kbd>z</kbd> undo a
-step, <kbd>y</kbd> redo, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices, or the whole gate;
-double-click an edge to add a vertex, a vertex to delete it. The counts follow when you let go.</p>
+step, <kbd>y</kbd> redo, <kbd>0</kbd> whole axes, <kbd>?</kbd> help. Drag a gate's edges, corners or vertices,
+or the whole gate; double-click an edge to add a vertex, a vertex to delete it. The counts follow when you let go.
+Each plot: choose x, y and density, contour or histogram; wheel zooms, dragging the background pans.</p>
 <p id="queue-tools"><input id="queue-filter" type="search" placeholder="filter: patient, visit, flag, status"
 autocomplete="off"> <select id="queue-show"><option value="all">all</option><option value="open">to decide</option>
 <option value="flagged">flagged</option><option value="decided">decided</option></select></p>
@@ -140,7 +172,7 @@ autocomplete="off"> <select id="queue-show"><option value="all">all</option><opt
 <div id="actions"><button type="button" id="btn-approve">Approve (a)</button><button type="button"
 id="btn-reject">Reject (r)</button><button type="button" id="btn-edit">Save moved gate (e)</button><button
 type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-redo">Redo (y)</button></div>
-<div id="plots"></div><div id="history"></div></section>
+<div id="plot-tools"></div><div id="plots"></div><div id="history"></div></section>
 <section id="batch-view" hidden><div id="batch-controls"><label>Gate <select id="batch-gate"></select></label>
 <label>Overlay a patient's visits <select id="batch-patient"><option value="">(none)</option></select></label>
 <p id="batch-axes"></p></div>
@@ -151,6 +183,15 @@ type="button" id="btn-undo">Undo (Esc)</button><button type="button" id="btn-red
 <kbd>Esc</kbd>/<kbd>z</kbd> undo a step &middot; <kbd>y</kbd> redo &middot; <kbd>?</kbd> this help.</p>
 <p>Drag a gate's edge, corner or vertex, or the whole gate; double-click an edge to add a vertex, a vertex to
 delete it. The counts follow when you let go; nothing is recorded until you approve, reject or save.</p>
+<h2>Plots</h2><p>Each plot's <b>x</b> and <b>y</b> can be any channel of the sample, Time included (Time &times; a
+marker shows where a flow-rate flag's clog or bubble fell). A gate is drawn, and can be moved, on its own axes
+only; on any other axes its parent is shown with the gate's events in red (backgating). <b>density</b>,
+<b>contour</b> (probability contours: 2, 10, 25, 50, 75 and 90 % of the events outside each) or <b>histogram</b>
+of x. <b>Overlay</b> (above the plots) draws another sample's population of the same gate in orange on every
+plot, on this sample's axes.</p>
+<p>Mouse wheel: zoom around the pointer &middot; drag the background, or <kbd>Shift</kbd>+drag anywhere: pan
+&middot; <kbd>0</kbd> or a plot's &#x2922; button: the whole axes again. Gates stay editable while zoomed;
+handles beyond the view wait on its edge.</p>
 <p><kbd>?</kbd> or <kbd>Esc</kbd> closes this.</p></div></div>
 <div id="modal" hidden><form id="modal-form"><label for="modal-input" id="modal-label"></label>
 <input id="modal-input" autocomplete="off" maxlength="500"><div><button type="submit" id="modal-ok">OK</button>
@@ -339,12 +380,13 @@ def create_app(station: Station, *, token: str, password: str | None = None,
         return _json(await run_in_threadpool(station.open, int(request.path_params["i"])))
 
     async def population(request: Request, sess: Session) -> Response:
-        kind, data = await run_in_threadpool(station.population, int(request.path_params["i"]),
-                                             request.query_params.get("gate", ""),
-                                             request.query_params.get("cand") or None)
+        q = request.query_params
+        kw = _plot_params(q)
+        kind, data = await run_in_threadpool(lambda: station.population(
+            int(request.path_params["i"]), q.get("gate", ""), q.get("cand") or None, **kw))
         if kind == "png":
             return Response(data, media_type="image/png")
-        return _json({"hist": data})
+        return _json(data)
 
     async def recount(request: Request, sess: Session) -> Response:
         body = await body_of(request)

@@ -19,7 +19,8 @@ import numpy as np
 from ..review.outliers import OUTLIER_Z, robust_outliers
 from ..review.png import png_bytes, viridis
 
-__all__ = ["BINS", "OUTLIER_RULE", "axis_spec", "axis_label", "batch_outliers", "density_png", "histogram"]
+__all__ = ["BINS", "CONTOUR_LEVELS", "OUTLIER_RULE", "axis_spec", "axis_label", "batch_outliers", "contour_levels",
+           "contour_png", "density_png", "histogram", "linear_ticks"]
 
 #: Bins per axis of a density image (the image is scaled to the plot in the browser).
 BINS = 160
@@ -55,8 +56,30 @@ def _decade_label(value: float) -> str:
     return ("-" if value < 0 else "") + "10" + str(exp).translate(_SUPERSCRIPT)
 
 
-def axis_spec(detector: str, transform, markers: dict[str, str]) -> dict[str, Any]:
-    """The axis of one gate dimension: label, range in gate units, ticks.
+def linear_ticks(lo: float, hi: float, *, count: int = 5) -> list[dict[str, Any]]:
+    """About ``count`` ticks at round values (1, 2 or 5 times a power of ten) between ``lo`` and ``hi``.
+
+    Examples
+    --------
+    >>> [t["label"] for t in linear_ticks(0, 1000)]
+    ['0', '200', '400', '600', '800', '1k']
+    """
+    if not hi > lo:
+        return []
+    raw = (hi - lo) / count
+    base = 10.0 ** np.floor(np.log10(raw))
+    step = base * min((m for m in (1, 2, 5, 10) if base * m >= raw), default=10)
+    ticks = []
+    for v in np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step):
+        v = float(round(v, 10))
+        label = f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"
+        ticks.append({"v": v, "label": label, "major": True})
+    return ticks
+
+
+def axis_spec(detector: str, transform, markers: dict[str, str], *,
+              span: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The axis of one channel (a gate dimension or any other): label, range in plot units, ticks.
 
     Parameters
     ----------
@@ -66,6 +89,9 @@ def axis_spec(detector: str, transform, markers: dict[str, str]) -> dict[str, An
         The dimension's transform (None: linear units).
     markers
         Detector to marker name, from the strategy's panel.
+    span
+        The range of a linear channel that is not scatter (Time: the sample's
+        first to last event), instead of the scatter range.
 
     Returns
     -------
@@ -76,6 +102,11 @@ def axis_spec(detector: str, transform, markers: dict[str, str]) -> dict[str, An
         minor ticks at 2-9 times each decade.
     """
     label = axis_label(detector, markers)
+    if transform is None and span is not None:
+        lo, hi = float(span[0]), float(span[1])
+        if not hi > lo:  # one event, or a Time channel that never advanced: still a plot
+            lo, hi = lo - 0.5, lo + 0.5
+        return {"label": label, "range": [lo, hi], "log": False, "ticks": linear_ticks(lo, hi)}
     if transform is None:
         lo, hi = _SCATTER_RANGE
         ticks = [{"v": float(v), "label": f"{v / 1000:.0f}k" if v else "0", "major": True}
@@ -95,12 +126,67 @@ def axis_spec(detector: str, transform, markers: dict[str, str]) -> dict[str, An
     return {"label": label, "range": [lo, hi], "log": True, "ticks": ticks}
 
 
-def histogram(values: np.ndarray, ranges: list[list[float]], bins: int = BINS) -> np.ndarray:
-    """Counts of ``values`` (n x 1 or n x 2) on the plot ranges; events off the plot pile up at its edge."""
+def histogram(values: np.ndarray, ranges: list[list[float]], bins: int = BINS, *,
+              window: list[list[float]] | None = None) -> np.ndarray:
+    """Counts of ``values`` (n x 1 or n x 2) on the plot ranges; events off the plot pile up at its edge.
+
+    ``window`` (one ``[lo, hi]`` per axis, within the ranges) bins a zoomed
+    part of the plot only: events outside it are left out, while the piles at
+    the plot's own edges stay where the window includes them.
+    """
     clipped = [np.clip(values[:, j], r[0], r[1]) for j, r in enumerate(ranges)]
+    win = [tuple(w) for w in (window or ranges)]
     if len(ranges) == 1:
-        return np.histogram(clipped[0], bins=bins, range=tuple(ranges[0]))[0]
-    return np.histogram2d(clipped[0], clipped[1], bins=bins, range=(tuple(ranges[0]), tuple(ranges[1])))[0]
+        return np.histogram(clipped[0], bins=bins, range=win[0])[0]
+    return np.histogram2d(clipped[0], clipped[1], bins=bins, range=(win[0], win[1]))[0]
+
+
+def _smooth(hist: np.ndarray) -> np.ndarray:
+    """A 2-D histogram smoothed by a 5-bin binomial kernel along each axis (a contour of raw counts is ragged)."""
+    kernel = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    out = np.apply_along_axis(np.convolve, 0, np.asarray(hist, dtype=float), kernel, mode="same")
+    return np.apply_along_axis(np.convolve, 1, out, kernel, mode="same")
+
+
+#: Share of the events outside each contour, outermost first (probability contours, as FlowJo draws them).
+CONTOUR_LEVELS = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def contour_levels(hist: np.ndarray) -> np.ndarray:
+    """Each bin's contour level: how many of :data:`CONTOUR_LEVELS`' contours enclose it (0: outside all).
+
+    Levels are probability contours of the smoothed histogram: the bins inside
+    contour ``k`` (level > k) hold ``1 - CONTOUR_LEVELS[k]`` of the events, so a
+    dense and a sparse sample get the same number of rings.
+    """
+    smooth = _smooth(hist)
+    total = smooth.sum()
+    level = np.zeros(smooth.shape, dtype=np.int64)
+    if total <= 0:
+        return level
+    desc = np.sort(smooth.ravel())[::-1]
+    inside = np.cumsum(desc) / total
+    for share_out in CONTOUR_LEVELS:
+        k = min(int(np.searchsorted(inside, 1.0 - share_out)), desc.size - 1)
+        level += (smooth >= desc[k]) & (smooth > 0)
+    return level
+
+
+def contour_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -> bytes:
+    """A 2-D histogram (x bins x y bins) as probability contour lines, a PNG with y up, the rest transparent.
+
+    A bin is drawn when a neighbour lies on a lower level (:func:`contour_levels`):
+    each contour is the inner edge of its ring. Dark grey, or ``tint``.
+    """
+    level = contour_levels(hist).T[::-1]  # rows top to bottom, y increasing upwards
+    padded = np.pad(level, 1, mode="edge")
+    lower = np.zeros(level.shape, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        lower |= padded[dy:dy + level.shape[0], dx:dx + level.shape[1]] < level
+    rgba = np.zeros(level.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = np.array(tint if tint is not None else (40, 40, 40), dtype=np.uint8)
+    rgba[..., 3] = np.where(lower & (level > 0), 255, 0)
+    return png_bytes(rgba)
 
 
 def density_png(hist: np.ndarray, *, tint: tuple[int, int, int] | None = None) -> bytes:

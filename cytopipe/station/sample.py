@@ -27,9 +27,12 @@ import numpy as np
 
 from ..exceptions import ReviewError
 from ..gating.gated import GatedSample
-from .render import BINS, THUMB_BINS, axis_spec, density_png, histogram
+from .render import BINS, THUMB_BINS, axis_spec, contour_png, density_png, histogram
 
-__all__ = ["OpenSample", "display_to_linear"]
+__all__ = ["PLOT_KINDS", "OpenSample", "display_to_linear"]
+
+#: What a plot may show of a population: its density (PNG), probability contours (PNG), a histogram of one axis.
+PLOT_KINDS = ("density", "contour", "hist")
 
 _MAX_PLOT_EVENTS = 50_000  # parent events drawn per density image (a fixed-seed subsample beyond)
 _KEPT_CANDIDATES = 4
@@ -103,6 +106,9 @@ class OpenSample:
         self.sample_id = self.gated.sample_id
         self._candidates: OrderedDict[str, GatedSample] = OrderedDict()
         self._ids = itertools.count(1)
+        self._dims: dict[str, Any] | None = None  # each channel's dimension as plotted, found once
+        self._axes: list[dict[str, Any]] | None = None
+        self._time_values: np.ndarray | None = None
 
     @property
     def sample(self):
@@ -149,27 +155,182 @@ class OpenSample:
         return [{"path": "/".join(p), "count": int(counts[p].count), "parent_count": int(counts[p].parent_count)}
                 for p in self.paths]
 
-    def population(self, path: tuple[str, ...], cand: str | None = None) -> tuple[str, bytes | list[int]]:
-        """The parent population of a gate on its plot: ``("png", bytes)`` (2-D) or ``("hist", counts)`` (1-D).
+    # -- any channel on any axis ------------------------------------------------------------------
 
-        ``cand`` draws the parent as a candidate (a moved gate above) leaves it.
+    def _channel_dims(self) -> dict[str, Any]:
+        """Each channel's FlowKit dimension as plotted: the gates' own compensation and transform.
+
+        A channel some gate uses is plotted as that gate sees it; another
+        fluorescence channel as the gates see fluorescence (the spillover they
+        compensate with, their transform), so its decades line up with theirs;
+        scatter and Time linear and uncompensated.
         """
-        gated = self.gated
-        if cand:
-            if cand not in self._candidates:
-                msg = f"The moved gate {cand!r} has expired (the last {_KEPT_CANDIDATES} are kept); drag it again."
+        if self._dims is None:
+            from flowkit import Dimension
+
+            gated: dict[str, Any] = {}
+            fluoro: tuple[str | None, str | None] = ("uncompensated", None)
+            for p in self.paths:
+                for d in self.gate(p).dimensions:
+                    gated.setdefault(d.id, d)
+                    if d.transformation_ref and fluoro[1] is None:
+                        fluoro = (d.compensation_ref, d.transformation_ref)
+            s = self.sample
+            fl = {s.pnn_labels[k] for k in getattr(s, "fluoro_indices", [])}
+            dims: dict[str, Any] = {}
+            for name in s.pnn_labels:
+                if name in gated:
+                    dims[name] = gated[name]
+                elif name in fl:
+                    dims[name] = Dimension(name, compensation_ref=fluoro[0], transformation_ref=fluoro[1])
+                else:
+                    dims[name] = Dimension(name, compensation_ref="uncompensated")
+            self._dims = dims
+        return self._dims
+
+    def _time_name(self) -> str | None:
+        k = getattr(self.sample, "time_index", None)
+        return None if k is None else str(self.sample.pnn_labels[k])
+
+    def _time(self) -> np.ndarray:
+        """The Time channel in float64 (a lean read keeps it exactly beside its float32 events)."""
+        if self._time_values is None:
+            s = self.sample
+            exact = s.time_values() if hasattr(s, "time_values") else None
+            self._time_values = (np.asarray(exact, dtype=float) if exact is not None
+                                 else np.asarray(s.get_events(source="raw")[:, s.time_index], dtype=float))
+        return self._time_values
+
+    def channel_axes(self) -> list[dict[str, Any]]:
+        """Every channel of the sample as a plot axis, in the file's order (scatter, markers, Time).
+
+        Each is :func:`~cytopipe.station.render.axis_spec` with ``detector``;
+        Time spans the sample's first to last event.
+        """
+        if self._axes is None:
+            out = []
+            time_name = self._time_name()
+            for name, dim in self._channel_dims().items():
+                span = None
+                if name == time_name:
+                    t = self._time()
+                    span = (float(t.min()), float(t.max())) if t.size else (0.0, 1.0)
+                out.append(dict(axis_spec(name, self._transform(self.gs, dim), self.markers, span=span),
+                                detector=name))
+            self._axes = out
+        return self._axes
+
+    def plot_axes(self, path: tuple[str, ...], channels: list[str] | None = None) -> list[dict[str, Any]]:
+        """The axes of a plot of gate ``path``'s population: the gate's own, or ``channels`` (1 or 2 ``$PnN``).
+
+        Raises
+        ------
+        ReviewError
+            A channel the sample does not have (the message lists those it has).
+        """
+        if not channels:
+            return self.axes(path)
+        by_name = {a["detector"]: a for a in self.channel_axes()}
+        for c in channels:
+            if c not in by_name:
+                msg = (f"{c!r} is not a channel of {self.path}: plot one of {list(by_name)} "
+                       f"(the $PnN names, as the sample's plot lists them).")
                 raise ReviewError(msg)
-            gated = self._candidates[cand]
+        return [by_name[c] for c in channels]
+
+    def channel_values(self, channels: list[str], rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), len(channels))`` values of ``rows`` as plotted (compensated, transformed; Time as is)."""
+        from types import SimpleNamespace
+
+        from ..gating import gate_values
+
+        dims, time_name = self._channel_dims(), self._time_name()
+        out = np.empty((rows.size, len(channels)))
+        others = [c for c in channels if c != time_name]
+        if others and rows.size:
+            # a stand-in gate of these dimensions: the gating engine's own compensation and transforms
+            got = gate_values(self.sample, self.gs, SimpleNamespace(dimensions=[dims[c] for c in others]), rows=rows)
+            for j, c in enumerate(others):
+                out[:, channels.index(c)] = got[:, j]
+        if time_name in channels:
+            out[:, channels.index(time_name)] = self._time()[rows]
+        return out
+
+    def _gated(self, cand: str | None) -> GatedSample:
+        if not cand:
+            return self.gated
+        if cand not in self._candidates:
+            msg = f"The moved gate {cand!r} has expired (the last {_KEPT_CANDIDATES} are kept); drag it again."
+            raise ReviewError(msg)
+        return self._candidates[cand]
+
+    def population(self, path: tuple[str, ...], cand: str | None = None, *, axes: list[dict[str, Any]] | None = None,
+                   kind: str | None = None, events: str = "parent", window: list[list[float]] | None = None,
+                   tint: tuple[int, int, int] | None = None) -> tuple[str, Any]:
+        """A gate's parent population (or its own events) on a plot: ``("png", bytes)`` or ``("hist", dict)``.
+
+        Parameters
+        ----------
+        path
+            The gate.
+        cand
+            Draw the population as a candidate (moved gates) leaves it.
+        axes
+            The plot's axes (:meth:`plot_axes`; another sample's, to overlay
+            this one on its plot); default the gate's own.
+        kind
+            ``"density"``, ``"contour"`` (2-D, PNG) or ``"hist"`` (the first
+            axis; JSON). Default: a histogram for one axis, else density.
+        events
+            ``"parent"``: the events the gate is applied to; ``"gate"``: the
+            events it keeps (the same fixed subsample's), to highlight them.
+        window
+            A zoomed part of the plot (``[lo, hi]`` per axis drawn).
+        tint
+            One colour for the picture (an overlay, a highlight).
+
+        Returns
+        -------
+        kind, data
+            ``("png", bytes)``; or ``("hist", {"hist": counts, "range": [lo, hi], "events": n})``.
+        """
+        gated = self._gated(cand)
+        axes = axes or self.axes(path)
+        kind = kind or ("hist" if len(axes) == 1 else "density")
+        if kind not in PLOT_KINDS or events not in ("parent", "gate"):
+            msg = (f"A plot of {'/'.join(path)} shows kind one of {list(PLOT_KINDS)} of events 'parent' or 'gate'; "
+                   f"got kind={kind!r}, events={events!r}.")
+            raise ReviewError(msg)
+        if kind == "hist":
+            axes = axes[:1]
+        elif len(axes) < 2:
+            msg = f"A {kind} plot needs two axes; {'/'.join(path)} was given {len(axes)}: add y, or ask kind=hist."
+            raise ReviewError(msg)
+        if window is not None and (len(window) < len(axes) or any(len(w) != 2 or not w[0] < w[1]
+                                                                  for w in window[:len(axes)])):
+            msg = f"A plot's window is [lo, hi] (lo < hi) for each of its {len(axes)} axes; got {window!r}."
+            raise ReviewError(msg)
         idx = gated.rows(path[:-1])
         if idx.size > _MAX_PLOT_EVENTS:  # fixed seed: the same picture each time the sample opens
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(idx, size=_MAX_PLOT_EVENTS, replace=False))
-        ranges = [a["range"] for a in self.axes(path)]
-        values = gated.values(path, idx) if idx.size else np.empty((0, len(ranges)))
-        hist = histogram(values, ranges, BINS)
-        if len(ranges) == 1:
-            return "hist", [int(v) for v in hist]
-        return "png", density_png(hist)
+        if events == "gate":  # the gate's events among those drawn: a highlight sits on the parent's picture
+            idx = idx[np.isin(idx, gated.rows(path), assume_unique=True)]
+        channels = [a["detector"] for a in axes]
+        ranges = [a["range"] for a in axes]
+        own = channels == [a["detector"] for a in self.axes(path)][:len(channels)]
+        if not idx.size:
+            values = np.empty((0, len(ranges)))
+        elif own:  # the gate's own dimensions: exactly what it was applied to
+            values = gated.values(path, idx)[:, :len(channels)]
+        else:
+            values = self.channel_values(channels, idx)
+        hist = histogram(values, ranges, BINS, window=window[:len(ranges)] if window else None)
+        if kind == "hist":
+            win = window[0] if window else ranges[0]
+            return "hist", {"hist": [int(v) for v in hist], "range": [float(win[0]), float(win[1])],
+                            "events": int(idx.size)}
+        return "png", (contour_png(hist, tint=tint) if kind == "contour" else density_png(hist, tint=tint))
 
     def histograms(self) -> dict[str, np.ndarray]:
         """Every gate's parent-population histogram on its plot axes (for the batch view)."""

@@ -232,6 +232,7 @@ class Station:
             out["gates"].append({"path": name, "name": p[-1], "parent": "/".join(p[:-1]), "axes": opened.axes(p),
                                  "geometry": opened.geometry(p), "adjusted": opened.is_adjusted(p),
                                  "count": counts[name]["count"], "parent_count": counts[name]["parent_count"]})
+        out["channels"] = opened.channel_axes()
         return out
 
     def _history(self, row: pd.Series, decisions) -> list[dict[str, Any]]:
@@ -276,13 +277,56 @@ class Station:
             raise ReviewError(msg)
         return path
 
-    def population(self, i: int, path: str, cand: str | None) -> tuple[str, Any]:
-        """A gate's parent population as drawn (see :meth:`OpenSample.population`)."""
+    def population(self, i: int, path: str, cand: str | None = None, *, channels: list[str] | None = None,
+                   kind: str | None = None, events: str = "parent", window: list[list[float]] | None = None,
+                   overlay: int | None = None, tint: int | None = None) -> tuple[str, Any]:
+        """A gate's population on a plot of sample ``i`` (see :meth:`OpenSample.population`).
+
+        Parameters
+        ----------
+        i, path, cand
+            The sample, the gate (``root/.../Gate``), a candidate's handle (moved gates).
+        channels
+            The plot's axes as ``$PnN`` names (default: the gate's own dimensions).
+        kind, events, window
+            As :meth:`OpenSample.population`.
+        overlay
+            Another sample of the run: its population of the same gate (as
+            saved, never sample ``i``'s candidate) on sample ``i``'s axes, so the
+            two line up (Time: sample ``i``'s span).
+        tint
+            A colour's index (of the batch view's), for an overlay or a highlight.
+
+        Raises
+        ------
+        ReviewError
+            Unknown gate, sample, channel, kind or window; an overlay sample
+            not gated or without one of the channels.
+        """
         gate = self.gate_path(path)
         table, decisions = self.table(), self._decisions()
         row = self._row(table, i)
+        if row["qc_status"] == "error":
+            msg = f"{row['file']} could not be gated ({row['error']}): it has no populations to draw."
+            raise ReviewError(msg)
         opened = self._load(row, decisions, keep=True)
-        return opened.population(gate, cand)
+        axes = opened.plot_axes(gate, channels)
+        colour = _TINTS[tint % len(_TINTS)] if tint is not None else None
+        if overlay is None:
+            return opened.population(gate, cand, axes=axes, kind=kind, events=events, window=window, tint=colour)
+        other_row = self._row(table, overlay)
+        if other_row["qc_status"] == "error":
+            msg = (f"Cannot overlay {other_row['patient_id']} {other_row['visit']} ({other_row['file']}): it could "
+                   f"not be gated ({other_row['error']}).")
+            raise ReviewError(msg)
+        other = self._load(other_row, decisions, keep=True)
+        other.plot_axes(gate, [a["detector"] for a in axes])  # the same channels, or a message naming its own
+        return other.population(gate, None, axes=axes, kind=kind, events=events, window=window, tint=colour)
+
+    def channels(self, i: int) -> list[dict[str, Any]]:
+        """Every channel of sample ``i`` as a plot axis (:meth:`OpenSample.channel_axes`)."""
+        table, decisions = self.table(), self._decisions()
+        return self._load(self._row(table, i), decisions, keep=True).channel_axes()
 
     def recount(self, i: int, version: str, gates: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Counts of every gate of sample ``i`` with the moved ``gates`` (path to geometry) in place."""

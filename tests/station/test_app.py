@@ -3,6 +3,7 @@ what a recount and a saved gate give compared with a real re-run."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -486,3 +487,123 @@ def test_approve_all_unflagged_records_one_decision_a_sample_and_leaves_the_rest
     # no reason: nothing recorded
     r = client.post("/api/approve-unflagged", json={"versions": versions, "reason": " "}, headers={CSRF_HEADER: csrf})
     assert r.status_code == 400 and len((run_copy / "review.jsonl").read_text().splitlines()) == len(lines)
+
+
+# -- plot controls: any channels, histograms, contours, zoom windows, overlays (issue 27, section 3) ---------------
+
+CD4 = "root/Lymphocytes/Singlets/Live/CD3pos/CD4pos"
+
+
+def _flowkit_view(station, i):
+    """Sample ``i`` read, compensated, transformed and gated by FlowKit alone (not cytopipe's engine): each
+    channel as the plot rule says (fluorescence compensated by the file's spillover and logicle-transformed,
+    scatter and Time as read), and the CD4pos and Treg memberships."""
+    import warnings
+
+    import flowkit as fk
+
+    from cytopipe.strategy import load_strategy
+
+    row = station.table().iloc[i]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = fk.Sample(str(station.run().sample_path(str(row["file"]))))
+        meta = s.get_metadata()
+        s.apply_compensation(meta.get("spill") or meta["spillover"])
+        gs = load_strategy("treg@1.0.0").gating_strategy()
+        res = gs.gate_sample(s)
+    raw, comp = s.get_events(source="raw"), s.get_events(source="comp")
+    logicle = gs.get_transform("logicle")
+    values = {name: (logicle.apply(comp[:, k].reshape(-1, 1)).ravel() if k in s.fluoro_indices else raw[:, k])
+              for k, name in enumerate(s.pnn_labels)}
+    cd4 = res.get_gate_membership("CD4pos", gate_path=tuple(CD4.split("/")[:-1]))
+    treg = res.get_gate_membership("Treg", gate_path=tuple(CD4.split("/")))
+    return values, cd4, treg
+
+
+def _hist(values, lo, hi, window=None):
+    w = window or (lo, hi)
+    return np.histogram(np.clip(values, lo, hi), bins=160, range=w)[0].tolist()
+
+
+def test_a_gates_population_on_any_channel_counts_as_flowkit_does(station, run_copy):
+    client = _client(station)
+    _login(client)
+    i = _index(run_copy, "P01", "D1")
+    opened = client.get(f"/api/sample/{i}").json()
+    values, cd4, treg = _flowkit_view(station, i)
+    channels = {a["detector"]: a for a in opened["channels"]}
+    assert list(channels) == list(values)  # every channel of the file, Time included
+    assert channels["PE-A"]["label"] == "CD127 (PE-A)" and channels["Time"]["label"] == "Time"
+    time = values["Time"]
+    assert channels["Time"]["range"] == pytest.approx([time.min(), time.max()])
+    assert cd4.sum() < 20_000 < 50_000  # every parent event drawn: no subsample
+
+    def get(**params):
+        r = client.get(f"/api/sample/{i}/population", params={"gate": TREG, **params})
+        assert r.status_code == 200, r.text
+        return r
+
+    # Time x the Treg gate's parent: the flow-rate check
+    h = get(x="Time", kind="hist").json()
+    assert h["range"] == pytest.approx([time.min(), time.max()]) and h["events"] == cd4.sum()
+    assert h["hist"] == _hist(time[cd4], time.min(), time.max())
+    # CD127, a channel no gate of treg@1.0.0 uses: compensated and logicle-transformed as the gates' channels are
+    cd127 = values["PE-A"]
+    assert get(x="PE-A", kind="hist").json()["hist"] == _hist(cd127[cd4], -0.25, 1.0)
+    # the gate's own events, to highlight them on the parent
+    gate_only = get(x="PE-A", kind="hist", events="gate").json()
+    assert gate_only["hist"] == _hist(cd127[treg], -0.25, 1.0) and gate_only["events"] == treg.sum()
+    # zoomed: only the window binned
+    zoom = get(x="PE-A", kind="hist", window="0.2,0.6").json()
+    assert zoom["range"] == [0.2, 0.6] and zoom["hist"] == _hist(cd127[cd4], -0.25, 1.0, (0.2, 0.6))
+    # 2-D on Time x FOXP3: a bin is painted exactly where FlowKit's events fall
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(get(x="Time", y="APC-A").content)).convert("RGBA"))
+    want = np.histogram2d(np.clip(time[cd4], time.min(), time.max()), np.clip(values["APC-A"][cd4], -0.25, 1.0),
+                          bins=160, range=((time.min(), time.max()), (-0.25, 1.0)))[0]
+    assert ((img[..., 3] > 0) == (want.T[::-1] > 0)).all()
+    lines = np.asarray(Image.open(io.BytesIO(get(x="Time", y="APC-A", kind="contour").content)).convert("RGBA"))
+    painted = np.pad(img[..., 3] > 0, 2)
+    near = np.zeros(img.shape[:2], dtype=bool)  # within the smoothing kernel's reach (2 bins) of an event
+    for dy in range(5):
+        for dx in range(5):
+            near |= painted[dy:dy + img.shape[0], dx:dx + img.shape[1]]
+    assert lines.shape == img.shape and (lines[..., 3] > 0).sum() > 100 and near[lines[..., 3] > 0].all()
+    # the gate's own axes, asked by name, are the default picture
+    assert get(x="PE-Cy7-A", y="APC-A").content == get().content
+
+
+def test_an_overlay_is_the_other_samples_population_on_this_samples_axes(station, run_copy):
+    client = _client(station)
+    _login(client)
+    i, j = _index(run_copy, "P01", "D1"), _index(run_copy, "P01", "D8")
+    mine, _, _ = _flowkit_view(station, i)
+    theirs, cd4_j, _ = _flowkit_view(station, j)
+    r = client.get(f"/api/sample/{i}/population", params={"gate": TREG, "x": "APC-A", "kind": "hist",
+                                                           "overlay": j})
+    assert r.status_code == 200, r.text
+    assert r.json()["hist"] == _hist(theirs["APC-A"][cd4_j], -0.25, 1.0) and r.json()["events"] == cd4_j.sum()
+    # Time on the opened sample's span, so the two line up
+    lo, hi = mine["Time"].min(), mine["Time"].max()
+    t = client.get(f"/api/sample/{i}/population", params={"gate": TREG, "x": "Time", "kind": "hist",
+                                                           "overlay": j}).json()
+    assert t["range"] == pytest.approx([lo, hi]) and t["hist"] == _hist(theirs["Time"][cd4_j], lo, hi)
+    png = client.get(f"/api/sample/{i}/population", params={"gate": TREG, "overlay": j, "tint": 4,
+                                                             "kind": "contour"})
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("query", "names"), [
+    ("x=Nope", "'Nope'"), ("x=../../etc/passwd&y=APC-A", "'../../etc/passwd'"), ("y=APC-A", "needs its x"),
+    ("x=Time&kind=density", "two axes"), ("x=Time&y=APC-A&kind=pie", "'pie'"), ("events=all", "'all'"),
+    ("window=1", "'1'"), ("window=a,b", "'a,b'"), ("window=nan,1", "'nan,1'"), ("window=0.6,0.2", "lo < hi"),
+    ("x=Time&kind=hist&window=1,2,3,4,5,6", "'1,2,3,4,5,6'"), ("overlay=999", "No sample number 999"),
+    ("overlay=-1", "'-1'"), ("overlay=1e3", "'1e3'"), ("tint=x", "'x'")])
+def test_a_bad_plot_parameter_answers_400_naming_it(station, query, names):
+    client = TestClient(create_app(station, token=TOKEN), base_url="http://127.0.0.1", raise_server_exceptions=False)
+    _login(client)
+    res = client.get(f"/api/sample/0/population?gate={TREG}&{query}")
+    assert res.status_code == 400, (query, res.status_code, res.text[:300])
+    assert names in res.json()["error"], res.json()["error"]

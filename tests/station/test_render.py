@@ -73,3 +73,26 @@ def test_outliers_are_judged_per_visit_on_treg_pct_and_with_the_patients_own_vis
     # the patient's own visits speak too: a sample the run flagged treg_outlier is framed
     samples[2]["flags"] = ["treg_outlier"]
     assert [s["outlier"] for s in batch_outliers(samples)][2] is True
+
+
+def test_contours_enclose_the_share_of_events_they_promise():
+    from PIL import Image
+    from scipy.ndimage import convolve
+
+    from cytopipe.station.render import CONTOUR_LEVELS, contour_levels, contour_png, linear_ticks
+
+    rng = np.random.default_rng(3)
+    pts = np.vstack([rng.normal([0.3, 0.4], 0.05, (8000, 2)), rng.normal([0.7, 0.7], 0.08, (2000, 2))])
+    hist = np.histogram2d(pts[:, 0], pts[:, 1], bins=160, range=((0, 1), (0, 1)))[0]
+    k1 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    smooth = convolve(hist, np.outer(k1, k1), mode="constant")  # the kernel, by scipy rather than the code
+    level = contour_levels(hist)
+    for k, share_out in enumerate(CONTOUR_LEVELS):
+        inside = smooth[level > k].sum() / smooth.sum()
+        assert 1 - share_out <= inside <= 1 - share_out + smooth.max() / smooth.sum() + 1e-9, (k, inside)
+    img = np.asarray(Image.open(io.BytesIO(contour_png(hist, tint=(1, 2, 3)))).convert("RGBA"))
+    drawn = img[..., 3] > 0
+    assert drawn.any() and (img[drawn][:, :3] == (1, 2, 3)).all()
+    assert not drawn[::-1].T[level == 0].any()  # nothing outside the outermost contour
+    assert not np.asarray(Image.open(io.BytesIO(contour_png(np.zeros((8, 8))))))[..., 3].any()
+    assert [t["label"] for t in linear_ticks(0.0, 9.99)] == ["0", "2", "4", "6", "8"]

@@ -317,6 +317,7 @@ def test_a_whole_gate_moves_vertices_are_added_and_undo_steps_back_in_headless_c
         old = drv.find_element("css selector", f"{card} .count").get_attribute("data-count")
         # drag the whole polygon 15 px right, grabbing it inside, away from its vertices
         poly = drv.find_element("css selector", f"{card} polygon.shape")
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", poly)  # whole, below the plot controls
         grab = drv.execute_script("""var poly = arguments[0], svg = poly.ownerSVGElement, b = poly.getBBox();
             var m = svg.getScreenCTM(), r = poly.getBoundingClientRect(), best = null, far = 0;
             var vs = Array.from(poly.points);
@@ -441,3 +442,94 @@ def test_the_name_prompt_can_be_dismissed_and_help_opens_with_a_key_in_headless_
         _wait(drv, "!document.getElementById('modal').hidden")
         assert drv.find_element("id", "modal-label").text.startswith("Your name")
         assert not (run_copy / "review.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_plot_axes_histogram_overlay_and_zoom_in_headless_chromium(run_copy, tmp_path):
+    """Issue 27, plot controls: Time x FOXP3 on the Treg plot (its parent, its events in red, no gate to drag),
+    a histogram whose bars hold every CD4 event, another visit overlaid, then the gate's own axes zoomed, its
+    edge dragged while zoomed, and the whole axes again."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    pops = pd.read_parquet(run_copy / "populations.parquet").set_index(["file", "gate_path"])
+    table = pd.read_parquet(run_copy / "treg_by_visit.parquet")
+    file_of = {v: table[(table["patient_id"] == "P01") & (table["visit"] == v)]["file"].item() for v in ("D1", "D8")}
+    cd4 = TREG.rsplit("/", 1)[0]
+    card = f'.card[data-gate="{TREG}"]'
+    svg = f"document.querySelector('{card} svg')"
+    with _browsing(run_copy, tmp_path) as (drv, srv):
+        _open_as(drv, srv, "Dr Plots")
+        next(r for r in drv.find_elements("css selector", "#queue tbody tr") if r.text.startswith("P01 D1")).click()
+        _wait(drv, f"document.getElementById('sample-head').textContent.indexOf('D1') >= 0 && "
+                   f"document.querySelector('{card} line.edge[data-handle=\"x-min\"]')")
+        drv.execute_script(f"document.querySelector('{card}').scrollIntoView({{block: 'center'}})")
+        select = lambda cls: Select(drv.find_element("css selector", f"{card} select.{cls}"))  # noqa: E731
+        labels = (f"Array.from(document.querySelectorAll('{card} text.label'))"
+                  ".map(function (t) { return t.textContent; })")
+        # Time x FOXP3: the parent's density, the gate's events highlighted, the gate itself not drawn
+        select("axis-x").select_by_value("Time")
+        _wait(drv, f"{svg}.getAttribute('data-x') === 'Time' && {svg}.getAttribute('data-own') === '0' && "
+                   f"document.querySelector('{card} image.highlight') && document.querySelector('{card} image.density')"
+                   f".getAttribute('data-src').indexOf('x=Time') >= 0")
+        assert drv.execute_script(f"return {labels}") == ["Time", "FOXP3 (APC-A)"]
+        assert drv.execute_script(f"return document.querySelectorAll('{card} .shape, {card} .edge').length") == 0
+        assert drv.execute_script(f"return document.querySelector('{card} image.density').getAttribute('href')"
+                                  ".indexOf('data:image/png') === 0")
+        assert "Treg is drawn on CD25 (PE-Cy7-A) × FOXP3 (APC-A)" in drv.find_element(
+            "css selector", f"{card} .axes-note").text
+        # the histogram of Time: its bars hold every CD4 event of the run, the red ones every Treg event
+        select("plot-kind").select_by_value("hist")
+        _wait(drv, f"document.querySelector('{card} path.hist.parent') && "
+                   f"document.querySelector('{card} path.hist.highlight')")
+        total = lambda role: int(drv.execute_script(  # noqa: E731
+            f"return document.querySelector('{card} path.hist.{role}').getAttribute('data-total')"))
+        assert total("parent") == pops.loc[(file_of["D1"], cd4), "count"]
+        assert total("highlight") == pops.loc[(file_of["D1"], TREG), "count"]
+        assert drv.execute_script(f"return {labels}") == ["Time", "events"]
+        # P01's D8 overlaid: its own CD4 events, on this plot
+        Select(drv.find_element("id", "overlay-sample")).select_by_visible_text("P01 D8")
+        _wait(drv, f"document.querySelector('{card} path.hist.overlay')")
+        assert total("overlay") == pops.loc[(file_of["D8"], cd4), "count"]
+        # the gate's own axes again, as a density: the gate is back, draggable, with the overlay's picture
+        select("plot-kind").select_by_value("density")
+        select("axis-x").select_by_value("PE-Cy7-A")
+        _wait(drv, f"{svg}.getAttribute('data-own') === '1' && "
+                   f"document.querySelector('{card} line.edge[data-handle=\"x-min\"]') && "
+                   f"document.querySelector('{card} image.overlay') && "
+                   f"!document.querySelector('{card} image.highlight')")
+        whole = drv.execute_script(f"return {svg}.getAttribute('data-window')")
+        full = [float(v) for v in whole.split(",")]
+        # zoom in three wheel notches around the plot's middle: the window narrows, the picture is binned again
+        drv.execute_script("""var s = arguments[0], f = s.querySelector('rect.frame').getBoundingClientRect();
+            for (var k = 0; k < 3; k++) { s.dispatchEvent(new WheelEvent('wheel', {deltaY: -100, bubbles: true,
+              cancelable: true, clientX: f.x + f.width / 2, clientY: f.y + f.height / 2})); }""",
+                           drv.find_element("css selector", f"{card} svg"))
+        _wait(drv, f"document.querySelector('{card} image.density').getAttribute('data-src').indexOf('window=') >= 0")
+        zoomed = [float(v) for v in drv.execute_script(f"return {svg}.getAttribute('data-window')").split(",")]
+        for k in (0, 2):  # each axis 1.25^3 narrower, around the middle
+            assert (zoomed[k + 1] - zoomed[k]) == pytest.approx((full[k + 1] - full[k]) / 1.25 ** 3, rel=1e-6)
+            assert (zoomed[k] + zoomed[k + 1]) / 2 == pytest.approx((full[k] + full[k + 1]) / 2, abs=1e-3)
+        # every handle still on the visible plot; the lower CD25 edge dragged while zoomed adds Treg events
+        inside = drv.execute_script(f"""var s = {svg}, f = s.querySelector('rect.frame');
+            var x0 = +f.getAttribute('x'), y0 = +f.getAttribute('y'), x1 = x0 + +f.getAttribute('width'),
+                y1 = y0 + +f.getAttribute('height');
+            return Array.from(s.querySelectorAll('.handles line, .handles circle')).every(function (h) {{
+              var xs = [h.getAttribute('x1') || h.getAttribute('cx'), h.getAttribute('x2') || h.getAttribute('cx')];
+              var ys = [h.getAttribute('y1') || h.getAttribute('cy'), h.getAttribute('y2') || h.getAttribute('cy')];
+              return xs.every(function (v) {{ return +v >= x0 - 0.01 && +v <= x1 + 0.01; }}) &&
+                     ys.every(function (v) {{ return +v >= y0 - 0.01 && +v <= y1 + 0.01; }}); }});""")
+        assert inside
+        old = drv.find_element("css selector", f"{card} .count").get_attribute("data-count")
+        edge = drv.find_element("css selector", f'{card} line.edge[data-handle="x-min"]')
+        ActionChains(drv).click_and_hold(edge).move_by_offset(-12, 0).move_by_offset(-12, 0).release().perform()
+        new = int(_wait(drv, f"(function () {{ var c = document.querySelector('{card} .count'); "
+                             f"return c.getAttribute('data-count') !== '{old}' && c.getAttribute('data-count'); }})()"))
+        assert new > int(old)
+        assert [float(v) for v in drv.execute_script(f"return {svg}.getAttribute('data-window')").split(",")] == zoomed
+        # 0: the whole axes again
+        drv.find_element("tag name", "body").send_keys("0")
+        _wait(drv, f"{svg}.getAttribute('data-window') === '{whole}' && "
+                   f"document.querySelector('{card} image.density').getAttribute('data-src').indexOf('window=') < 0")
+        errors = [e for e in drv.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []

@@ -16,6 +16,7 @@
     cands: {}, cand: null, plots: {}, view: 'sample', batch: null, batchToken: 0,
     sort: null, sortDir: 1,  // the queue's column order a click on a header chose (null: review order)
     history: [], future: [],  // the moved gates before each step, for undo and redo one step at a time
+    views: {}, viewsOf: null, overlay: null,  // each gate's plot axes, view and zoom (of sample viewsOf); overlay
     recountToken: 0
   };
 
@@ -230,6 +231,9 @@
     ]));
     if (s.error) { head.appendChild(el('p', { 'class': 'error', text: 'Not gated: ' + s.error })); }
     head.appendChild(otherVisits(s));
+    if (S.overlay === s.i) { S.overlay = null; }
+    var tools = clear($('plot-tools'));  // not in the head: its options name every sample of the batch
+    if (d.channels) { tools.appendChild(overlayControl(s)); }
     var plots = clear($('plots'));
     S.plots = {};
     d.gates.forEach(function (g, k) {
@@ -238,6 +242,7 @@
       plots.appendChild(p.card);
     });
     d.gates.forEach(function (g) { foldWhole(g.path, g.count, g.parent_count); });
+    S.viewsOf = s.i;
     renderHistory(d.history || []);
   }
 
@@ -277,6 +282,27 @@
     return p;
   }
 
+  function overlayControl(s) {
+    // another sample's population over this one's, on every plot: the patient's visits first, then the batch
+    var sel = el('select', { id: 'overlay-sample' }, [el('option', { value: '', text: '(none)' })]);
+    var mine = el('optgroup', { label: 'Patient ' + s.patient + "'s other visits" }), rest = el('optgroup', { label: 'the batch' });
+    S.queue.slice().sort(function (a, b) { return a.i - b.i; }).forEach(function (r) {
+      if (r.i === s.i || r.error) { return; }
+      (r.patient === s.patient ? mine : rest).appendChild(el('option', { value: r.i, text: r.patient + ' ' + r.visit,
+        selected: r.i === S.overlay ? 'selected' : null }));
+    });
+    [mine, rest].forEach(function (g) { if (g.childNodes.length) { sel.appendChild(g); } });
+    sel.addEventListener('change', function () {
+      S.overlay = sel.value === '' ? null : Number(sel.value);
+      Object.keys(S.plots).forEach(function (k) { S.plots[k].population(); });
+    });
+    var swatch = el('span', { 'class': 'swatch' });
+    swatch.style.background = TINT_RGB[OVERLAY_TINT];
+    return el('p', { id: 'overlay-line' }, [el('label', {}, ['Overlay ', swatch, sel]),
+      ' · off a gate\'s own axes its events are ', el('span', { 'class': 'highlight-word', text: 'red' }),
+      ' · wheel: zoom, drag the background (or Shift+drag): pan, ', el('kbd', { text: '0' }), ': whole axes']);
+  }
+
   function renderHistory(rows) {
     var box = clear($('history'));
     if (!rows.length) { return; }
@@ -293,6 +319,9 @@
 
   // -- plots -----------------------------------------------------------------------------------
 
+  var HIGHLIGHT_TINT = 0, OVERLAY_TINT = 4;  // the server's colours (the batch view's): red, orange
+  var TINT_RGB = { 0: 'rgb(228,26,28)', 4: 'rgb(255,127,0)' };
+
   function Scale(ax, start, len, flip) {
     var lo = ax.range[0], hi = ax.range[1], span = hi - lo;
     return {
@@ -303,13 +332,34 @@
     };
   }
 
+  function niceTicks(lo, hi) {
+    // about five round ticks (1, 2 or 5 times a power of ten) for a linear axis zoomed anywhere
+    var raw = (hi - lo) / 5, base = Math.pow(10, Math.floor(Math.log10(raw))), step = base * 10, out = [];
+    [1, 2, 5, 10].some(function (m) { if (base * m >= raw) { step = base * m; return true; } return false; });
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+      var r = Math.round(v / step) * step;
+      out.push({ v: r, major: true, label: Math.abs(r) >= 1000 ? +(r / 1000).toPrecision(4) + 'k' : String(+r.toPrecision(4)) });
+    }
+    return out;
+  }
+
+  function ticksIn(ax, scale) {
+    if (!ax.log) { return niceTicks(scale.lo, scale.hi); }
+    return ax.ticks.filter(function (t) { return t.v >= scale.lo - 1e-9 && t.v <= scale.hi + 1e-9; });
+  }
+
+  function defaultY(g) {
+    // a one-dimension gate's plot starts as its histogram; its y, if a 2-D view is asked, side scatter
+    var names = S.sample.channels.map(function (c) { return c.detector; });
+    var x = g.axes[0].detector;
+    return names.indexOf('SSC-A') >= 0 && x !== 'SSC-A' ? 'SSC-A' : names.filter(function (n) { return n !== x; })[0];
+  }
+
   function makePlot(g, opt) {
-    var small = !!opt.small;
+    var small = !!opt.small, interactive = !small && opt.sample !== undefined;
     var W = small ? 130 : 250, H = small ? 130 : 250;
     var ML = small ? 8 : 56, MB = small ? 8 : 44, MT = 8, MR = 10;
     var svg = sv('svg', { width: ML + W + MR, height: MT + H + MB, 'class': 'plot', 'data-gate': g.path });
-    var xs = Scale(g.axes[0], ML, W, false);
-    var ys = g.axes.length > 1 ? Scale(g.axes[1], MT, H, true) : null;
     var clipId = 'clip-' + (opt.prefix || 's') + '-' + opt.index;
     var defs = sv('defs');
     var clip = sv('clipPath', { id: clipId });
@@ -319,98 +369,314 @@
     svg.appendChild(sv('rect', { x: ML, y: MT, width: W, height: H, 'class': 'frame' }));
     var layer = sv('g', { 'clip-path': 'url(#' + clipId + ')' });
     svg.appendChild(layer);
-    var popLayer = sv('g');
+    var popLayer = sv('g', { 'class': 'population' });
     layer.appendChild(popLayer);
     var gateLayer = sv('g', { 'class': 'gate' });
     layer.appendChild(gateLayer);
     var handleLayer = sv('g', { 'class': 'handles' });
     svg.appendChild(handleLayer);
-    if (!small) { drawAxes(svg, g.axes, xs, ys, ML, MT, W, H); }
+    var axisLayer = sv('g', { 'class': 'axis' });
+    svg.appendChild(axisLayer);
 
     var title = el('div', { 'class': 'title' });
-    var card = el('div', { 'class': 'card' + (small ? ' small' : ''), 'data-gate': g.path }, [title, svg]);
+    var kids = [title];
+    var card = el('div', { 'class': 'card' + (small ? ' small' : ''), 'data-gate': g.path });
     var plot = {
-      card: card, svg: svg, g: g, xs: xs, ys: ys, H: H, MT: MT,
-      setCount: function (count, parent, saved) {
-        clear(title);
-        var name = opt.label || g.name;
-        var c = el('span', { 'class': 'count', id: small ? null : 'count-' + opt.index, 'data-count': count,
-          text: fmtInt(count) });
-        title.appendChild(el('b', { text: name + ': ' }));
-        title.appendChild(c);
-        title.appendChild(document.createTextNode(' (' + fmtPct(pctOf(count, parent), 1) + ' % of ' +
-          (small ? 'parent' : fmtInt(parent)) + ')'));
-        if (saved !== undefined && saved !== count) {
-          title.appendChild(el('span', { 'class': 'was', text: ' saved: ' + fmtInt(saved) }));
-          card.classList.add('moved');
-        } else {
-          card.classList.remove('moved');
+      card: card, svg: svg, g: g, xs: null, ys: null, H: H, MT: MT, ML: ML, W: W, layers: [], fetchToken: 0,
+      // the plot's axes ($PnN), what it shows, and its zoom window (null: the whole axes)
+      st: { x: g.axes[0].detector, y: g.axes.length > 1 ? g.axes[1].detector : null,
+        kind: g.axes.length > 1 ? 'density' : 'hist', win: null }
+    };
+    if (interactive) {
+      if (!plot.st.y) { plot.st.y = defaultY(g); }
+      // the axes and view chosen for this gate stay for the next sample; the zoom, on the same sample only
+      var saved = S.views[g.path], names = S.sample.channels.map(function (c) { return c.detector; });
+      if (saved && names.indexOf(saved.x) >= 0 && names.indexOf(saved.y) >= 0) {
+        plot.st = { x: saved.x, y: saved.y, kind: saved.kind, win: S.viewsOf === opt.sample ? saved.win : null };
+      }
+      S.views[g.path] = plot.st;
+      kids.push(plotControls(plot));
+    }
+    kids.push(svg);
+    if (interactive) { kids.push(el('p', { 'class': 'axes-note' })); }
+    kids.forEach(function (k) { card.appendChild(k); });
+
+    plot.axes = function () {
+      // the axes drawn: the chosen channels (a histogram: x only), or the gate's own outside the sample view
+      if (!interactive) { return g.axes; }
+      var by = {};
+      S.sample.channels.forEach(function (c) { by[c.detector] = c; });
+      return plot.st.kind === 'hist' ? [by[plot.st.x]] : [by[plot.st.x], by[plot.st.y]];
+    };
+    plot.own = function () {
+      // the gate is drawn, and can be moved, on its own axes only
+      if (!interactive) { return true; }
+      var st = plot.st, dims = g.axes.map(function (a) { return a.detector; });
+      return dims.length === 1 ? st.kind === 'hist' && st.x === dims[0]
+        : st.kind !== 'hist' && st.x === dims[0] && st.y === dims[1];
+    };
+    plot.layout = function () {
+      var axs = plot.axes(), win = plot.st.win;
+      plot.xs = Scale({ range: win ? win[0] : axs[0].range }, ML, W, false);
+      plot.ys = axs.length > 1 ? Scale({ range: win ? win[1] : axs[1].range }, MT, H, true) : null;
+      svg.setAttribute('data-x', axs[0].detector);
+      svg.setAttribute('data-y', axs.length > 1 ? axs[1].detector : '');
+      svg.setAttribute('data-window', [plot.xs.lo, plot.xs.hi].concat(plot.ys ? [plot.ys.lo, plot.ys.hi] : []).join(','));
+      svg.setAttribute('data-own', plot.own() ? '1' : '0');
+      clear(axisLayer);
+      if (!small) { drawAxes(axisLayer, axs, plot, ML, MT, W, H); }
+      plot.layers.forEach(function (l) { placeLayer(plot, l); });
+    };
+    plot.setCount = function (count, parent, saved) {
+      clear(title);
+      var name = opt.label || g.name;
+      var c = el('span', { 'class': 'count', id: small ? null : 'count-' + opt.index, 'data-count': count,
+        text: fmtInt(count) });
+      title.appendChild(el('b', { text: name + ': ' }));
+      title.appendChild(c);
+      title.appendChild(document.createTextNode(' (' + fmtPct(pctOf(count, parent), 1) + ' % of ' +
+        (small ? 'parent' : fmtInt(parent)) + ')'));
+      if (saved !== undefined && saved !== count) {
+        title.appendChild(el('span', { 'class': 'was', text: ' saved: ' + fmtInt(saved) }));
+        card.classList.add('moved');
+      } else {
+        card.classList.remove('moved');
+      }
+      if (g.adjusted && !small) { title.appendChild(el('span', { 'class': 'adjusted', text: ' (reviewer gate)' })); }
+    };
+    plot.url = function (extra) {
+      var st = plot.st, u = '/api/sample/' + opt.sample + '/population?gate=' + encodeURIComponent(g.path) +
+        '&x=' + encodeURIComponent(st.x) + (st.kind !== 'hist' ? '&y=' + encodeURIComponent(st.y) : '') +
+        '&kind=' + st.kind;
+      if (st.win) { u += '&window=' + st.win.slice(0, st.kind === 'hist' ? 1 : 2).map(function (w) { return w.join(','); }).join(','); }
+      return u + (S.cand && extra.overlay === undefined ? '&cand=' + encodeURIComponent(S.cand) : '') +
+        (extra.events ? '&events=' + extra.events : '') + (extra.overlay !== undefined ? '&overlay=' + extra.overlay : '') +
+        (extra.tint !== undefined ? '&tint=' + extra.tint : '');
+    };
+    plot.population = function () {
+      // the parent's events; another sample's over them; the gate's own events highlighted off its own axes
+      var token = ++plot.fetchToken, st = plot.st;
+      var win = plot.st.win ? plot.st.win : plot.axes().map(function (a) { return a.range; });
+      var want = [{ role: 'parent', extra: {} }];
+      if (S.overlay !== null && S.overlay !== undefined) {
+        want.push({ role: 'overlay', extra: { overlay: S.overlay, tint: OVERLAY_TINT } });
+      }
+      if (!plot.own()) { want.push({ role: 'highlight', extra: { events: 'gate', tint: HIGHLIGHT_TINT } }); }
+      var fresh = want.map(function (w) {
+        return { role: w.role, url: plot.url(w.extra), win: win, kind: st.kind, tint: w.extra.tint };
+      });
+      fresh.forEach(function (l) {
+        if (l.kind === 'hist') {
+          api('GET', l.url).then(function (r) {
+            if (token !== plot.fetchToken) { return; }
+            l.hist = r; plot.layers = plot.layers.filter(function (o) { return o.role !== l.role || o === l; });
+            if (plot.layers.indexOf(l) < 0) { plot.layers.push(l); }
+            drawLayers(plot, popLayer);
+          }).catch(showError);
+          return;
         }
-        if (g.adjusted && !small) { title.appendChild(el('span', { 'class': 'adjusted', text: ' (reviewer gate)' })); }
-      },
-      population: function (cand) {
-        clear(popLayer);
-        var url = '/api/sample/' + opt.sample + '/population?gate=' + encodeURIComponent(g.path) +
-          (cand ? '&cand=' + encodeURIComponent(cand) : '');
-        if (ys) {
-          popLayer.appendChild(sv('image', { href: url, x: ML, y: MT, width: W, height: H,
-            preserveAspectRatio: 'none', 'class': 'density' }));
-        } else {
-          api('GET', url).then(function (r) { drawHist(popLayer, r.hist, ML, MT, W, H, null); }).catch(showError);
-        }
-      },
-      image: function (dataUri, opacity) {
-        popLayer.appendChild(sv('image', { href: dataUri, x: ML, y: MT, width: W, height: H,
-          preserveAspectRatio: 'none', opacity: opacity === undefined ? null : opacity }));
-      },
-      hist: function (counts, colour) { drawHist(popLayer, counts, ML, MT, W, H, colour); },
-      drawGate: function (geom, colour) {
-        if (!colour) { clear(gateLayer); clear(handleLayer); }
-        drawGate(plot, gateLayer, geom, colour, opt.interactive && !colour ? handleLayer : null);
+        image(l.url).then(function (href) {
+          // fetched once as a data: URI (responses are no-store, so an <image> would fetch it again)
+          if (token !== plot.fetchToken) { return; }
+          l.href = href;
+          plot.layers = plot.layers.filter(function (o) { return o.role !== l.role; }).concat([l]);
+          drawLayers(plot, popLayer);
+        }).catch(showError);
+      });
+      // a layer no longer asked for goes now; the others stay until their successor arrives
+      plot.layers = plot.layers.filter(function (o) {
+        return o.kind === st.kind && want.some(function (w) { return w.role === o.role; });
+      });
+      drawLayers(plot, popLayer);
+      var note = card.querySelector('.axes-note');
+      if (note) {
+        note.textContent = plot.own() ? '' : g.name + ' is drawn on ' + g.axes.map(function (a) { return a.label; })
+          .join(' × ') + (g.axes.length === 1 ? ' (histogram)' : '') + '; here its parent, with its events in red.';
       }
     };
-    if (!small && opt.sample !== undefined) {
+    plot.refresh = function () {
+      plot.layout();
+      plot.population();
+      plot.drawGate(S.cands[g.path] || g.geometry);
+    };
+    plot.image = function (dataUri, opacity) {
+      popLayer.appendChild(sv('image', { href: dataUri, x: ML, y: MT, width: W, height: H,
+        preserveAspectRatio: 'none', opacity: opacity === undefined ? null : opacity }));
+    };
+    plot.hist = function (counts, colour) { drawHist(popLayer, counts, plot, { colour: colour }); };
+    plot.drawGate = function (geom, colour) {
+      if (!colour) { clear(gateLayer); clear(handleLayer); }
+      if (!geom || !plot.own()) { return; }
+      drawGate(plot, gateLayer, geom, colour, interactive && !colour ? handleLayer : null);
+    };
+    if (interactive) { zoomable(plot); }
+    plot.layout();
+    if (interactive) {
       plot.setCount(g.count, g.parent_count);
-      plot.population(null);
+      plot.population();
       plot.drawGate(g.geometry);
     }
     return plot;
   }
 
-  function drawAxes(svg, axes, xs, ys, ML, MT, W, H) {
-    var ax = sv('g', { 'class': 'axis' });
-    axes[0].ticks.forEach(function (t) {
-      var x = xs.px(t.v);
-      ax.appendChild(sv('line', { x1: x, x2: x, y1: MT + H, y2: MT + H + (t.major ? 6 : 3) }));
-      if (t.label) { ax.appendChild(sv('text', { x: x, y: MT + H + 17, 'text-anchor': 'middle', text: t.label })); }
-    });
-    ax.appendChild(sv('text', { x: ML + W / 2, y: MT + H + 36, 'text-anchor': 'middle', 'class': 'label',
-      text: axes[0].label }));
-    if (ys) {
-      axes[1].ticks.forEach(function (t) {
-        var y = ys.px(t.v);
-        ax.appendChild(sv('line', { x1: ML - (t.major ? 6 : 3), x2: ML, y1: y, y2: y }));
-        if (t.label) { ax.appendChild(sv('text', { x: ML - 8, y: y + 4, 'text-anchor': 'end', text: t.label })); }
+  function plotControls(plot) {
+    // x, y, what is shown, and the zoom's reset: every plot of the sample view has its own
+    var options = function (sel, value) {
+      S.sample.channels.forEach(function (c) {
+        sel.appendChild(el('option', { value: c.detector, text: c.label, selected: c.detector === value ? 'selected' : null }));
       });
-      ax.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
-        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: axes[1].label }));
-    } else {
-      ax.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
-        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: 'events' }));
-    }
-    svg.appendChild(ax);
+      return sel;
+    };
+    var x = options(el('select', { 'class': 'axis-x', title: 'x axis' }), plot.st.x);
+    var y = options(el('select', { 'class': 'axis-y', title: 'y axis' }), plot.st.y);
+    var kind = el('select', { 'class': 'plot-kind', title: 'what is drawn' }, [
+      el('option', { value: 'density', text: 'density' }), el('option', { value: 'contour', text: 'contour' }),
+      el('option', { value: 'hist', text: 'histogram' })]);
+    kind.value = plot.st.kind;
+    y.disabled = plot.st.kind === 'hist';
+    var reset = el('button', { type: 'button', 'class': 'zoom-reset', title: 'whole axes (0)', text: '⤢' });
+    var changed = function () {
+      var axesChanged = plot.st.x !== x.value || plot.st.y !== y.value || (plot.st.kind === 'hist') !== (kind.value === 'hist');
+      plot.st.x = x.value; plot.st.y = y.value; plot.st.kind = kind.value;
+      y.disabled = plot.st.kind === 'hist';
+      if (axesChanged) { plot.st.win = null; }  // a window belongs to the axes it was zoomed on
+      plot.refresh();
+    };
+    [x, y, kind].forEach(function (s) { s.addEventListener('change', changed); });
+    reset.addEventListener('click', function () { unfocusButtons(); plot.st.win = null; plot.refresh(); });
+    return el('div', { 'class': 'plot-controls' }, [el('label', {}, ['x ', x]), el('label', {}, ['y ', y]), kind, reset]);
   }
 
-  function drawHist(layer, counts, ML, MT, W, H, colour) {
-    var max = Math.max.apply(null, counts.concat([1]));
-    var n = counts.length, d = 'M' + ML + ' ' + (MT + H);
+  function zoomable(plot) {
+    // wheel: zoom around the pointer; drag on empty space (or Shift+drag anywhere): pan; both stay within
+    // the whole axes, and the picture is binned again for the window once the wheel or drag stops
+    var svg = plot.svg, timer = null;
+    var full = function () { return plot.axes().map(function (a) { return a.range; }); };
+    var current = function () { return [[plot.xs.lo, plot.xs.hi]].concat(plot.ys ? [[plot.ys.lo, plot.ys.hi]] : []); };
+    var fit = function (w, f) {
+      var span = Math.min(w[1] - w[0], f[1] - f[0]), lo = Math.max(f[0], Math.min(w[0], f[1] - span));
+      return [lo, lo + span];
+    };
+    var apply = function (win) {
+      var f = full();
+      win = win.map(function (w, k) { return fit(w, f[k]); });
+      var whole = win.every(function (w, k) { return Math.abs(w[0] - f[k][0]) < 1e-12 && Math.abs(w[1] - f[k][1]) < 1e-12; });
+      plot.st.win = whole ? null : win;
+      plot.layout();
+      plot.drawGate(S.cands[plot.g.path] || plot.g.geometry);
+      clearTimeout(timer);
+      timer = setTimeout(plot.population, 200);
+    };
+    svg.addEventListener('wheel', function (e) {
+      var p = svgPoint(plot, e);
+      if (p.x < plot.ML || p.x > plot.ML + plot.W || p.y < plot.MT || p.y > plot.MT + plot.H) { return; }
+      e.preventDefault();
+      var f = e.deltaY < 0 ? 1 / 1.25 : 1.25, at = [plot.xs.val(p.x)].concat(plot.ys ? [plot.ys.val(p.y)] : []);
+      apply(current().map(function (w, k) { return [at[k] - (at[k] - w[0]) * f, at[k] + (w[1] - at[k]) * f]; }));
+    }, { passive: false });
+    svg.addEventListener('pointerdown', function (e) {
+      if (e.button !== 0 || (e.target.getAttribute('data-handle') && !e.shiftKey)) { return; }
+      e.preventDefault();
+      var p0 = svgPoint(plot, e), xs = plot.xs, ys = plot.ys, w0 = current();
+      var move = function (ev) {
+        var p = svgPoint(plot, ev), d = [xs.val(p0.x) - xs.val(p.x)].concat(ys ? [ys.val(p0.y) - ys.val(p.y)] : []);
+        apply(w0.map(function (w, k) { return [w[0] + d[k], w[1] + d[k]]; }));
+      };
+      var up = function () { window.removeEventListener('pointermove', move); window.removeEventListener('pointerup', up); };
+      window.addEventListener('pointermove', move);
+      window.addEventListener('pointerup', up);
+    });
+  }
+
+  function resetZoom() {
+    Object.keys(S.plots).forEach(function (k) { var p = S.plots[k]; if (p.st.win) { p.st.win = null; p.refresh(); } });
+  }
+
+  function placeLayer(plot, l) {
+    // an image binned on window l.win, placed where that window lies on the plot's current scales
+    if (!l.node || l.kind === 'hist' || !plot.ys) { return; }  // a 2-D picture on its way out of a histogram
+    var x0 = plot.xs.px(l.win[0][0]), x1 = plot.xs.px(l.win[0][1]);
+    var y0 = plot.ys.px(l.win[1][1]), y1 = plot.ys.px(l.win[1][0]);
+    setAttrs(l.node, { x: x0, y: y0, width: Math.max(0, x1 - x0), height: Math.max(0, y1 - y0) });
+  }
+
+  function image(url) {
+    return fetch(url, { credentials: 'same-origin' }).then(function (r) {
+      if (!r.ok) {
+        return r.json().catch(function () { return {}; }).then(function (j) {
+          if (r.status === 401 && j.login) { window.location.assign('/login'); }
+          throw new Error(j.error || (r.status + ' ' + r.statusText));
+        });
+      }
+      return r.blob().then(function (b) {
+        return new Promise(function (resolve) {
+          var rd = new FileReader();
+          rd.onload = function () { resolve(rd.result); };
+          rd.readAsDataURL(b);
+        });
+      });
+    });
+  }
+
+  function drawLayers(plot, popLayer) {
+    // parent first, the overlay over it, the highlight on top
+    clear(popLayer);
+    var order = { parent: 0, overlay: 1, highlight: 2 };
+    var parentHist = plot.layers.filter(function (l) { return l.role === 'parent' && l.hist; })[0];
+    plot.layers.slice().sort(function (a, b) { return order[a.role] - order[b.role]; }).forEach(function (l) {
+      if (l.kind === 'hist') {
+        if (!l.hist) { return; }
+        // the highlight on the parent's scale (a part of it); an overlay on its own (another sample's size)
+        var max = l.role === 'highlight' && parentHist ? Math.max.apply(null, parentHist.hist.hist.concat([1])) : null;
+        drawHist(popLayer, l.hist.hist, plot, { colour: l.tint !== undefined ? TINT_RGB[l.tint] : null, range: l.hist.range,
+          max: max, role: l.role, total: l.hist.events });
+        return;
+      }
+      l.node = sv('image', { href: l.href, preserveAspectRatio: 'none', 'data-src': l.url,
+        'class': (l.role === 'parent' ? 'density' : l.role) + ' ' + l.kind, opacity: l.role === 'overlay' && l.kind === 'density' ? 0.8 : null });
+      placeLayer(plot, l);
+      popLayer.appendChild(l.node);
+    });
+  }
+
+  function drawAxes(layer, axes, plot, ML, MT, W, H) {
+    var xs = plot.xs, ys = plot.ys;
+    ticksIn(axes[0], xs).forEach(function (t) {
+      var x = xs.px(t.v);
+      layer.appendChild(sv('line', { x1: x, x2: x, y1: MT + H, y2: MT + H + (t.major ? 6 : 3) }));
+      if (t.label) { layer.appendChild(sv('text', { x: x, y: MT + H + 17, 'text-anchor': 'middle', text: t.label })); }
+    });
+    layer.appendChild(sv('text', { x: ML + W / 2, y: MT + H + 36, 'text-anchor': 'middle', 'class': 'label',
+      text: axes[0].label }));
+    if (ys) {
+      ticksIn(axes[1], ys).forEach(function (t) {
+        var y = ys.px(t.v);
+        layer.appendChild(sv('line', { x1: ML - (t.major ? 6 : 3), x2: ML, y1: y, y2: y }));
+        if (t.label) { layer.appendChild(sv('text', { x: ML - 8, y: y + 4, 'text-anchor': 'end', text: t.label })); }
+      });
+      layer.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
+        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: axes[1].label }));
+    } else {
+      layer.appendChild(sv('text', { x: 14, y: MT + H / 2, 'text-anchor': 'middle', 'class': 'label',
+        transform: 'rotate(-90 14 ' + (MT + H / 2) + ')', text: 'events' }));
+    }
+  }
+
+  function drawHist(layer, counts, plot, o) {
+    // bins over o.range (default: the plot's x scale), placed on the plot's current x scale
+    var MT = plot.MT, H = plot.H;
+    var max = o.max || Math.max.apply(null, counts.concat([1]));
+    var lo = o.range ? o.range[0] : plot.xs.lo, hi = o.range ? o.range[1] : plot.xs.hi;
+    var n = counts.length, px = function (k) { return plot.xs.px(lo + (hi - lo) * k / n); };
+    var d = 'M' + px(0) + ' ' + (MT + H);
     counts.forEach(function (c, k) {
       var y = MT + H - H * 0.95 * c / max;
-      d += ' L' + (ML + W * k / n) + ' ' + y + ' L' + (ML + W * (k + 1) / n) + ' ' + y;
+      d += ' L' + px(k) + ' ' + y + ' L' + px(k + 1) + ' ' + y;
     });
-    d += ' L' + (ML + W) + ' ' + (MT + H) + ' Z';
-    var path = sv('path', { d: d, 'class': colour ? 'hist tinted' : 'hist' });
-    if (colour) { path.style.stroke = colour; }
+    d += ' L' + px(n) + ' ' + (MT + H) + ' Z';
+    var cls = o.role === 'highlight' ? 'hist highlight' : o.colour ? 'hist tinted' : 'hist';
+    var path = sv('path', { d: d, 'class': cls + (o.role ? ' ' + o.role : ''), 'data-total': o.total });
+    if (o.colour) { path.style.stroke = o.colour; if (o.role === 'highlight') { path.style.fill = o.colour; } }
     layer.appendChild(path);
   }
 
@@ -495,6 +761,7 @@
 
   function startDrag(ev, plot, handle) {
     if (ev.button !== 0 || ev.detail > 1) { return; }  // a double click adds or deletes a vertex instead
+    if (ev.shiftKey) { return; }  // Shift+drag pans the plot, even over the gate
     ev.preventDefault();
     var start = geometryOf(plot.g), geom = geometryOf(plot.g), moved = false, before = JSON.stringify(S.cands);
     var p0 = svgPoint(plot, ev), x0 = plot.xs.val(p0.x), y0 = plot.ys ? plot.ys.val(p0.y) : null;
@@ -556,7 +823,8 @@
           foldWhole(c.path, c.count, c.parent_count);
           if (S.cands[c.path]) { plot.drawGate(S.cands[c.path]); }
           var below = Object.keys(S.cands).some(function (m) { return c.path.indexOf(m + '/') === 0; });
-          if (below && r.cand) { plot.population(r.cand); }
+          // a parent changed below a moved gate; off its own axes, a moved gate's highlighted events changed
+          if (r.cand && (below || (S.cands[c.path] && !plot.own()))) { plot.population(); }
         });
         $('treg-candidate').textContent = 'with the moved gate: ' + fmtPct(r.treg.pct) + ' % (' +
           fmtInt(r.treg.count) + ' of ' + fmtInt(r.treg.cd4) + '), not saved · ';
@@ -797,7 +1065,8 @@
     if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
     if (e.key === '?' || (e.key === 'Escape' && !$('help').hidden)) { e.preventDefault(); toggleHelp(); return; }
     var acts = { j: function () { step(1); }, k: function () { step(-1); }, a: function () { decide('approve'); },
-      r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo, z: undo, y: redo };
+      r: function () { decide('reject'); }, e: function () { decide('adjust'); }, Escape: undo, z: undo, y: redo,
+      0: resetZoom };
     if (acts[e.key] && S.view === 'sample') { e.preventDefault(); acts[e.key](); }
   }
 
