@@ -98,3 +98,52 @@ def test_each_gating_strategy_is_an_independent_copy():
     assert second is not first and not second.is_custom_gate("a.fcs", path[-1], path[:-1])
     assert second.get_gate(path[-1], gate_path=path[:-1]).dimensions[0].min != 1.0
     assert [g for g, _ in second.get_gate_ids()] == [g for g, _ in first.get_gate_ids()]
+
+
+def _gatingml(gates: list[tuple[str, str, str | None]]) -> str:
+    """A GatingML document of one-dimension gates ``(kind, id, parent)`` in the given document order."""
+    ns = ('xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+          'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"')
+    dim = ('<gating:dimension gating:compensation-ref="uncompensated">'
+           '<data-type:fcs-dimension data-type:name="{}"/></gating:dimension>')
+    body = []
+    for kind, gate_id, parent in gates:
+        attrs = f'gating:id="{gate_id}"' + (f' gating:parent_id="{parent}"' if parent else "")
+        if kind == "RectangleGate":
+            inner = dim.replace('">', '" gating:min="1">', 1).format("FSC-A")
+        else:
+            verts = "".join(f'<gating:vertex><gating:coordinate data-type:value="{x}"/>'
+                            f'<gating:coordinate data-type:value="{y}"/></gating:vertex>'
+                            for x, y in ((0, 0), (10, 0), (10, 10)))
+            inner = dim.format("FSC-A") + dim.format("SSC-A") + verts
+        body.append(f"<gating:{kind} {attrs}>{inner}</gating:{kind}>")
+    return f'<?xml version="1.0" encoding="UTF-8"?><gating:Gating-ML {ns}>{"".join(body)}</gating:Gating-ML>'
+
+
+def test_released_gate_paths_read_without_flowkit_equal_flowkits(tmp_path):
+    """A branching tree, polygons before rectangles in the file and children before parents: FlowKit's order."""
+    from cytopipe.strategy.registry import _gate_paths, _gate_paths_from_xml
+
+    gml = tmp_path / "g.xml"
+    gml.write_text(_gatingml([
+        ("PolygonGate", "P1", "R2"), ("RectangleGate", "R1", None), ("PolygonGate", "P0", None),
+        ("RectangleGate", "R3", "R1"), ("RectangleGate", "R2", None), ("PolygonGate", "P2", "R1"),
+        ("RectangleGate", "R4", "P0"), ("RectangleGate", "R5", "R2"), ("PolygonGate", "P3", "R4"),
+    ]))
+    fast = _gate_paths_from_xml(str(gml), "x")
+    assert fast is not None and len(fast) == 9
+    assert fast == _gate_paths(str(gml), "x")
+
+
+def test_gate_paths_without_flowkit_leave_what_they_cannot_place_to_flowkit(tmp_path):
+    from cytopipe.strategy.registry import _gate_paths_from_xml
+
+    unknown_parent = tmp_path / "u.xml"
+    unknown_parent.write_text(_gatingml([("RectangleGate", "R1", "nowhere")]))
+    cycle = tmp_path / "c.xml"
+    cycle.write_text(_gatingml([("RectangleGate", "R0", None), ("RectangleGate", "R1", "R2"),
+                                ("RectangleGate", "R2", "R1")]))
+    repeated = tmp_path / "r.xml"
+    repeated.write_text(_gatingml([("RectangleGate", "R1", None), ("PolygonGate", "R1", None)]))
+    for path in (unknown_parent, cycle, repeated):
+        assert _gate_paths_from_xml(str(path), "x") is None
