@@ -109,6 +109,8 @@ def _rows(sheet: Path) -> int:
                    "free-text keywords ($FIL, $SRC, $COM, operators) may hold patient names.")
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Memory limit per local Dask worker, e.g. 4GB; files needing more are refused.")
+@click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (its address is printed); "
+              "off by default, as it adds ~0.7 s to the start-up.")
 @click.option("--timings", is_flag=True, help="Print where the wall time went (start-up, batch, outputs, report), "
               "and a sample's phases (read, place, gate, plots, ...).")
 @click.option("--panel", "panel", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -119,7 +121,7 @@ def _rows(sheet: Path) -> int:
                    "to it are not applied. A 'starts_at' column of the sheet sets it per row.")
 def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None, n_workers: int | None,
         allow_draft: bool, allow_outside: bool, log_file: Path | None, include_keywords: str,
-        memory_limit: str, timings: bool, panel: Path | None, starts_at: str | None) -> None:
+        memory_limit: str, dashboard: bool, timings: bool, panel: Path | None, starts_at: str | None) -> None:
     """Gate every file of SAMPLE_SHEET and write Treg % of CD4 per patient-visit.
 
     SAMPLE_SHEET is a CSV with columns file (relative to the sheet's folder),
@@ -141,7 +143,7 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
 
         # first of all: its imports and warming are the longest path to the first sample
         start_worker_processes(strategy, default_strategy=strategy is None)
-        ahead = cluster_ahead(n_workers, _rows(sample_sheet), memory_limit=memory_limit)
+        ahead = cluster_ahead(n_workers, _rows(sample_sheet), memory_limit=memory_limit, dashboard=dashboard)
     from .strategy.registry import DEFAULT_STRATEGY
 
     strategy = strategy or DEFAULT_STRATEGY
@@ -156,7 +158,7 @@ def run(sample_sheet: Path, out_dir: Path, strategy: str, scheduler: str | None,
                            allow_draft=allow_draft, allow_outside=allow_outside, progress=_Progress(),
                            log_file=log_file, memory_limit=memory_limit,
                            include_keywords=[k for k in include_keywords.split(",") if k.strip()],
-                           panel=panel, starts_at=starts_at)
+                           panel=panel, starts_at=starts_at, dashboard=dashboard)
     if timings:
         t = result.timings
         click.echo(f"timings: start-up {t['started_at'] - _STARTED + t['startup_s']:.2f} s (until the first "

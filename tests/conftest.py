@@ -35,7 +35,7 @@ def dask_client():
 
     from cytopipe.batch.cluster import make_local_cluster
 
-    cluster = make_local_cluster(2)
+    cluster = make_local_cluster(2, dashboard=True)  # test_cli checks its address is printed
     client = Client(cluster)
     yield client
     client.close()

@@ -134,3 +134,29 @@ def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
     assert first.strip().endswith(".fcs")
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Internal error" not in err, err
     assert proc.returncode == 1  # click's status for a closed pipe
+
+
+def test_run_loads_no_gating_or_plotting_stack_in_the_command_itself(tmp_path):
+    """``cytopipe run`` with its local cluster, start to end: the command's own process never loads FlowKit,
+    scikit-learn, SciPy, networkx, matplotlib or Bokeh (the workers gate and draw; the dashboard is off
+    unless asked), and prints no dashboard address. A fresh interpreter: this one has them all loaded."""
+    import subprocess
+    import sys
+
+    write_fcs(tmp_path / "a.fcs", SampleSpec(n_events=20_000, seed=3))
+    (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P01,D1\n")
+    code = (
+        "import sys\n"
+        "from cytopipe.cli import cli\n"
+        "try:\n"
+        f"    cli.main(['run', {str(tmp_path / 's.csv')!r}, '--out', {str(tmp_path / 'out')!r}],"
+        " standalone_mode=False)\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "heavy = ('flowkit', 'sklearn', 'scipy', 'networkx', 'matplotlib', 'bokeh', 'distributed.dashboard')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.splitlines()[-2:] == ["exit 0", "[]"], res.stdout + res.stderr
+    assert "Dask dashboard" not in res.stdout + res.stderr
+    assert (tmp_path / "out" / "report" / "index.html").is_file()

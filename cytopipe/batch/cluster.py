@@ -60,7 +60,7 @@ WORKER_PRELOAD = ("cytopipe.batch.preload",)
 _MARKER, _STRATEGY, _DEFAULT_STRATEGY = "CYTOPIPE_FORKSERVER", "CYTOPIPE_FORKSERVER_STRATEGY", ":default:"
 
 _FORKSERVER_LOCK = threading.Lock()
-#: Local clusters started ahead of a run (:func:`cluster_ahead`), by (workers, memory limit).
+#: Local clusters started ahead of a run (:func:`cluster_ahead`), by (workers, memory limit, dashboard).
 _EARLY: dict[tuple, object] = {}
 
 #: Peak bytes per event value above the worker's baseline while gating a file read
@@ -106,7 +106,7 @@ def _check_memory(path: str, *, lean: bool = False) -> None:
 
 def _make_client(
     scheduler: str | None, n_workers: int | None, n_tasks: int, memory_limit: str | int | None = "auto",
-    *, take_early: bool = True,
+    *, take_early: bool = True, dashboard: bool = False,
 ):
     from distributed import Client
 
@@ -119,11 +119,11 @@ def _make_client(
     workers = _workers(n_workers, n_tasks)
     if take_early:
         with _FORKSERVER_LOCK:
-            early = _EARLY.pop((workers, memory_limit), None)
+            early = _EARLY.pop((workers, memory_limit, dashboard), None)
         _discard_early()  # any other started ahead was for another size: not needed
         if early is not None:
             return early.result()
-    cluster = make_local_cluster(workers, memory_limit=memory_limit)
+    cluster = make_local_cluster(workers, memory_limit=memory_limit, dashboard=dashboard)
     try:
         return Client(cluster), cluster
     except BaseException:
@@ -136,11 +136,12 @@ def _workers(n_workers: int | None, n_tasks: int) -> int:
 
 
 @contextmanager
-def cluster_ahead(n_workers: int | None, n_tasks: int, *, memory_limit: str | int | None = "auto") -> Iterator[None]:
+def cluster_ahead(n_workers: int | None, n_tasks: int, *, memory_limit: str | int | None = "auto",
+                  dashboard: bool = False) -> Iterator[None]:
     """Start the local cluster a run will ask for now, in a thread; close it at the end if no run took it.
 
     :func:`~cytopipe.batch.driver.run_batch` asking, inside the ``with``,
-    for a local cluster of the same size and memory limit takes this one
+    for a local cluster of the same size, memory limit and dashboard takes this one
     instead of starting its own. ``cytopipe run`` enters it (with
     :func:`start_worker_processes`) before it loads FlowKit, so the cluster
     comes up meanwhile (docs/performance.md, "Start-up and exit").
@@ -150,7 +151,7 @@ def cluster_ahead(n_workers: int | None, n_tasks: int, *, memory_limit: str | in
     n_workers, n_tasks
         As ``run_batch``'s ``n_workers`` and the sample sheet's rows (the
         default is one worker per core, at most one per row).
-    memory_limit
+    memory_limit, dashboard
         As ``run_batch``'s.
 
     Examples
@@ -159,10 +160,10 @@ def cluster_ahead(n_workers: int | None, n_tasks: int, *, memory_limit: str | in
     ...     result = run_batch("samples.csv", "out", n_workers=2)
     """
     start_worker_processes()
-    key = (_workers(n_workers, n_tasks), memory_limit)
+    key = (_workers(n_workers, n_tasks), memory_limit, dashboard)
     with _FORKSERVER_LOCK:
         if key not in _EARLY:
-            _EARLY[key] = _start_client(None, key[0], key[0], memory_limit, take_early=False)
+            _EARLY[key] = _start_client(None, key[0], key[0], memory_limit, take_early=False, dashboard=dashboard)
     try:
         yield
     finally:
@@ -240,7 +241,7 @@ def start_worker_processes(strategy: str | os.PathLike | None = None, *, default
                     os.environ[k] = v
 
 
-def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto"):
+def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto", dashboard: bool = False):
     """Start the local Dask cluster ``run`` uses: single-threaded worker processes.
 
     The workers are forked from the process :func:`start_worker_processes`
@@ -253,6 +254,10 @@ def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto
         Worker processes (one sample at a time each).
     memory_limit
         Per worker (``"4GB"``, bytes, ``"auto"``).
+    dashboard
+        Serve Dask's dashboard on a free port. Off by default: the scheduler
+        then imports its Bokeh apps (~0.7 s of the command's start-up, measured
+        in docs/performance.md).
 
     Returns
     -------
@@ -271,6 +276,8 @@ def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto
             threads_per_worker=1,  # gating is CPU-bound Python/numpy: one sample per core
             processes=True,
             dashboard_address=":0",  # any free port: never collide with another cluster's 8787
+            # without it the scheduler's HTTP server (health, metrics) still starts, on that port
+            scheduler_kwargs={"dashboard": dashboard},
             memory_limit=memory_limit,  # a worker over it is restarted by its nanny, not the machine
             silence_logs=logging.ERROR,
             # a forked worker has the forkserver's environment: bring it up to this process's
@@ -279,13 +286,14 @@ def make_local_cluster(n_workers: int, *, memory_limit: str | int | None = "auto
 
 
 def _start_client(scheduler: str | None, n_workers: int | None, n_tasks: int,
-                  memory_limit: str | int | None = "auto", *, take_early: bool = True):
+                  memory_limit: str | int | None = "auto", *, take_early: bool = True, dashboard: bool = False):
     """:func:`_make_client` in a thread: a ``Future`` of ``(client, cluster)``; the caller goes on meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="cytopipe-cluster-start")
     try:
-        return pool.submit(_make_client, scheduler, n_workers, n_tasks, memory_limit, take_early=take_early)
+        return pool.submit(_make_client, scheduler, n_workers, n_tasks, memory_limit, take_early=take_early,
+                           dashboard=dashboard)
     finally:
         pool.shutdown(wait=False)
 

@@ -117,6 +117,7 @@ def run_batch(
     include_keywords: Sequence[str] = (),
     panel: str | os.PathLike | None = None,
     starts_at: str | None = None,
+    dashboard: bool = False,
 ) -> BatchResult:
     """Gate every file of a sample sheet and write the run's outputs.
 
@@ -164,6 +165,9 @@ def run_batch(
     starts_at
         The gate whose events every file holds (pre-gated exports, e.g.
         ``"CD4pos"``); a ``starts_at`` column of the sheet wins per row.
+    dashboard
+        Serve Dask's dashboard from the local cluster (its address is
+        logged). Off by default: it costs the start-up ~0.7 s (Bokeh).
 
     Returns
     -------
@@ -180,7 +184,8 @@ def run_batch(
     sheet = read_sample_sheet(sheet_path, allow_outside=allow_outside)
     # the cluster comes up (in a thread; its workers were forked with their imports done) while
     # the strategy is checked and the folder prepared: docs/performance.md, "Start-up"
-    starting = _start_client(scheduler, n_workers, len(sheet), memory_limit) if client is None else None
+    starting = (_start_client(scheduler, n_workers, len(sheet), memory_limit, dashboard=dashboard)
+                if client is None else None)
     lock = None
     try:
         strat = load_strategy(strategy, allow_draft=allow_draft)
@@ -202,7 +207,7 @@ def run_batch(
         if lock is not None:
             lock.close()
         raise
-    if getattr(client, "dashboard_link", None):
+    if (dashboard or own_cluster is None) and getattr(client, "dashboard_link", None):  # ours has none unless asked
         logger.info("Dask dashboard: %s", client.dashboard_link)
     try:
         by_file: dict[str, list[Decision]] = {}

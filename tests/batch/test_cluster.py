@@ -125,10 +125,10 @@ def test_a_run_takes_the_cluster_started_ahead_of_it(tmp_path):
     (tmp_path / "s.csv").write_text("file,patient_id,visit\na.fcs,P1,D1\n")
     with cluster_mod.cluster_ahead(2, 1), cluster_mod.cluster_ahead(None, 1):  # 2 workers, and 1 (one row)
         ahead = dict(cluster_mod._EARLY)
-        assert sorted(ahead) == [(1, "auto"), (2, "auto")]
-        client, _ = ahead[(1, "auto")].result()
+        assert sorted(ahead) == [(1, "auto", False), (2, "auto", False)]
+        client, _ = ahead[(1, "auto", False)].result()
         pid = next(iter(client.run(lambda: __import__("os").getpid()).values()))
-        other, _ = ahead[(2, "auto")].result()
+        other, _ = ahead[(2, "auto", False)].result()
         run_batch(tmp_path / "s.csv", tmp_path / "out", report=False, log_file=tmp_path / "log.jsonl")
         assert other.status == "closed"  # the other size: closed when the run asked
     record = json.loads((tmp_path / "log.jsonl").read_text())
@@ -143,7 +143,7 @@ def test_a_cluster_started_ahead_of_a_run_that_never_asks_is_closed(tmp_path):
 
     (tmp_path / "s.csv").write_text("file,patient_id,visit\nnope.fcs,P1,D1\n")
     with pytest.raises(SampleSheetError), cluster_mod.cluster_ahead(1, 1):
-        client, _ = cluster_mod._EARLY[(1, "auto")].result()
+        client, _ = cluster_mod._EARLY[(1, "auto", False)].result()
         run_batch(tmp_path / "s.csv", tmp_path / "out")
     assert cluster_mod._EARLY == {} and client.status == "closed"
 
