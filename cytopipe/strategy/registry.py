@@ -293,7 +293,7 @@ def _gate_paths_from_xml(gatingml_path: str, sha256: str) -> tuple[tuple[str, ..
     if set(children) - ids - {"root"}:
         return None
     paths: list[tuple[str, ...]] = []
-    stack = [("root",)]
+    stack: list[tuple[str, ...]] = [("root",)]
     while stack:  # depth-first, siblings in FlowKit's order
         path = stack.pop()
         if path[-1] != "root":
