@@ -52,7 +52,9 @@ SOFTWARE = ("cytopipe", "flowkit", "flowio", "flowutils", "numpy", "scipy", "sci
 # The ones that can change a stored number: reading (flowio), compensation, transforms and gates
 # (flowkit, flowutils, numpy), the placed gates' fits (scikit-learn, scipy). A change of any of them
 # makes every cached result stale.
-_KEY_SOFTWARE = ("cytopipe", "flowkit", "flowio", "flowutils", "numpy", "scipy", "scikit-learn")
+# "cytopipe-source" is the digest of cytopipe's own code (:func:`_source_digest`): its version string
+# is not bumped by every change, and a result cached by older code must not be reused by newer.
+_KEY_SOFTWARE = ("cytopipe", "cytopipe-source", "flowkit", "flowio", "flowutils", "numpy", "scipy", "scikit-learn")
 # QC thresholds that only turn stored measures into flags: re-applied to a cached result on every
 # read, so changing them reuses the cache. Every other threshold (the Time-channel binning and
 # tests, and any added later) changes a stored measure and is part of the key.
@@ -61,13 +63,31 @@ _FLAG_ONLY_THRESHOLDS = frozenset({"min_events", "max_ci_halfwidth_pp", "max_flo
 
 
 @lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """The digest of the running cytopipe's code (:func:`_tree_digest` of its package folder).
+
+    The code that computes a number, whatever ``__version__`` says: a working
+    copy between releases, or a patched install, computes under its own.
+    """
+    return _tree_digest(Path(__file__).resolve().parents[1])
+
+
+def _tree_digest(root: Path) -> str:
+    """16 hex digits of sha256 over the ``.py`` and ``.toml`` files under ``root`` (relative path and bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
 def _versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata
 
     out = []
     for name in SOFTWARE:
-        if name == "cytopipe":  # the source's own version, also in an editable install
-            out.append((name, __version__))
+        if name == "cytopipe":  # the source's own version, also in an editable install, and its code's digest
+            out += [(name, __version__), ("cytopipe-source", _source_digest())]
             continue
         try:
             out.append((name, metadata.version(name)))
@@ -78,7 +98,7 @@ def _versions() -> tuple[tuple[str, str], ...]:
 
 
 def worker_versions() -> dict[str, str]:
-    """The versions this process computes with: :data:`SOFTWARE`, Python and the platform.
+    """The versions this process computes with: :data:`SOFTWARE`, cytopipe's code digest, Python and the platform.
 
     Called inside the worker that gates a sample (the driver's may differ);
     read once per process.
@@ -87,7 +107,9 @@ def worker_versions() -> dict[str, str]:
     -------
     dict
         Distribution name (``flowkit``, ``scikit-learn``, ...) to version, plus
-        ``python`` and ``platform`` (:func:`platform.platform`).
+        ``cytopipe-source`` (16 hex digits of sha256 over cytopipe's code: its
+        version is not bumped by every change), ``python`` and ``platform``
+        (:func:`platform.platform`).
     """
     return dict(_versions())
 
@@ -139,8 +161,8 @@ def cache_key(file_sha: str, strategy_sha: str, *, adjusted: str = "", versions:
     adjusted
         :func:`~cytopipe.review.decisions.adjustments_digest` of the sample's gate adjustments.
     versions
-        :func:`worker_versions`; only the packages that compute (cytopipe, FlowKit, FlowIO,
-        flowutils, numpy, scipy, scikit-learn) count.
+        :func:`worker_versions`; only the packages that compute (cytopipe and its code's
+        digest, FlowKit, FlowIO, flowutils, numpy, scipy, scikit-learn) count.
     thresholds
         :class:`~cytopipe.gating.qc.QCThresholds` fields; those that only turn stored
         measures into flags (``min_events``, ...) do not count.

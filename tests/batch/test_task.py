@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from cytopipe.batch.task import process_sample
 from cytopipe.fcs.read import file_sha256
@@ -130,18 +131,47 @@ def test_a_stored_result_is_recomputed_after_an_upgrade_and_carries_the_new_vers
     gated = []
     real_gate = task.gate_file
     monkeypatch.setattr(task, "gate_file", lambda *a, **k: gated.append(1) or real_gate(*a, **k))
-    for name in ("flowkit", "numpy", "flowutils", "scikit-learn"):
+    for name in ("flowkit", "numpy", "flowutils", "scikit-learn", "cytopipe-source"):
         monkeypatch.setattr(task, "worker_versions", lambda name=name: {**real, name: "9.9.9"})
         upgraded = process_sample(str(path), d, cache_dir=str(cache))
         assert not upgraded.cached and upgraded.versions[name] == "9.9.9", name
         assert upgraded.treg_count == first.treg_count  # same numbers here, but computed again
         stored = {json.loads(p.read_text())["versions"][name] for p in cache.glob("*.json")}
         assert stored == {"9.9.9", real[name]}  # the old entry stays, stamped with the old version
-    assert len(gated) == 4 and len(list(cache.glob("*.json"))) == 5
+    assert len(gated) == 5 and len(list(cache.glob("*.json"))) == 6
 
     monkeypatch.setattr(task, "worker_versions", lambda: {**real, "pandas": "0.1", "platform": "elsewhere"})
     again = process_sample(str(path), d, cache_dir=str(cache))  # software that computes no number: reused
-    assert again.cached and again.versions == real and len(gated) == 4
+    assert again.cached and again.versions == real and len(gated) == 5
+
+
+def test_the_code_digest_follows_every_source_byte_and_nothing_else(tmp_path):
+    """cytopipe's version is not bumped by every change: the digest of its code is, so a cached result of older
+    code is not served to newer (the key holds it, above)."""
+    import hashlib
+    import shutil
+
+    import cytopipe
+    import cytopipe.batch.task as task
+
+    package = Path(cytopipe.__file__).parent
+    copy = tmp_path / "cytopipe"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert task._tree_digest(copy) == task._tree_digest(package) == task.worker_versions()["cytopipe-source"]
+    # by hand: the files in order, each as path, NUL, bytes, NUL
+    h = hashlib.sha256()
+    for p in sorted(q for q in copy.rglob("*") if q.suffix in (".py", ".toml")):
+        h.update(p.relative_to(copy).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    assert task._tree_digest(copy) == h.hexdigest()[:16]
+
+    before = task._tree_digest(copy)
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.py").write_text("# compiled leftovers are not code\n")
+    (copy / "notes.txt").write_text("not code either\n")
+    assert task._tree_digest(copy) == before
+    gated = copy / "gating" / "gated.py"
+    gated.write_bytes(gated.read_bytes() + b"\n")  # one byte
+    assert task._tree_digest(copy) != before
 
 
 def test_a_stored_result_is_recomputed_after_the_strategy_manifest_changes(tmp_path):
