@@ -458,7 +458,7 @@ def _need_registry(registry: Path | None) -> Path:
 
 @cli.group()
 def reviewer() -> None:
-    """Enrol and list the reviewers who may sign review decisions."""
+    """Enrol, list and revoke the reviewers who may sign review decisions; change a password."""
 
 
 @reviewer.command("add")
@@ -493,7 +493,43 @@ def reviewer_list(registry: Path | None) -> None:
     if not entries:
         click.echo(f"no reviewer is enrolled in {reg.path}: 'cytopipe reviewer add NAME'", err=True)
     for r in entries:
-        click.echo(f"{r.name:<32} {r.enrolled:<26} {r.public_key[:12]}...")
+        gone = f"  revoked {r.revoked['time']}: {r.revoked['reason']}" if r.revoked else ""
+        click.echo(f"{r.name:<32} {r.enrolled:<26} {r.public_key[:12]}...{gone}")
+
+
+@reviewer.command("passwd")
+@click.argument("name")
+@_registry_option
+@_password_stdin_option
+def reviewer_passwd(name: str, registry: Path | None, password_stdin: bool) -> None:
+    """Change NAME's password: asks for the current one, then the new one twice (stdin: one line each).
+
+    The signing key stays the same, so every decision they signed still verifies.
+    """
+    from .review import ReviewerRegistry
+
+    reg = ReviewerRegistry(_need_registry(registry))
+    entry = reg.require(name)  # an unknown name is refused before anyone types a password
+    old = _password(f"Current password for {entry.name}", password_stdin)
+    new = _password(f"New password for {entry.name}", password_stdin, twice=True)
+    reg.change_password(entry.name, old, new)
+    click.echo(f"changed the password of {entry.name!r} in {reg.path} (same key: past signatures verify)")
+
+
+@reviewer.command("revoke")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (left the lab, password disclosed, ...); recorded.")
+@_registry_option
+def reviewer_revoke(name: str, reason: str, registry: Path | None) -> None:
+    """Revoke NAME from now on: they can sign nothing more; what they signed before still verifies.
+
+    A decision signed with their key after the revocation time fails 'cytopipe verify'.
+    """
+    from .review import ReviewerRegistry
+
+    reg = ReviewerRegistry(_need_registry(registry))
+    entry = reg.revoke(name, reason=reason)
+    click.echo(f"revoked {entry.name!r} at {entry.revoked['time']} in {reg.path}" if entry.revoked else "")
 
 
 @cli.command()

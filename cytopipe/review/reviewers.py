@@ -12,6 +12,12 @@ variable ``CYTOPIPE_REVIEWERS``. Each entry holds:
   a key derived from the password by the same Scrypt call, so the file gives
   an attacker nothing faster to guess passwords on than Scrypt.
 
+:meth:`ReviewerRegistry.change_password` re-encrypts the same key under a new
+password (past signatures still verify); :meth:`ReviewerRegistry.revoke`
+marks a reviewer revoked from a time on: they can sign nothing more, and a
+decision signed with their key after that time fails verification, while
+their earlier signatures still verify.
+
 :meth:`ReviewerRegistry.unlock` checks a name and password and returns a
 :class:`Signer`, which signs decision lines (:meth:`Signer.sign_decision`);
 :func:`cytopipe.review.signatures.check_signatures` checks them against the
@@ -148,6 +154,9 @@ class Reviewer:
         ``{"name": "scrypt", "salt": base64, "n": ..., "r": ..., "p": ...}``.
     enrolled
         ISO 8601 UTC time of enrolment.
+    revoked
+        ``{"time": ISO 8601 UTC, "reason": ...}`` once revoked, else None
+        (absent in registries written before revocation existed).
     """
 
     name: str
@@ -156,6 +165,7 @@ class Reviewer:
     private_key: str
     kdf: dict[str, Any]
     enrolled: str
+    revoked: dict[str, str] | None = None
 
     @property
     def key(self) -> str:
@@ -239,7 +249,7 @@ class ReviewerRegistry:
         out = []
         fields = {f.name for f in dataclasses.fields(Reviewer)}
         for n, entry in enumerate(data["reviewers"], start=1):
-            if not isinstance(entry, dict) or set(entry) != fields:
+            if not isinstance(entry, dict) or set(entry) not in (fields, fields - {"revoked"}):
                 msg = f"{self.path}: reviewer {n} is damaged: expected the keys {sorted(fields)}."
                 raise ReviewError(msg)
             out.append(Reviewer(**entry))
@@ -335,13 +345,73 @@ class ReviewerRegistry:
             write_json({"format": _FORMAT, "reviewers": reviewers}, self.path)
         return entry
 
+    def change_password(self, name: str, old: str, new: str, *, min_length: int = 8) -> Reviewer:
+        """Re-encrypt a reviewer's key under a new password; the key, and so every past signature, stays.
+
+        Raises
+        ------
+        ReviewError
+            The name is not enrolled or is revoked, ``old`` is wrong, or ``new`` is too short or the name.
+        """
+        from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
+
+        def update(entry: Reviewer) -> Reviewer:
+            if len(new) < min_length or name_key(new) == entry.key:
+                msg = (f"The new password for {entry.name!r} must have at least {min_length} characters and not "
+                       "be the name; nothing was changed.")
+                raise ReviewError(msg)
+            key = self.unlock(entry.name, old)._key  # noqa: SLF001 (this module's own class)
+            salt = os.urandom(16)
+            check, passphrase = _derive(new, salt, _SCRYPT)
+            return dataclasses.replace(
+                entry, password_hash=_b64(check), kdf={"name": "scrypt", "salt": _b64(salt), **_SCRYPT},
+                private_key=key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                              BestAvailableEncryption(passphrase)).decode("ascii"))
+
+        return self._rewrite(name, update)
+
+    def revoke(self, name: str, *, reason: str, now: _dt.datetime | None = None) -> Reviewer:
+        """Revoke a reviewer from ``now`` on (a person who left, a password that got out).
+
+        They can no longer unlock their key. Their entry stays, so what they
+        signed before still verifies; a decision signed with their key after
+        the revocation time fails verification.
+
+        Raises
+        ------
+        ReviewError
+            The name is not enrolled, is revoked already, or no reason is given.
+        """
+        if not reason.strip():
+            raise ReviewError(f"Give the reason {normalise_name(name)!r} is revoked (--reason); nothing was changed.")
+        when = (now or _dt.datetime.now(_dt.UTC)).isoformat(timespec="milliseconds")
+        return self._rewrite(name, lambda entry: dataclasses.replace(
+            entry, revoked={"time": when, "reason": reason.strip()}))
+
+    def _rewrite(self, name: str, update) -> Reviewer:
+        """Replace the (unrevoked) entry of ``name`` by ``update(entry)`` under the registry's lock."""
+        import fcntl
+
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = self.reviewers()
+            entry = self.require(name)
+            if entry.revoked:
+                msg = (f"{entry.name!r} was revoked at {entry.revoked['time']} ({entry.revoked['reason']}); "
+                       "nothing was changed. Enrol a new entry under a name that tells the two apart.")
+                raise ReviewError(msg)
+            new = update(entry)
+            out = [dataclasses.asdict(new if r.key == entry.key else r) for r in entries]
+            write_json({"format": _FORMAT, "reviewers": out}, self.path)
+        return new
+
     def unlock(self, name: str, password: str) -> Signer:
         """Check a reviewer's name and password, and return their :class:`Signer`.
 
         Raises
         ------
         ReviewError
-            The name is not enrolled, or the password is wrong (the message
+            The name is not enrolled or is revoked, or the password is wrong (the message
             does not say which of the two a wrong password was, only that
             it is wrong for that name).
         """
@@ -350,6 +420,10 @@ class ReviewerRegistry:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         reviewer = self.require(name)
+        if reviewer.revoked:
+            msg = (f"{reviewer.name!r} was revoked at {reviewer.revoked['time']} ({reviewer.revoked['reason']}): "
+                   "nothing was signed or recorded.")
+            raise ReviewError(msg)
         kdf = reviewer.kdf
         check, passphrase = _derive(password, _unb64(kdf["salt"]), {k: int(kdf[k]) for k in ("n", "r", "p")})
         if not hmac.compare_digest(check, _unb64(reviewer.password_hash)):

@@ -11,7 +11,8 @@ key's owner. :func:`signature_report` names every line that fails, and why:
 - signed by a key no enrolled reviewer holds;
 - a signature copied from another line (it verifies there, not here);
 - a signature that does not match the line (altered after signing, or forged);
-- a line in one reviewer's name signed with another's key.
+- a line in one reviewer's name signed with another's key;
+- a line signed at or after its signer was revoked (its own time; the hash chain keeps the lines in order).
 """
 
 from __future__ import annotations
@@ -124,8 +125,21 @@ def signature_report(run_dir: str | os.PathLike, registry: ReviewerRegistry | No
             else:
                 problems.append(f"{what}: its signature does not match the line: altered after signing, or forged")
             continue
+        if owner.revoked and _after(d.time, owner.revoked["time"]):
+            problems.append(f"{what} is signed at {d.time}, after {owner.name!r} was revoked at "
+                            f"{owner.revoked['time']} ({owner.revoked['reason']})")
         if name_key(d.reviewer) != owner.key:
             problems.append(f"{what} is in the name of {d.reviewer!r} but signed with the key of {owner.name!r}")
         if not d.meaning:
             problems.append(f"{what} is signed without the meaning of its signature (21 CFR 11.50)")
     return SignatureReport(tuple(problems), len(signed), unsigned)
+
+
+def _after(when: str, revoked: str) -> bool:
+    """Whether the decision time ``when`` is at or after the revocation time (an unreadable time counts as after)."""
+    import datetime as _dt
+
+    try:
+        return _dt.datetime.fromisoformat(when) >= _dt.datetime.fromisoformat(revoked)
+    except (TypeError, ValueError):
+        return True

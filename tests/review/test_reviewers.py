@@ -91,3 +91,21 @@ def test_reviewer_add_and_list_on_the_command_line(tmp_path, monkeypatch):
     monkeypatch.delenv("CYTOPIPE_REVIEWERS")
     res = CliRunner().invoke(cli, ["reviewer", "list"])
     assert res.exit_code == 2 and "--registry PATH" in res.output
+
+
+def test_reviewer_passwd_and_revoke_on_the_command_line(tmp_path, monkeypatch):
+    reg = tmp_path / "reviewers.json"
+    monkeypatch.setenv("CYTOPIPE_REVIEWERS", str(reg))
+    assert CliRunner().invoke(cli, ["reviewer", "add", "Ada Lovelace"], input=f"{PW}\n{PW}\n").exit_code == 0
+    new = "a different passphrase"
+    res = CliRunner().invoke(cli, ["reviewer", "passwd", "ada lovelace"], input=f"{PW}\n{new}\n{new}\n")
+    assert res.exit_code == 0 and "changed the password of 'Ada Lovelace'" in res.output, res.output
+    assert ReviewerRegistry(reg).unlock("Ada Lovelace", new).name == "Ada Lovelace"
+    res = CliRunner().invoke(cli, ["reviewer", "passwd", "Ada Lovelace"], input=f"{PW}\n{new}\n{new}\n")
+    assert res.exit_code != 0 and "Wrong password" in res.output  # the old one no longer works
+    res = CliRunner().invoke(cli, ["reviewer", "revoke", "Ada Lovelace"])
+    assert res.exit_code == 2 and "--reason" in res.output
+    res = CliRunner().invoke(cli, ["reviewer", "revoke", "Ada Lovelace", "--reason", "left the lab"])
+    assert res.exit_code == 0 and "revoked 'Ada Lovelace' at " in res.output
+    res = CliRunner().invoke(cli, ["reviewer", "list"])
+    assert "revoked" in res.output and "left the lab" in res.output

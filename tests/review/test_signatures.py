@@ -129,3 +129,53 @@ def test_with_a_registry_every_line_must_be_signed(tmp_path, lab):
     assert _problems(tmp_path, reg) == ["line 1 (approve D1.fcs by 'Dr A') is unsigned; with a reviewer registry "
                                         "every decision must be signed by an enrolled reviewer"]
     assert signature_report(tmp_path, None).unsigned == 1
+
+
+def test_a_revoked_reviewer_signs_nothing_more_and_a_line_signed_after_revocation_is_caught(tmp_path):
+    """Revocation (a reviewer who left): their earlier signatures still verify, a later one does not, and the
+    registry no longer unlocks their key."""
+    import datetime as dt
+
+    from cytopipe.exceptions import ReviewError
+
+    reg = ReviewerRegistry(tmp_path / "reviewers.json")
+    reg.add("Dr A", PW)
+    a = reg.unlock("Dr A", PW)  # a key unlocked before the revocation (a session left open, a copied key)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.append_decision(_decision("Dr A", "D1.fcs"), a.sign_decision)  # 2026-03-01T10:00
+    reg.revoke("Dr A", reason="left the lab", now=dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC))
+    assert signature_report(run.path, reg).problems == ()  # signed before: still holds
+    later = dataclasses.replace(_decision("Dr A", "D8.fcs"), time="2026-03-02T09:00:00.000+00:00")
+    run.append_decision(later, a.sign_decision)
+    (problem,) = _problems(run.path, reg)
+    assert problem == ("line 2 (approve D8.fcs by 'Dr A') is signed at 2026-03-02T09:00:00.000+00:00, after "
+                       "'Dr A' was revoked at 2026-03-01T12:00:00.000+00:00 (left the lab)")
+    with pytest.raises(ReviewError, match="'Dr A' was revoked at 2026-03-01T12:00:00.000"):
+        reg.unlock("Dr A", PW)
+    with pytest.raises(ReviewError, match="revoked"):
+        reg.change_password("Dr A", PW, PW + "2")
+    with pytest.raises(ReviewError, match="reason"):
+        ReviewerRegistry(tmp_path / "other.json").revoke("Dr A", reason=" ")
+
+
+def test_a_new_password_keeps_the_key_so_past_signatures_still_verify(tmp_path):
+    from cytopipe.exceptions import ReviewError
+
+    reg = ReviewerRegistry(tmp_path / "reviewers.json")
+    before = reg.add("Dr A", PW)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.append_decision(_decision("Dr A", "D1.fcs"), reg.unlock("Dr A", PW).sign_decision)
+    with pytest.raises(ReviewError, match="Wrong password"):
+        reg.change_password("Dr A", PW + "x", "a new passphrase")
+    with pytest.raises(ReviewError, match="at least 8 characters"):
+        reg.change_password("Dr A", PW, "short")
+    after = reg.change_password("Dr A", PW, "a new passphrase")
+    assert after.public_key == before.public_key and after.kdf["salt"] != before.kdf["salt"]
+    assert after.private_key != before.private_key  # re-encrypted under the new password
+    with pytest.raises(ReviewError, match="Wrong password"):
+        reg.unlock("Dr A", PW)
+    signer = reg.unlock("Dr A", "a new passphrase")
+    run.append_decision(_decision("Dr A", "D8.fcs"), signer.sign_decision)
+    assert signature_report(run.path, reg).problems == ()  # both, the old signature and the new
