@@ -113,7 +113,7 @@ def _rows(sheet: Path) -> int:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (re-runs into it reuse finished samples).")
 @click.option("--strategy", default=None,
-              help="Strategy as name@version, or a strategy folder [default: treg_adaptive@1.3.0, every gate "
+              help="Strategy as name@version, or a strategy folder [default: treg_adaptive@1.5.0, every gate "
                    "placed from the file's own data].")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,

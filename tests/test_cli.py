@@ -23,13 +23,13 @@ def test_run_without_strategy_uses_the_package_default(trial, tmp_path, dask_cli
     """`cytopipe run` (hence `make demo`) gates with DEFAULT_STRATEGY, the one that places every gate."""
     from cytopipe.strategy import DEFAULT_STRATEGY
 
-    assert DEFAULT_STRATEGY == "treg_adaptive@1.3.0"
+    assert DEFAULT_STRATEGY == "treg_adaptive@1.5.0"
     assert DEFAULT_STRATEGY in CliRunner().invoke(cli, ["run", "--help"]).output
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["run", str(trial), "--out", str(out), "--scheduler", dask_client.scheduler.address])
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "treg_by_visit.csv")
-    assert set(table["strategy"]) == {"treg_adaptive"} and set(table["strategy_version"]) == {"1.3.0"}
+    assert set(table["strategy"]) == {"treg_adaptive"} and set(table["strategy_version"]) == {"1.5.0"}
 
 
 def test_failed_sample_exits_1(tmp_path, dask_client):

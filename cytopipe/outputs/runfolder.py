@@ -327,7 +327,7 @@ class RunFolder:
     --------
     >>> run = RunFolder("runs/week12")  # doctest: +SKIP
     >>> run.record.ref, len(run.decisions())  # doctest: +SKIP
-    ('treg_adaptive@1.3.0', 3)
+    ('treg_adaptive@1.5.0', 3)
     """
 
     def __init__(self, path: str | os.PathLike) -> None:

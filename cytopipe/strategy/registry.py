@@ -36,7 +36,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
 ]
 
-DEFAULT_STRATEGY = "treg_adaptive@1.3.0"
+DEFAULT_STRATEGY = "treg_adaptive@1.5.0"
 #: The file naming a strategy version's GatingML, markers and endpoint, in each version's folder.
 MANIFEST_FILE = "manifest.json"
 

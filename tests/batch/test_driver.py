@@ -35,7 +35,7 @@ def test_table_schema_and_values(trial, trial_run):
     assert err.max() <= 0.3
     np.testing.assert_allclose(merged["treg_pct_cd4"], 100 * merged["treg_count"] / merged["cd4_count"])
     assert (merged["events_total"] == merged["n_events"]).all()
-    assert (table["strategy"] == "treg_adaptive").all() and (table["strategy_version"] == "1.3.0").all()
+    assert (table["strategy"] == "treg_adaptive").all() and (table["strategy_version"] == "1.5.0").all()
     assert table["file_sha256"].str.fullmatch("[0-9a-f]{64}").all()
     assert result.exit_code == 0 and result.n_ok == 12
 

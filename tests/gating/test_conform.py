@@ -23,7 +23,7 @@ from cytopipe.strategy import load_strategy, read_panel_file, resolve_panel
 from .flowkit_alone import flowkit_counts
 
 FAMILIES = ("cytoflex", "attune", "ique", "aurora")
-DEFAULT = "treg_adaptive@1.3.0"
+DEFAULT = "treg_adaptive@1.5.0"
 
 
 def _write(tmp_path, name, **kw):

@@ -21,7 +21,7 @@ from cytopipe.strategy import load_strategy
 
 from .flowkit_alone import flowkit_counts
 
-DEFAULT = "treg_adaptive@1.3.0"
+DEFAULT = "treg_adaptive@1.5.0"
 CD4 = ("root", "Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos")
 TREG = (*CD4, "Treg")
 CD127LO = (*TREG, "CD127lo")

@@ -58,8 +58,8 @@ def test_defaults_are_the_values_placement_took_when_a_key_is_absent():
         "treg_cluster": {**common, "components": (2, 3, 4, 5), "tol": 1e-3, "max_bic_gap": 10.0,
                          "max_disagreement_pp": 0.5, "cofactor_from": None, "same_position_axes": None,
                          "restart_seeds": (),
-                         "contour_grid": 64, "simplify": 0.01},
-        "treg_split": {**common, "contour_grid": 64, "simplify": 0.01},
+                         "contour_grid": 64, "simplify": 0.01, "max_vertices": None},
+        "treg_split": {**common, "contour_grid": 64, "simplify": 0.01, "max_vertices": None},
     }
     assert set(want) == set(METHODS)
     for method, defaults in want.items():

@@ -1,6 +1,6 @@
 """The Treg cluster on CD25 x FOXP3 x CD127 and its two gates (gating.placement.treg_cluster, treg_split; the default
-treg_adaptive@1.3.0; 1.1.0 and 1.2.0 differ in how many events the gates are placed on and where the axes'
-cofactors are measured, and are pinned by their golden counts).
+treg_adaptive@1.5.0, which is 1.3.0 with polygons of at most 12 vertices; 1.1.0 and 1.2.0 differ in how many
+events the gates are placed on and where the axes' cofactors are measured, and are pinned by their golden counts).
 
 Worlds are drawn from seeds no number of the strategy was chosen on (it was
 developed on the worlds of seeds 100000, 200000, 300000, 500000 and 700000, 20 each); the
@@ -29,7 +29,7 @@ TREG = ("root", "Lymphocytes", "Singlets", "Live", "CD3pos", "CD4pos", "Treg")
 
 @pytest.fixture(scope="module")
 def strategy():
-    return load_strategy("treg_adaptive@1.3.0")
+    return load_strategy(DEFAULT_STRATEGY)
 
 
 def test_the_default_places_every_gate_and_counts_cd127lo(strategy):
@@ -262,3 +262,43 @@ def test_a_count_that_moves_when_the_mixture_restarts_goes_to_review(tmp_path, m
     assert "needs_review:Treg:models_disagree" in moved.qc_flags
     rec = next(g for g in moved.auto_gates["gates"] if g["gate_path"].endswith("/Treg"))
     assert "refitted from another start" in rec["reason"] and abs(rec["treg_pct_by_restart"][0] - first) > 0.5
+
+
+@pytest.mark.parametrize("world, hard", [(5, True), (11, False)])
+def test_few_vertex_gates_count_the_mixtures_expected_tregs_in_flowkit(tmp_path, world, hard):
+    """1.5.0 draws Treg and CD127lo with at most 12 vertices (handles a reviewer can drag), and still counts
+    the mixture's expected Tregs: FlowKit alone, from the written GatingML, counts within one event of it."""
+    import xml.etree.ElementTree as ET
+
+    from .flowkit_alone import flowkit_counts
+
+    strategy = load_strategy("treg_adaptive@1.5.0")
+    path = tmp_path / "a.fcs"
+    write_fcs(path, SampleSpec(n_events=30_000, seed=21 + world, world=World.draw(world), hard=hard))
+    res = process_sample(str(path), str(strategy.directory))
+    assert not res.error and not res.qc_flags
+    text = res.applied_gatingml()
+    ns = "{http://www.isac-net.org/std/Gating-ML/v2.0/gating}"
+    polygons = {g.get(f"{ns}id"): len(g.findall(f"{ns}vertex")) for g in ET.fromstring(text).iter(f"{ns}PolygonGate")}
+    assert 3 <= polygons["Treg"] <= 12 and 3 <= polygons["CD127lo"] <= 12, polygons
+    counts = flowkit_counts(path, text)
+    numerator = "/".join(TREG + ("CD127lo",))
+    assert counts[numerator] == res.treg_count
+    [split] = [g for g in res.auto_gates["gates"] if g["gate_path"].endswith("/CD127lo")]
+    expected = split["expected_pct"] / 100 * res.cd4_count  # the mixture's, before any polygon is drawn
+    assert abs(res.treg_count - expected) <= 1.0, (res.treg_count, expected)
+
+
+def test_a_polygon_scaled_to_a_count_holds_it_exactly():
+    """scaled_to: a square of few vertices scaled about its centre until it holds a given number of points."""
+    from matplotlib.path import Path as _Path
+
+    from cytopipe.gating.placement._maths import scaled_to, simplify_to
+
+    pts = np.random.default_rng(0).normal(size=(5000, 2))
+    circle = np.column_stack([np.cos(np.linspace(0, 2 * np.pi, 200)), np.sin(np.linspace(0, 2 * np.pi, 200))])
+    few = simplify_to(circle, 0.001, 8)
+    assert 3 <= len(few) <= 8
+    inside = np.hypot(*pts.T) < 1.5  # the target: what a circle of radius 1.5 holds
+    poly = scaled_to(few, (0.0, 0.0), lambda p: float(_Path(p).contains_points(pts).sum()), float(inside.sum()))
+    assert abs(_Path(poly).contains_points(pts).sum() - inside.sum()) <= 1

@@ -11,9 +11,10 @@ import numpy as np
 from ._base import Review
 
 __all__ = [
-    "Axis", "count_level", "density", "distance", "extent", "gate_units", "log_normal_pdf", "marginal_posterior",
-    "modes", "negative_spread", "no_dip", "polygon_gate", "polygon_vertices", "posterior_polygon", "ridge_density",
-    "ridge_unimodal", "ridgeline", "robust_sd_left", "simplify", "threshold", "truncated",
+    "Axis", "PosteriorContours", "count_level", "density", "distance", "extent", "gate_points", "gate_units",
+    "log_normal_pdf", "marginal_posterior", "modes", "negative_spread", "no_dip", "polygon_gate", "polygon_vertices",
+    "posterior_polygon", "ridge_density", "ridge_unimodal", "ridgeline", "robust_sd_left", "scaled_to", "simplify",
+    "simplify_to", "threshold", "truncated",
 ]
 
 
@@ -160,12 +161,22 @@ def polygon_vertices(gs, dims, axes, vertices) -> list[list[float]]:
     One transform call a dimension: the values are :func:`gate_units`' (the
     transform works element by element), at a fraction of FlowKit's per-call cost.
     """
+    return gate_points(gs, dims, axes, np.asarray(vertices, dtype=float)).tolist()
+
+
+def gate_points(gs, dims, axes, points: np.ndarray) -> np.ndarray:
+    """Points on the fitting axes (rows, arcsinh) in the units of the gate's dimensions, as an array.
+
+    A polygon's edges are straight in the gate's units (FlowKit tests its
+    events there), not on the fitting axes: what a polygon of few, long
+    edges holds is measured on the events in these units.
+    """
     cols = []
     for j, (d, ax) in enumerate(zip(dims, axes)):
-        linear = np.array([[ax.linear(v[j])] for v in vertices], dtype=float)
+        linear = (ax.c * np.sinh(points[:, j])).reshape(-1, 1)
         xf = gs.get_transform(d.transformation_ref) if d.transformation_ref else None
         cols.append(linear.ravel() if xf is None else np.asarray(xf.apply(linear), dtype=float).ravel())
-    return [[float(c[i]) for c in cols] for i in range(len(vertices))]
+    return np.column_stack(cols)
 
 
 def polygon_gate(name, dims, axes, gs, vertices):
@@ -197,6 +208,22 @@ def simplify(points: np.ndarray, eps: float) -> list[list[float]]:
             keep[a + 1 + i] = True
             stack += [(a, a + 1 + i), (a + 1 + i, b)]
     return points[keep][:-1].tolist() if np.allclose(points[0], points[-1]) else points[keep].tolist()
+
+
+def simplify_to(points: np.ndarray, eps: float, max_vertices: int) -> list[list[float]]:
+    """:func:`simplify` with the smallest tolerance from ``eps`` up (x1.25 a step) that leaves at most ``max_vertices``.
+
+    A reviewer drags a gate by its handles: a contour simplified only to a
+    fraction of a decade keeps some thirty vertices a few pixels apart. The
+    tolerance grows until the polygon has few enough, so it stays as close
+    to the contour as that many vertices allow.
+    """
+    tol = max(float(eps), 1e-6)
+    vertices = simplify(points, tol)
+    while len(vertices) > max_vertices:
+        tol *= 1.25
+        vertices = simplify(points, tol)
+    return vertices
 
 
 # -- Gaussian mixtures ------------------------------------------------------------------------------
@@ -252,30 +279,78 @@ def truncated(gm, group, k_axis: int, floor: float) -> float:
 
 
 def posterior_polygon(gm, group, pts2: np.ndarray, dims: list[int], floor: float, f_axis: int, level: float,
-                      *, contour_grid: int, eps: float):
+                      *, contour_grid: int, eps: float, max_vertices: int | None = None):
     """The region where the group's marginal posterior on ``dims`` is at least ``level``, as a polygon (or None).
 
     Drawn on a ``contour_grid`` square grid over the points ``pts2``; zero
-    below ``floor`` on the FOXP3 axis ``f_axis``; simplified to ``eps``.
+    below ``floor`` on the FOXP3 axis ``f_axis``; simplified to ``eps``, and
+    further, when ``max_vertices`` is given, to at most that many vertices
+    (:func:`simplify_to`).
     """
-    import contourpy
-    from matplotlib.path import Path as _Path
+    contours = PosteriorContours(gm, group, pts2, dims, floor, f_axis, contour_grid=contour_grid)
+    return contours.polygon(level, eps=eps, max_vertices=max_vertices)
 
-    n = int(contour_grid)
-    lo, hi = np.quantile(pts2, 0.0005, axis=0) - 0.5, np.quantile(pts2, 0.9995, axis=0) + 0.5
-    gx, gy = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
-    mesh = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-    p = marginal_posterior(gm, group, mesh, dims)
-    p[mesh[:, f_axis] < floor] = 0.0  # FOXP3-negative: never Treg
-    p = p.reshape(n, n)
-    p[:, 0] = p[:, -1] = p[0, :] = p[-1, :] = 0.0  # closed contours
-    w = gm.weights_[group] / gm.weights_[group].sum()
-    centre = (w @ gm.means_[group])[dims]
-    best = None
-    for line in contourpy.contour_generator(gx, gy, p).lines(level):
-        if _Path(line).contains_point(centre) and (best is None or len(line) > len(best)):
-            best = line
-    return None if best is None else simplify(np.asarray(best), float(eps))
+
+class PosteriorContours:
+    """The group's marginal posterior on a grid, computed once, and its polygon at any level.
+
+    For a level search: each :meth:`polygon` is a contour of the same grid
+    (a fraction of a millisecond), not a new evaluation of the mixture.
+    """
+
+    def __init__(self, gm, group, pts2: np.ndarray, dims: list[int], floor: float, f_axis: int, *,
+                 contour_grid: int):
+        import contourpy
+
+        n = int(contour_grid)
+        lo, hi = np.quantile(pts2, 0.0005, axis=0) - 0.5, np.quantile(pts2, 0.9995, axis=0) + 0.5
+        gx, gy = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+        mesh = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+        p = marginal_posterior(gm, group, mesh, dims)
+        p[mesh[:, f_axis] < floor] = 0.0  # FOXP3-negative: never Treg
+        p = p.reshape(n, n)
+        p[:, 0] = p[:, -1] = p[0, :] = p[-1, :] = 0.0  # closed contours
+        w = gm.weights_[group] / gm.weights_[group].sum()
+        self.centre = (w @ gm.means_[group])[dims]
+        self._lines = contourpy.contour_generator(gx, gy, p)
+
+    def polygon(self, level: float, *, eps: float, max_vertices: int | None = None):
+        """The polygon at ``level`` around the group's centre, simplified (see :func:`posterior_polygon`), or None."""
+        from matplotlib.path import Path as _Path
+
+        best = None
+        for line in self._lines.lines(level):
+            if _Path(line).contains_point(self.centre) and (best is None or len(line) > len(best)):
+                best = line
+        if best is None:
+            return None
+        return simplify(np.asarray(best), float(eps)) if max_vertices is None else simplify_to(
+            np.asarray(best), float(eps), int(max_vertices))
+
+
+def scaled_to(polygon, centre, measure, target: float, *, steps: int = 24) -> list[list[float]]:
+    """``polygon`` scaled about ``centre`` so that ``measure`` of it is nearest ``target``.
+
+    A contour simplified to few vertices is no longer the contour: it cuts
+    corners off one side and takes space on the other, and what it holds
+    moves. Scaling the drawn shape (by 1/2 to 2, bisection) brings what it
+    holds back to the target, as a reviewer would by scaling a gate, and
+    ``measure`` (the events or the posterior mass inside) rises with the
+    scale, so the search is exact to one event.
+    """
+    poly, c = np.asarray(polygon, dtype=float), np.asarray(centre, dtype=float)
+    lo, hi = 0.5, 2.0
+    best = (abs(measure(poly) - target), 1.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        m = measure(c + (poly - c) * mid)
+        if abs(m - target) < best[0]:
+            best = (abs(m - target), mid)
+        if m < target:
+            lo = mid
+        else:
+            hi = mid
+    return (c + (poly - c) * best[1]).tolist()
 
 
 # -- the ridgeline ----------------------------------------------------------------------------------

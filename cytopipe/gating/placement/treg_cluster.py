@@ -70,7 +70,9 @@ import numpy as np
 from ._base import PlacementParams, Review, as_float, as_int, as_ints, as_str, as_strs, fit_rows, param
 from ._maths import (
     Axis,
+    PosteriorContours,
     distance,
+    gate_points,
     log_normal_pdf,
     marginal_posterior,
     negative_spread,
@@ -78,6 +80,7 @@ from ._maths import (
     polygon_gate,
     posterior_polygon,
     ridgeline,
+    scaled_to,
     truncated,
 )
 
@@ -120,6 +123,8 @@ class TregClusterParams(PlacementParams):
         enter the gate's record.
     contour_grid, simplify
         The polygon's contour grid and its simplification tolerance.
+    max_vertices
+        At most this many vertices (1.5.0 on: 12, handles a reviewer can drag); absent: as ``simplify`` leaves.
     """
 
     feeds_child: ClassVar[bool] = True  # treg_split draws CD127lo from this fit, even under a reviewer's Treg
@@ -141,6 +146,7 @@ class TregClusterParams(PlacementParams):
     restart_seeds: tuple[int, ...] = param((), lambda v: () if v == [] else as_ints(v), lo=0)
     contour_grid: int = param(64, as_int, lo=3)
     simplify: float = param(0.01, as_float, lo=0)
+    max_vertices: int | None = param(None, as_int, lo=3)
 
 
 @dataclass(frozen=True)
@@ -299,8 +305,20 @@ def place(p: TregClusterParams, ctx, gs, template, parent, path, state: dict[str
         info["treg_pct_by_restart"] = [round(v, 3) for v in restarted]
     state["treg_cluster"] = TregFit(gm=gm, group=group, pts=pts, axes=axes, dims=dims, rows=rows, keep=keep,
                                     post=post, expected=expected, floor=floor, k_axis=k_axis)
-    vertices = posterior_polygon(gm, group, pts[:, two], two, floor, k_axis, level,
-                                 contour_grid=p.contour_grid, eps=p.simplify)
+    if p.max_vertices is None:
+        vertices = posterior_polygon(gm, group, pts[:, two], two, floor, k_axis, level,
+                                     contour_grid=p.contour_grid, eps=p.simplify)
+    else:  # few vertices: the drawn polygon, not the contour, keeps ``keep_mass`` of the cluster
+        from matplotlib.path import Path as _Path
+
+        contours = PosteriorContours(gm, group, pts[:, two], two, floor, k_axis, contour_grid=p.contour_grid)
+        vertices = contours.polygon(level, eps=p.simplify, max_vertices=p.max_vertices)
+        if vertices is not None:
+            # measured where FlowKit counts: in the gate's units, where the polygon's edges are straight
+            xy, mass = gate_points(gs, dims[:2], axes[:2], pts[keep][:, two]), post[keep]
+            vertices = scaled_to(vertices, contours.centre, lambda poly: float(
+                mass[_Path(gate_points(gs, dims[:2], axes[:2], poly)).contains_points(xy)].sum()),
+                float(p.keep_mass) * expected)
     if vertices is None:
         raise Review("no_treg_cluster", "no closed region where the Treg cluster is likely", None, info)
     gate = polygon_gate(path[-1], dims[:2], axes[:2], gs, vertices)

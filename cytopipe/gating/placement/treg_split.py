@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._base import PlacementParams, Review, as_float, as_int, param
-from ._maths import marginal_posterior, polygon_gate, posterior_polygon
+from ._maths import PosteriorContours, gate_points, marginal_posterior, polygon_gate, posterior_polygon, scaled_to
 
 __all__ = ["TregSplitParams", "place"]
 
@@ -30,11 +30,14 @@ class TregSplitParams(PlacementParams):
         More than this % of CD4 cells as likely Treg as not: review.
     contour_grid, simplify
         The polygon's contour grid and its simplification tolerance.
+    max_vertices
+        At most this many vertices (1.5.0 on: 12, handles a reviewer can drag); absent: as ``simplify`` leaves.
     """
 
     max_ambiguous_pct: float = param(kind=as_float, lo=0, hi=100)
     contour_grid: int = param(64, as_int, lo=3)
     simplify: float = param(0.01, as_float, lo=0)
+    max_vertices: int | None = param(None, as_int, lo=3)
 
 
 def place(p: TregSplitParams, ctx, gs, template, parent, path, state: dict[str, Any]):
@@ -52,15 +55,25 @@ def place(p: TregSplitParams, ctx, gs, template, parent, path, state: dict[str, 
     target = int(round(fit.expected))
     ranked = np.sort(q[inside])[::-1]
     level = float(np.clip(ranked[min(target, ranked.size - 1)] if ranked.size else 0.5, 0.05, 0.95))
-    vertices = posterior_polygon(gm, group, pts[:, dims2], dims2, fit.floor, f_axis, level,
-                                 contour_grid=p.contour_grid, eps=p.simplify)
+    from matplotlib.path import Path as _Path
+
+    if p.max_vertices is None:
+        vertices = posterior_polygon(gm, group, pts[:, dims2], dims2, fit.floor, f_axis, level,
+                                     contour_grid=p.contour_grid, eps=p.simplify)
+    else:  # few vertices: the drawn polygon scaled until the events inside both gates number the count
+        contours = PosteriorContours(gm, group, pts[:, dims2], dims2, fit.floor, f_axis, contour_grid=p.contour_grid)
+        vertices = contours.polygon(level, eps=p.simplify, max_vertices=p.max_vertices)
+        if vertices is not None:
+            # counted where FlowKit counts: in the gate's units, where the polygon's edges are straight
+            gdims, gaxes = [fit.dims[j] for j in dims2], [fit.axes[j] for j in dims2]
+            xy = gate_points(gs, gdims, gaxes, pts[inside][:, dims2])
+            vertices = scaled_to(vertices, contours.centre, lambda poly: float(
+                _Path(gate_points(gs, gdims, gaxes, poly)).contains_points(xy).sum()), float(target))
     info: dict[str, Any] = {"n_fit": int(inside.sum()), "posterior_level": round(level, 4),
                             "expected_pct": round(100 * fit.expected / len(pts), 3)}
     if vertices is None:
         raise Review("no_treg_cluster", f"no closed region where the Treg cluster is likely on {ids}", None, info)
     gate = polygon_gate(path[-1], [fit.dims[j] for j in dims2], [fit.axes[j] for j in dims2], gs, vertices)
-    from matplotlib.path import Path as _Path
-
     final = inside & _Path(np.asarray(vertices)).contains_points(pts[:, dims2])
     post = fit.post
     ambiguous = 100.0 * ((1 - post[final]).sum() + post[~final].sum()) / len(pts)
